@@ -1,0 +1,119 @@
+"""PostgreSQL access: the declarative base, the engine and one session per unit of work.
+
+The schema itself belongs to Alembic (`migrations/`); nothing here creates tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+from sqlalchemy import Engine, MetaData, create_engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+# Named constraints, so Alembic revisions can refer to them by a stable name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table of the ingestor."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Database:
+    """The engine and session factory of one process."""
+
+    def __init__(self, url: str) -> None:
+        # pre_ping: a worker idles for an hour between flushes, and the server or a
+        # proxy may have closed the connection meanwhile.
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for one unit of work, closed at the end of the block."""
+        with self.session_factory() as session:
+            yield session
+
+    def after_fork(self) -> None:
+        """Forget connections inherited from a parent process (they are not ours)."""
+        self.engine.dispose(close=False)
+
+
+def init_app(app: Flask) -> None:
+    """Attach a `Database` built from the app's settings."""
+    app.extensions["database"] = Database(app.config["SETTINGS"].database_url)
+    app.cli.add_command(db_cli)
+
+
+def get_database() -> Database:
+    """The `Database` of the current app."""
+    return current_app.extensions["database"]
+
+
+def create_database_if_missing(url: str) -> bool:
+    """Create the database `url` names, if it does not exist; True if it was created.
+
+    Connects to the server's `postgres` maintenance database to do so.
+    """
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    maintenance = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with maintenance.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            ).first()
+            if exists:
+                return False
+            quoted = connection.dialect.identifier_preparer.quote(target.database)
+            connection.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        maintenance.dispose()
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Run the Alembic migrations up to `revision` (the only way the schema is built)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = url
+    command.upgrade(config, revision)
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+db_cli = AppGroup("db", help="Create and migrate the PostgreSQL database.")
+
+
+@db_cli.command("create")
+def create_command() -> None:
+    """Create the database named by DATABASE_URL if it does not exist."""
+    url = current_app.config["SETTINGS"].database_url
+    created = create_database_if_missing(url)
+    click.echo("database created" if created else "database already exists")
+
+
+@db_cli.command("upgrade")
+def upgrade_command() -> None:
+    """Create the database if needed, then migrate it to the latest revision."""
+    url = current_app.config["SETTINGS"].database_url
+    create_database_if_missing(url)
+    upgrade_schema(url)
+    click.echo("database at the latest revision")

@@ -1,0 +1,1 @@
+"""The broker side of the ingestor: the queue contract, the Celery app, message decoding."""

@@ -1,0 +1,85 @@
+"""The Celery app, bound to the Flask app (Flask's own Celery pattern).
+
+Every task runs inside `app.app_context()`, so it finds the settings, the database
+and Redis the same way a request does. The configuration here is what makes the
+delivery guarantees hold: late acks, reject on worker loss, publisher confirms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+from flask import Flask
+
+from ingestor.messaging import topology
+from ingestor.messaging.consumer import DeclareTopology
+from ingestor.messaging.serialization import register_decimal_json
+from ingestor.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from ours."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Publishers wait for RabbitMQ to confirm each message is stored.
+        "broker_transport_options": {"confirm_publish": True},
+        # Ack only after the task ran: a worker dying mid-batch loses nothing...
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # ...and a task failing for good is rejected to the dead-letter queue
+        # instead of acked away.
+        "task_acks_on_failure_or_timeout": False,
+        "task_ignore_result": True,
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "task_queues": topology.CONSUMED_QUEUES,
+        "task_create_missing_queues": False,
+        "task_default_queue": topology.PULSES,
+        "task_default_exchange": topology.PULSES,
+        "task_default_routing_key": topology.PULSES,
+        "task_routes": {
+            "ingestor.persist_pulses": {"queue": topology.PERSIST, "routing_key": topology.PERSIST},
+        },
+        "task_annotations": {
+            name: {
+                "max_retries": settings.task_max_retries,
+                "retry_backoff_max": settings.task_retry_backoff_max_seconds,
+            }
+            for name in ("ingestor.ingest_pulses", "ingestor.ingest_pulse", "ingestor.persist_pulses")
+        },
+        "worker_consumer": "ingestor.messaging.consumer:DeadLetteringConsumer",
+        "imports": ("ingestor.pulses.tasks",),
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "persist-pulses": {
+                "task": "ingestor.persist_pulses",
+                "schedule": settings.persist_crontab(),
+            },
+        },
+    }
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Create the Celery app of `app`, store it in `app.extensions["celery"]`."""
+    register_decimal_json()
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(celery_config(app.config["SETTINGS"]))
+    celery_app.steps["consumer"].add(DeclareTopology)
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+
+    @worker_process_init.connect(weak=False)
+    def _forget_parent_connections(**_: object) -> None:
+        app.extensions["database"].after_fork()
+
+    return celery_app

@@ -1,0 +1,43 @@
+"""The pulses domain: validating, counting and persisting usage pulses.
+
+`init_app` builds the domain's services once per app; tasks and commands get them
+with `get_pulses()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from ingestor.pulses.aggregation import PulseCounter
+from ingestor.pulses.ingest import PulseValidator
+from ingestor.pulses.persistence import Persister
+
+
+@dataclass(frozen=True)
+class PulseServices:
+    """The objects that do the domain's work, built from the app's settings."""
+
+    validator: PulseValidator
+    counter: PulseCounter
+    persister: Persister
+
+
+def init_app(app: Flask) -> None:
+    """Build the pulses services of `app` (after its database and Redis)."""
+    settings = app.config["SETTINGS"]
+    redis = app.extensions["redis"]
+    app.extensions["pulses"] = PulseServices(
+        validator=PulseValidator(settings),
+        counter=PulseCounter(redis, settings.dedupe_horizon_seconds, settings.redis_chunk_size),
+        persister=Persister(redis, app.extensions["database"]),
+    )
+    from ingestor.pulses.cli import pulses_cli
+
+    app.cli.add_command(pulses_cli)
+
+
+def get_pulses() -> PulseServices:
+    """The pulses services of the current app."""
+    return current_app.extensions["pulses"]

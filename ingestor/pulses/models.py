@@ -1,0 +1,84 @@
+"""PostgreSQL tables of the pulses domain: hourly sums, flush batches, rejected pulses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ingestor.database import Base
+
+# NUMERIC(38,6): exact to the micro-unit, room for 32 integer digits.
+AMOUNT = Numeric(38, 6)
+
+
+class PulseUsage(Base):
+    """The sum of the pulses of one (tenant, product_sku, use_unity) in one hour."""
+
+    __tablename__ = "pulse_usage"
+    __table_args__ = (
+        UniqueConstraint("tenant", "product_sku", "use_unity", "window_start"),
+        CheckConstraint("used_amount >= 0", name="used_amount_not_negative"),
+        CheckConstraint("pulse_count > 0", name="pulse_count_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    product_sku: Mapped[str] = mapped_column(String(128))
+    use_unity: Mapped[str] = mapped_column(String(32))
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_amount: Mapped[Decimal] = mapped_column(AMOUNT)
+    pulse_count: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class FlushBatch(Base):
+    """One Redis snapshot persisted: its id makes a re-run of the same flush a no-op."""
+
+    __tablename__ = "flush_batch"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    group_count: Mapped[int] = mapped_column(Integer)
+    pulse_count: Mapped[int] = mapped_column(BigInteger)
+    persisted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RejectedPulse(Base):
+    """A pulse that failed validation, kept with its reasons instead of being counted."""
+
+    __tablename__ = "rejected_pulse"
+    # A redelivered message carries the same message id: its rejections are kept once.
+    __table_args__ = (
+        UniqueConstraint("message_id", "position"),
+        Index(None, "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    source: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(255))
+    position: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    # The pulse as JSON text with non-ASCII escaped: PostgreSQL text and jsonb cannot
+    # hold the NUL bytes a hostile producer may send. Truncated past a size limit.
+    payload: Mapped[str] = mapped_column(Text)
+    errors: Mapped[dict[str, Any]] = mapped_column(JSONB)

@@ -1,0 +1,71 @@
+"""The quarantine: invalid pulses kept in PostgreSQL with the reasons they failed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+
+from ingestor.database import Database
+from ingestor.pulses.models import RejectedPulse
+
+# A rejected pulse is kept for a human to read, not replayed: past this many
+# characters its payload is cut, so a hostile 100 MB string cannot bloat the table.
+MAX_PAYLOAD_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One invalid pulse: where it stood in its message, what it was, what is wrong."""
+
+    position: int
+    payload: Any
+    errors: dict[str, Any]
+
+
+def payload_text(payload: Any) -> str:
+    """The payload as ASCII JSON text, cut to `MAX_PAYLOAD_CHARS`.
+
+    ASCII escapes make NUL bytes and lone surrogates storable in PostgreSQL text.
+    """
+    try:
+        text = json.dumps(payload, ensure_ascii=True, default=str)
+    except (ValueError, RecursionError):
+        text = json.dumps(repr(payload)[:MAX_PAYLOAD_CHARS], ensure_ascii=True)
+    if len(text) > MAX_PAYLOAD_CHARS:
+        text = text[:MAX_PAYLOAD_CHARS] + "...(truncated)"
+    return text
+
+
+def _tenant_of(payload: Any) -> str | None:
+    tenant = payload.get("tenant") if isinstance(payload, dict) else None
+    if isinstance(tenant, str) and 0 < len(tenant) <= 128 and tenant.isprintable():
+        return tenant
+    return None
+
+
+def record_rejections(
+    database: Database, *, source: str, message_id: str, rejections: Sequence[Rejection]
+) -> None:
+    """Store the rejections of one message, once even if the message is redelivered."""
+    rows = [
+        {
+            "source": source,
+            "message_id": message_id,
+            "position": rejection.position,
+            "tenant": _tenant_of(rejection.payload),
+            "payload": payload_text(rejection.payload),
+            "errors": rejection.errors,
+        }
+        for rejection in rejections
+    ]
+    # Core insert of many rows in one executemany; a row already there (the same
+    # message redelivered) is left alone.
+    statement = insert(RejectedPulse.__table__).on_conflict_do_nothing(
+        index_elements=["message_id", "position"]
+    )
+    with database.session() as session, session.begin():
+        session.execute(statement, rows)

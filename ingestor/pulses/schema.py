@@ -1,0 +1,113 @@
+"""The pulse: its marshmallow schema, the boundary every pulse crosses once.
+
+A pulse says "tenant T used A units U of product SKU S at time W". The schema
+validates one pulse as the design's table describes and loads it into a plain dict
+with `used_amount` as an exact `Decimal`. Field names are the first version's, so
+existing producers keep working; unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates
+
+# Amounts are summed in Redis as signed 64-bit integers of micro-units, so one pulse
+# can carry at most 2**63 - 1 micro-units; larger sums spill safely (see aggregation).
+MAX_FRACTION_DIGITS = 6
+MAX_AMOUNT = Decimal(2**63 - 1).scaleb(-MAX_FRACTION_DIGITS)
+
+# A decimal string as producers write it: digits, an optional fraction, an optional
+# exponent. Stricter than Decimal(), which also takes "NaN", " 1", "1_000" and "+1".
+_DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
+
+
+class PrintableString(fields.String):
+    """A string of 1..`max_length` printable characters (no control characters)."""
+
+    def __init__(self, max_length: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_length = max_length
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not 1 <= len(text) <= self.max_length:
+            raise ValidationError(f"Must be 1 to {self.max_length} characters long, got {len(text)}.")
+        if not text.isprintable():
+            raise ValidationError("Must hold printable characters only (no control characters).")
+        return text
+
+
+class Amount(fields.Field):
+    """A non-negative amount with at most six fractional digits, as an exact Decimal.
+
+    Accepts a JSON number (decoded as Decimal, never as a float: see
+    `ingestor.messaging.serialization`), an integer, or a decimal string.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
+            raise ValidationError("Must be a number or a decimal string.")
+        if isinstance(value, str):
+            if len(value) > 64 or not _DECIMAL_STRING.match(value):
+                raise ValidationError("Not a valid decimal number.")
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            raise ValidationError("Not a valid decimal number.") from None
+        if not amount.is_finite():
+            raise ValidationError("Must be a finite number.")
+        if amount < 0:
+            raise ValidationError("Must not be negative.")
+        exponent = amount.as_tuple().exponent
+        assert isinstance(exponent, int)  # finite, checked above
+        if exponent < -MAX_FRACTION_DIGITS:
+            raise ValidationError(f"Must have at most {MAX_FRACTION_DIGITS} fractional digits.")
+        if amount > MAX_AMOUNT:
+            raise ValidationError(f"Must be at most {MAX_AMOUNT}.")
+        return amount
+
+
+class PulseSchema(Schema):
+    """Validates one pulse; `load` returns a dict or raises with reasons per field."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = PrintableString(128)
+    tenant = PrintableString(128, required=True)
+    product_sku = PrintableString(128, required=True)
+    use_unity = PrintableString(32, required=True)
+    used_amount = Amount(required=True)
+    timestamp = fields.AwareDateTime(format="iso")
+
+    def __init__(self, *, late_limit: timedelta, future_limit: timedelta, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.late_limit = late_limit
+        self.future_limit = future_limit
+
+    @validates("timestamp")
+    def _timestamp_in_accepted_range(self, value: datetime, **_: Any) -> None:
+        now = datetime.now(timezone.utc)
+        if value < now - self.late_limit:
+            raise ValidationError(
+                f"Is older than the late limit of {self.late_limit}: that hour is closed."
+            )
+        if value > now + self.future_limit:
+            raise ValidationError(f"Is more than {self.future_limit} in the future.")
+
+
+def to_micro_units(amount: Decimal) -> int:
+    """Exact integer micro-units of a validated amount (at most 6 fractional digits)."""
+    # A validated amount has at most 19 significant digits, well inside the default
+    # context's 28, so scaleb cannot round.
+    return int(amount.scaleb(MAX_FRACTION_DIGITS))
+
+
+def from_micro_units(micro_units: int) -> Decimal:
+    """The exact Decimal amount of `micro_units`, with six fractional digits."""
+    # Built from a string: Decimal arithmetic would round sums past 28 digits.
+    return Decimal(f"{micro_units}E-{MAX_FRACTION_DIGITS}")

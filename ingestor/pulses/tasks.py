@@ -1,0 +1,72 @@
+"""The Celery tasks of the pulses domain: thin wrappers around plain functions.
+
+Task names are part of the producers' contract and never change:
+`ingestor.ingest_pulses`, `ingestor.ingest_pulse`, `ingestor.persist_pulses`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions
+import sqlalchemy.exc
+from celery import Task, shared_task
+from celery.exceptions import Reject
+
+from ingestor.database import get_database
+from ingestor.pulses import get_pulses
+from ingestor.pulses.ingest import IngestReport, ingest_batch
+
+# Worth retrying: the service may be back in a moment. Every step being idempotent,
+# a retry can never count twice. Anything else is a bug or bad input, and goes to
+# the dead-letter queue instead of being retried forever.
+TRANSIENT_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+)
+# max_retries and retry_backoff_max come from the settings (see celery_config).
+RETRY_POLICY: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_jitter": True,
+}
+
+
+def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
+    services = get_pulses()
+    report: IngestReport = ingest_batch(
+        pulses,
+        message_id=task.request.id,
+        source=task.name,
+        validator=services.validator,
+        counter=services.counter,
+        database=get_database(),
+    )
+    return report.__dict__
+
+
+@shared_task(name="ingestor.ingest_pulses", bind=True, **RETRY_POLICY)
+def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
+    """Count a batch of pulses; invalid ones go to the rejected-pulses table."""
+    if not isinstance(pulses, list):
+        # Not a batch at all: nothing in it can be counted or quarantined pulse by
+        # pulse, so the whole message goes to the dead-letter queue.
+        raise Reject(f"ingest_pulses expects a list of pulses, got {type(pulses).__name__}", requeue=False)
+    return _ingest(self, pulses)
+
+
+@shared_task(name="ingestor.ingest_pulse", bind=True, **RETRY_POLICY)
+def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
+    """Count one pulse (the first version's one-pulse-per-message model)."""
+    return _ingest(self, [pulse])
+
+
+@shared_task(name="ingestor.persist_pulses", **RETRY_POLICY)
+def persist_pulses() -> dict[str, Any]:
+    """Flush the Redis hour windows into PostgreSQL (fired hourly by beat)."""
+    return get_pulses().persister.persist_pending().__dict__

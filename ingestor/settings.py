@@ -1,0 +1,93 @@
+"""The one typed settings object, read from environment variables (12-factor).
+
+Every knob of the ingestor is here, with a default that points at services on
+localhost, so a developer machine running PostgreSQL, Redis and RabbitMQ needs no
+configuration. `.env.example` documents each variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from celery.schedules import crontab
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the ingestor cannot use."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Return `url` with the psycopg2 driver named explicitly.
+
+    PaaS hand out `postgres://...`, which SQLAlchemy refuses, and SQLAlchemy 2.1 maps a
+    bare `postgresql://` to psycopg 3, which this project does not install.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise SettingsError(f"DATABASE_URL is not a URL: {url!r}")
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg2://{rest}"
+    if scheme != "postgresql+psycopg2":
+        raise SettingsError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {scheme!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration of the web, worker and beat processes."""
+
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Cron syntax, evaluated in UTC: minute hour day-of-month month day-of-week.
+    persist_schedule: str = "0 * * * *"
+    # How long a pulse id is remembered: a redelivery within it counts once.
+    dedupe_horizon_seconds: int = 24 * 3600
+    # Pulses older than this (by their timestamp) are rejected: the hour is closed.
+    late_limit_seconds: int = 35 * 24 * 3600
+    # Pulses further than this in the future are rejected: a producer clock is wrong.
+    future_limit_seconds: int = 5 * 60
+    # Pulses per Lua call: bounds how long one call holds Redis.
+    redis_chunk_size: int = 5000
+    # Transient failures (Redis, PostgreSQL) are retried with exponential backoff
+    # up to this many times, then the message goes to the dead-letter queue.
+    task_max_retries: int = 20
+    task_retry_backoff_max_seconds: int = 300
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: `os.environ`); bad values raise."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = environ.get(field.name.upper())
+            if raw is None or raw == "":
+                continue
+            if field.type == "int":
+                try:
+                    values[field.name] = int(raw)
+                except ValueError:
+                    raise SettingsError(f"{field.name.upper()} must be an integer, got {raw!r}") from None
+                if values[field.name] <= 0:
+                    raise SettingsError(f"{field.name.upper()} must be positive, got {raw!r}")
+            else:
+                values[field.name] = raw
+        settings = cls(**values)  # type: ignore[arg-type]
+        return settings.validated()
+
+    def validated(self) -> Settings:
+        """Check the values that can be wrong in ways a type cannot express."""
+        object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
+        self.persist_crontab()
+        return self
+
+    def persist_crontab(self) -> crontab:
+        """The persist schedule as a Celery crontab."""
+        try:
+            return crontab.from_string(self.persist_schedule)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(
+                f"PERSIST_SCHEDULE must be a cron expression like '0 * * * *': {exc}"
+            ) from None

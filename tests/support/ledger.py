@@ -1,0 +1,38 @@
+"""An independent ledger of what the sums must be, computed with Decimal in the test."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+
+from ingestor.database import Database
+
+Group = tuple[str, str, str, datetime]
+
+
+class Ledger:
+    """Expected (amount, count) per (tenant, sku, unit, hour), kept by the test alone."""
+
+    def __init__(self) -> None:
+        self.sums: dict[Group, list[Any]] = defaultdict(lambda: [Decimal(0), 0])
+
+    def add(self, tenant: str, sku: str, unit: str, hour: datetime, amount: str | Decimal) -> None:
+        entry = self.sums[(tenant, sku, unit, hour.astimezone(timezone.utc))]
+        entry[0] += Decimal(amount)
+        entry[1] += 1
+
+    def expected(self) -> dict[Group, tuple[Decimal, int]]:
+        return {group: (amount, count) for group, (amount, count) in self.sums.items()}
+
+
+def persisted_sums(database: Database) -> dict[Group, tuple[Decimal, int]]:
+    """What PostgreSQL holds, in the ledger's shape."""
+    with database.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT tenant, product_sku, use_unity, window_start, used_amount, pulse_count FROM pulse_usage")
+        )
+        return {(r[0], r[1], r[2], r[3].astimezone(timezone.utc)): (r[4], r[5]) for r in rows}

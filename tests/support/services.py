@@ -1,0 +1,71 @@
+"""Test-owned corners of the machine's services: a database, a Redis db, a vhost.
+
+The tests never touch the services' real data and never stop them: PostgreSQL gets
+a database of its own (rebuilt by `alembic upgrade head` each session), Redis a db
+number, RabbitMQ a virtual host (so the queue names stay the real contract).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from urllib.parse import quote
+
+from kombu import Connection
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from ingestor.settings import Settings
+
+DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor_test"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_VHOST = os.environ.get("TEST_RABBITMQ_VHOST", "pulse_ingestor_test")
+BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{quote(RABBITMQ_VHOST, safe='')}"
+
+
+def test_settings(**overrides: object) -> Settings:
+    """Settings pointing at the test database, Redis db and vhost."""
+    values: dict[str, object] = {
+        "database_url": DATABASE_URL,
+        "redis_url": REDIS_URL,
+        "broker_url": BROKER_URL,
+    }
+    values.update(overrides)
+    return Settings(**values).validated()  # type: ignore[arg-type]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that make a subprocess use `settings`."""
+    return {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "BROKER_URL": settings.broker_url,
+        "DEDUPE_HORIZON_SECONDS": str(settings.dedupe_horizon_seconds),
+    }
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create the test database, so its schema comes from Alembic alone."""
+    target = make_url(url)
+    engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{target.database}"'))
+    engine.dispose()
+
+
+def recreate_vhost() -> None:
+    """A fresh RabbitMQ virtual host for the tests, with guest allowed in it."""
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    subprocess.run([ctl, "-q", "delete_vhost", RABBITMQ_VHOST], capture_output=True, check=False)
+    subprocess.run([ctl, "-q", "add_vhost", RABBITMQ_VHOST], capture_output=True, check=True)
+    subprocess.run(
+        [ctl, "-q", "set_permissions", "-p", RABBITMQ_VHOST, "guest", ".*", ".*", ".*"],
+        capture_output=True,
+        check=True,
+    )
+    with Connection(BROKER_URL) as connection:
+        connection.ensure_connection(max_retries=3)
