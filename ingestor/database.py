@@ -86,15 +86,21 @@ def create_database_if_missing(url: str) -> bool:
         maintenance.dispose()
 
 
-def upgrade_schema(url: str, revision: str = "head") -> None:
-    """Run the Alembic migrations up to `revision` (the only way the schema is built)."""
-    from alembic import command
+def alembic_config(url: str):  # -> alembic.config.Config
+    """The Alembic configuration of this project, aimed at the database `url`."""
     from alembic.config import Config
 
     config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["database_url"] = url
-    command.upgrade(config, revision)
+    return config
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Run the Alembic migrations up to `revision` (the only way the schema is built)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
 
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"

@@ -28,7 +28,7 @@ TABLES = ("pulse_usage", "flush_batch", "rejected_pulse")
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return services.test_settings()
+    return services.settings_for_tests()
 
 
 @pytest.fixture(scope="session")
@@ -75,10 +75,13 @@ def clean_state(settings: Settings, database: Database, redis_client: Redis) -> 
             queue.bind(connection.default_channel).purge()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(settings: Settings, producer: Celery, _services_ready: None) -> Iterator[WorkerProcess]:
-    """A real `celery -A ingestor worker` consuming the test vhost, for the session."""
-    process = WorkerProcess(settings, "session")
+    """A real `celery -A ingestor worker` consuming the test vhost, for one test module.
+
+    Per module, so a module that runs workers of its own has the queues to itself.
+    """
+    process = WorkerProcess(settings, "shared")
     process.start(producer)
     yield process
     process.stop()

@@ -26,8 +26,8 @@ def loads_decimal(data: bytes | str | bytearray | memoryview):
 def register_decimal_json() -> None:
     """Make `application/json` messages decode with `loads_decimal`, process-wide.
 
-    Encoding is unchanged: kombu's encoder already writes a Decimal as a string,
-    which the schema accepts as a decimal string.
+    Encoding is unchanged: kombu's encoder writes a Decimal as a tagged object that
+    its decoder (kept here) turns back into a Decimal.
     """
     registry.register(
         "json",

@@ -79,10 +79,13 @@ def sum_groups(fields: dict[bytes, bytes]) -> list[GroupSum]:
         kind, _, group = name.partition(b"|")
         if kind == b"n":
             counts[group] = counts.get(group, 0) + int(value)
-        elif kind.startswith(b"a"):  # a, and the a1, a2... spills of a 64-bit overflow
+        elif kind == b"a" or (kind[:1] == b"a" and kind[1:].isdigit()):  # a1, a2...: spills
             micro_units[group] = micro_units.get(group, 0) + int(value)
         else:
             raise ValueError(f"unexpected field in a window hash: {name!r}")
+    if micro_units.keys() - counts.keys():
+        # The Lua script writes both in one call: an amount alone means corruption.
+        raise ValueError(f"amount without a pulse count in a window hash: {micro_units.keys() - counts.keys()}")
     sums = []
     for group, count in counts.items():
         tenant, product_sku, use_unity = keys.parse_group_field(group)

@@ -26,7 +26,7 @@ RABBITMQ_VHOST = os.environ.get("TEST_RABBITMQ_VHOST", "pulse_ingestor_test")
 BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{quote(RABBITMQ_VHOST, safe='')}"
 
 
-def test_settings(**overrides: object) -> Settings:
+def settings_for_tests(**overrides: object) -> Settings:
     """Settings pointing at the test database, Redis db and vhost."""
     values: dict[str, object] = {
         "database_url": DATABASE_URL,
@@ -44,6 +44,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "REDIS_URL": settings.redis_url,
         "BROKER_URL": settings.broker_url,
         "DEDUPE_HORIZON_SECONDS": str(settings.dedupe_horizon_seconds),
+        "REDIS_CHUNK_SIZE": str(settings.redis_chunk_size),
     }
 
 

@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install what
+# they need into .venv first, with the exact versions pinned in constraints.txt.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install services db run worker beat web test test-unit test-integration lock clean
+
+$(INSTALLED): setup.cfg constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[test,dev]'
+	touch $@
+
+install: $(INSTALLED)  ## virtualenv with the pinned dependencies
+
+services:  ## start PostgreSQL, Redis, RabbitMQ on localhost if they are down
+	scripts/ensure-services
+
+db: install services  ## create the database if missing, migrate it to head
+	$(BIN)/flask --app ingestor db upgrade
+
+run: db  ## web (gunicorn on :5000), worker and beat, from the Procfile
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start --procfile Procfile web worker beat
+
+test: install services  ## every test: unit, then integration against the real services
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest -m "not integration"
+
+test-integration: install services
+	$(BIN)/pytest -m integration
+
+lock:  ## re-pin constraints.txt from a fresh resolution of setup.cfg
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet '.[test,dev]'
+	.venv-lock/bin/pip freeze --exclude pulse-ingestor | grep -v '^-e ' > constraints.txt
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

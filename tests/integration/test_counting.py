@@ -1,0 +1,53 @@
+"""Counting in the real Redis: dedupe keys, integer micro-units, 64-bit spills, chunks."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from ingestor.pulses import keys
+from ingestor.pulses.aggregation import CountablePulse, PulseCounter
+from ingestor.pulses.schema import MAX_AMOUNT, to_micro_units
+from tests.support.ledger import persisted_sums
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+WINDOW = keys.window_key(keys.hour_of(HOUR))
+GROUP = keys.group_field("acme", "storage", "B")
+
+
+def pulse(n: int, amount: Decimal = Decimal("1.5")) -> CountablePulse:
+    return CountablePulse(keys.dedupe_key_for_id("acme", f"p{n}"), WINDOW, GROUP, to_micro_units(amount))
+
+
+def test_a_pulse_counted_twice_counts_once_and_its_id_expires_after_the_horizon(redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
+
+    assert counter.count([pulse(1), pulse(2)]) == 2
+    assert counter.count([pulse(2), pulse(3), pulse(3)]) == 1
+
+    assert redis_client.hgetall(WINDOW) == {b"a|" + GROUP: b"4500000", b"n|" + GROUP: b"3"}
+    assert 3590 < redis_client.ttl(pulse(1).dedupe_key) <= 3600
+    assert redis_client.smembers(keys.PENDING_WINDOWS) == {WINDOW.encode()}
+
+
+def test_chunks_count_every_pulse_once(redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=60, chunk_size=3)
+    batch = [pulse(i) for i in range(10)] + [pulse(4)]
+
+    assert counter.count(batch) == 10
+    assert redis_client.hget(WINDOW, b"n|" + GROUP) == b"10"
+
+
+def test_sums_beyond_64_bits_spill_and_persist_exactly(app, redis_client, database):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=60, chunk_size=100)
+    assert counter.count([pulse(i, MAX_AMOUNT) for i in range(3)] + [pulse(9, Decimal("0.000001"))]) == 4
+
+    spill_fields = {f for f in redis_client.hkeys(WINDOW) if f.startswith(b"a")}
+    assert len(spill_fields) >= 2, spill_fields
+    app.extensions["pulses"].persister.persist_pending()
+
+    assert persisted_sums(database) == {("acme", "storage", "B", HOUR): (3 * MAX_AMOUNT + Decimal("0.000001"), 4)}

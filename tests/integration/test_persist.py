@@ -1,0 +1,227 @@
+"""The flush against the real Redis and PostgreSQL: guarantees 4 and 5.
+
+Each test interrupts or races the flush at a precise point and checks the sums in
+PostgreSQL against a ledger kept by the test.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import text
+
+from ingestor.database import Database
+from ingestor.pulses import keys
+from ingestor.pulses.aggregation import CountablePulse, PulseCounter
+from ingestor.pulses.persistence import Persister
+from ingestor.pulses.schema import to_micro_units
+from tests.support.ledger import Ledger, persisted_sums
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+
+
+class SimulatedCrash(Exception):
+    """Stands for the process dying at this point."""
+
+
+class Producer:
+    """Counts pulses straight into Redis and writes them in the ledger."""
+
+    def __init__(self, counter: PulseCounter, ledger: Ledger) -> None:
+        self.counter = counter
+        self.ledger = ledger
+        self.sequence = 0
+        self.lock = threading.Lock()
+
+    def count(self, n: int, tenant: str = "acme", amount: str = "0.000123", hour: datetime = HOUR) -> None:
+        pulses = []
+        with self.lock:
+            for _ in range(n):
+                self.sequence += 1
+                pulses.append(
+                    CountablePulse(
+                        dedupe_key=keys.dedupe_key_for_id(tenant, f"pulse-{self.sequence}"),
+                        window_key=keys.window_key(keys.hour_of(hour)),
+                        group=keys.group_field(tenant, "vm", "hour"),
+                        micro_units=to_micro_units(Decimal(amount)),
+                    )
+                )
+                self.ledger.add(tenant, "vm", "hour", hour, amount)
+        assert self.counter.count(pulses) == n
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger()
+
+
+@pytest.fixture
+def persister(app) -> Persister:
+    return app.extensions["pulses"].persister
+
+
+@pytest.fixture
+def producer(app, ledger) -> Producer:
+    return Producer(app.extensions["pulses"].counter, ledger)
+
+
+def pending_redis_keys(redis_client) -> list[bytes]:
+    return sorted(k for k in redis_client.keys(keys.PREFIX + "*") if k != keys.FLUSH_LOCK.encode())
+
+
+def test_pulses_arriving_during_a_flush_are_neither_lost_nor_double_counted(
+    persister, producer, ledger, database, monkeypatch
+):
+    producer.count(100)
+    persist_snapshot = persister.persist_snapshot
+
+    def persist_while_pulses_arrive(snapshot, report=None):
+        # After the rename, before the PostgreSQL transaction: a fresh live hash.
+        producer.count(50)
+        producer.count(5, tenant="newcomer")
+        persist_snapshot(snapshot, report)
+        # After the commit, before the next run.
+        producer.count(25)
+
+    monkeypatch.setattr(persister, "persist_snapshot", persist_while_pulses_arrive)
+    persister.persist_pending()
+    assert persisted_sums(database) == {("acme", "vm", "hour", HOUR): (Decimal("0.0123"), 100)}
+
+    monkeypatch.undo()
+    persister.persist_pending()
+    assert persisted_sums(database) == ledger.expected()
+    assert pending_redis_keys(persister._redis) == []
+
+
+def test_concurrent_pulses_and_repeated_flushes_sum_exactly(persister, producer, ledger, database):
+    stop = threading.Event()
+
+    def keep_counting():
+        while not stop.is_set():
+            producer.count(20)
+
+    threads = [threading.Thread(target=keep_counting) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(15):
+            persister.persist_pending()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    persister.persist_pending()
+
+    assert persisted_sums(database) == ledger.expected()
+    assert producer.sequence > 100
+
+
+def test_crash_after_commit_before_snapshot_delete_does_not_double_count(
+    persister, producer, ledger, database, monkeypatch
+):
+    producer.count(10)
+    write = persister._write
+
+    def commit_then_crash(*args, **kwargs):
+        write(*args, **kwargs)
+        raise SimulatedCrash
+
+    monkeypatch.setattr(persister, "_write", commit_then_crash)
+    with pytest.raises(SimulatedCrash):
+        persister.persist_pending()
+    monkeypatch.undo()
+    snapshots = persister._redis.smembers(keys.PENDING_SNAPSHOTS)
+    assert len(snapshots) == 1, "the snapshot outlives the crash"
+
+    producer.count(3)
+    report = persister.persist_pending()
+
+    assert report.already_persisted == 1
+    assert persisted_sums(database) == ledger.expected()
+    assert pending_redis_keys(persister._redis) == []
+
+
+def test_crash_between_rename_and_commit_persists_the_snapshot_on_the_next_run(
+    persister, producer, ledger, database, monkeypatch
+):
+    producer.count(10)
+
+    def crash_before_commit(*args, **kwargs):
+        raise SimulatedCrash
+
+    monkeypatch.setattr(persister, "_write", crash_before_commit)
+    with pytest.raises(SimulatedCrash):
+        persister.persist_pending()
+    monkeypatch.undo()
+    assert persisted_sums(database) == {}
+
+    producer.count(4)  # into a new live hash of the same hour
+    persister.persist_pending()
+
+    assert persisted_sums(database) == ledger.expected()
+    assert pending_redis_keys(persister._redis) == []
+
+
+def test_postgresql_unreachable_keeps_the_snapshot_for_the_next_run(app, persister, producer, ledger, database):
+    producer.count(7)
+    unreachable = Persister(app.extensions["redis"], Database("postgresql+psycopg2://postgres@127.0.0.1:1/none"))
+    with pytest.raises(Exception, match="(?i)connect"):
+        unreachable.persist_pending()
+    assert persisted_sums(database) == {}
+    assert len(persister._redis.smembers(keys.PENDING_SNAPSHOTS)) == 1
+
+    persister.persist_pending()
+
+    assert persisted_sums(database) == ledger.expected()
+
+
+def test_two_runs_persisting_the_same_snapshot_at_once_count_it_once(
+    persister, producer, ledger, database, monkeypatch
+):
+    producer.count(12)
+    snapshot = persister.take_snapshot(keys.window_key(keys.hour_of(HOUR)))
+    both_read = threading.Barrier(2)
+    write = persister._write
+
+    def write_together(*args, **kwargs):
+        both_read.wait(timeout=10)  # both runs have read the snapshot
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(persister, "_write", write_together)
+    errors = []
+
+    def run():
+        try:
+            persister.persist_snapshot(snapshot)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert persisted_sums(database) == ledger.expected()
+    with database.engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM flush_batch")).scalar() == 1
+
+
+def test_a_held_lock_makes_a_second_run_skip(persister, producer, ledger, database):
+    producer.count(5)
+    lock = persister._redis.lock(keys.FLUSH_LOCK, timeout=60)
+    assert lock.acquire(blocking=False)
+    try:
+        assert persister.persist_pending().skipped
+        assert persisted_sums(database) == {}
+    finally:
+        lock.release()
+
+    assert not persister.persist_pending().skipped
+    assert persisted_sums(database) == ledger.expected()

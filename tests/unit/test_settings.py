@@ -1,0 +1,125 @@
+"""Unit tests of the typed settings object read from environment variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingestor.settings import Settings, SettingsError, normalize_database_url
+
+INT_VARS = [
+    ("DEDUPE_HORIZON_SECONDS", "dedupe_horizon_seconds"),
+    ("LATE_LIMIT_SECONDS", "late_limit_seconds"),
+    ("FUTURE_LIMIT_SECONDS", "future_limit_seconds"),
+    ("REDIS_CHUNK_SIZE", "redis_chunk_size"),
+    ("TASK_MAX_RETRIES", "task_max_retries"),
+    ("TASK_RETRY_BACKOFF_MAX_SECONDS", "task_retry_backoff_max_seconds"),
+]
+
+
+def test_defaults_point_at_localhost() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor"
+    assert settings.broker_url == "amqp://guest:guest@127.0.0.1:5672//"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.persist_schedule == "0 * * * *"
+    assert settings.dedupe_horizon_seconds == 24 * 3600
+    assert settings.late_limit_seconds == 35 * 24 * 3600
+    assert settings.future_limit_seconds == 5 * 60
+    assert settings.redis_chunk_size == 5000
+    assert settings.task_max_retries == 20
+    assert settings.task_retry_backoff_max_seconds == 300
+
+
+def test_empty_values_mean_default() -> None:
+    assert Settings.from_env({"REDIS_CHUNK_SIZE": "", "DATABASE_URL": ""}) == Settings.from_env({})
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert Settings.from_env({"HOME": "/root", "redis_chunk_size": "7"}) == Settings.from_env({})
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+psycopg2://u:p@h:5432/d"),
+        ("postgresql://u:p@h:5432/d", "postgresql+psycopg2://u:p@h:5432/d"),
+        ("postgresql+psycopg2://u:p@h:5432/d", "postgresql+psycopg2://u:p@h:5432/d"),
+        ("postgres://u:p%40ss@h/d?sslmode=require", "postgresql+psycopg2://u:p%40ss@h/d?sslmode=require"),
+    ],
+)
+def test_database_url_gets_the_psycopg2_driver(url: str, expected: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == expected
+    assert normalize_database_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://u:p@h:3306/d",
+        "sqlite:///tmp/x.db",
+        "postgresql+psycopg://u:p@h/d",
+        "not a url",
+        "postgres:/u@h/d",
+        "u:p@h:5432/d",
+    ],
+)
+def test_bad_database_url_raises_naming_the_variable(url: str) -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        Settings.from_env({"DATABASE_URL": url})
+
+
+def test_settings_error_is_a_value_error() -> None:
+    assert issubclass(SettingsError, ValueError)
+
+
+def test_strings_are_taken_as_given() -> None:
+    settings = Settings.from_env(
+        {"BROKER_URL": "amqp://u:p@rabbit:5672/vh", "REDIS_URL": "redis://cache:6379/3"}
+    )
+    assert settings.broker_url == "amqp://u:p@rabbit:5672/vh"
+    assert settings.redis_url == "redis://cache:6379/3"
+
+
+@pytest.mark.parametrize(("var", "attr"), INT_VARS)
+def test_integer_variables_are_parsed(var: str, attr: str) -> None:
+    settings = Settings.from_env({var: "123"})
+    assert getattr(settings, attr) == 123
+    assert isinstance(getattr(settings, attr), int)
+
+
+def test_several_integer_variables_at_once() -> None:
+    settings = Settings.from_env({"DEDUPE_HORIZON_SECONDS": "7200", "REDIS_CHUNK_SIZE": "100"})
+    assert (settings.dedupe_horizon_seconds, settings.redis_chunk_size) == (7200, 100)
+    assert settings.late_limit_seconds == 35 * 24 * 3600
+
+
+@pytest.mark.parametrize(("var", "attr"), INT_VARS)
+@pytest.mark.parametrize("raw", ["abc", "1.5", "1e3", "0", "-1", "ten"])
+def test_bad_integer_variables_raise_naming_the_variable(var: str, attr: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=var):
+        Settings.from_env({var: raw})
+
+
+@pytest.mark.parametrize("schedule", ["*/5 * * * *", "0 * * * *", "15 3 * * 1-5", "0 0 1 * *"])
+def test_cron_persist_schedules_are_accepted(schedule: str) -> None:
+    settings = Settings.from_env({"PERSIST_SCHEDULE": schedule})
+    assert settings.persist_schedule == schedule
+    assert settings.persist_crontab() is not None
+
+
+def test_every_five_minutes_schedule_means_every_five_minutes() -> None:
+    crontab = Settings.from_env({"PERSIST_SCHEDULE": "*/5 * * * *"}).persist_crontab()
+    assert crontab.minute == set(range(0, 60, 5))
+    assert crontab.hour == set(range(24))
+
+
+def test_default_schedule_is_hourly_on_the_hour() -> None:
+    crontab = Settings.from_env({}).persist_crontab()
+    assert crontab.minute == {0}
+    assert crontab.hour == set(range(24))
+
+
+@pytest.mark.parametrize("schedule", ["every hour", "61 * * * *", "* * *", "a b c d e"])
+def test_bad_persist_schedule_raises(schedule: str) -> None:
+    with pytest.raises(SettingsError, match="PERSIST_SCHEDULE"):
+        Settings.from_env({"PERSIST_SCHEDULE": schedule})
