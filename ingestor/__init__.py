@@ -20,7 +20,7 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application from `settings` (default: from the environment)."""
-    from ingestor import database, health, pulses, redis_store
+    from ingestor import api, auth, database, pulses, redis_store
     from ingestor.messaging.celery_app import celery_init_app
 
     app = Flask(__name__)
@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     redis_store.init_app(app)
     pulses.init_app(app)
     celery_init_app(app)
-    app.register_blueprint(health.blueprint)
+    auth.init_app(app)
+    api.init_app(app)
     return app
 
 

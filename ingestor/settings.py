@@ -14,6 +14,12 @@ from dataclasses import dataclass, fields
 from celery.schedules import crontab
 
 
+DEVELOPMENT = "development"
+# Signs tokens in development only: validated() refuses it anywhere else.
+DEVELOPMENT_JWT_SECRET = "development-only-insecure-jwt-secret-key"
+MIN_JWT_SECRET_LENGTH = 32
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the ingestor cannot use."""
 
@@ -41,6 +47,14 @@ class Settings:
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # "development" allows the built-in insecure JWT key; anything else requires a
+    # strong JWT_SECRET_KEY, and refuses to start without one.
+    app_env: str = "development"
+    jwt_secret_key: str = ""
+    jwt_expires_seconds: int = 3600
+    # POST /api/v1/pulses: pulses per request and request body size.
+    max_pulses_per_request: int = 1000
+    max_body_bytes: int = 2 * 1024 * 1024
     # Cron syntax, evaluated in UTC: minute hour day-of-month month day-of-week.
     persist_schedule: str = "0 * * * *"
     # How long a pulse id is remembered: a redelivery within it counts once.
@@ -55,6 +69,15 @@ class Settings:
     # up to this many times, then the message goes to the dead-letter queue.
     task_max_retries: int = 20
     task_retry_backoff_max_seconds: int = 300
+    # The raw pulse queue: bare JSON pulses (no Celery envelope) from the first
+    # version's producers, consumed in batches by the worker (messaging/raw_consumer.py).
+    raw_queue: str = "pulses.raw"
+    # A batch is counted (one Lua call) and acked once it holds this many pulses...
+    raw_batch_size: int = 500
+    # ...or once its oldest message has waited this long, so a trickle is not held back.
+    raw_batch_wait_ms: int = 50
+    # Larger message bodies are dead-lettered unread.
+    raw_max_body_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +104,14 @@ class Settings:
         """Check the values that can be wrong in ways a type cannot express."""
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
         self.persist_crontab()
+        if self.app_env != DEVELOPMENT:
+            if len(self.jwt_secret_key) < MIN_JWT_SECRET_LENGTH or self.jwt_secret_key == DEVELOPMENT_JWT_SECRET:
+                raise SettingsError(
+                    f"JWT_SECRET_KEY must be set to a random string of at least {MIN_JWT_SECRET_LENGTH} "
+                    f"characters when APP_ENV is {self.app_env!r} (only 'development' runs without one)"
+                )
+        elif not self.jwt_secret_key:
+            object.__setattr__(self, "jwt_secret_key", DEVELOPMENT_JWT_SECRET)
         return self
 
     def persist_crontab(self) -> crontab:

@@ -15,6 +15,7 @@ from flask import Flask
 
 from ingestor.messaging import topology
 from ingestor.messaging.consumer import DeclareTopology
+from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
 from ingestor.messaging.serialization import register_decimal_json
 from ingestor.settings import Settings
 
@@ -42,13 +43,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": topology.PULSES,
         "task_routes": {
             "ingestor.persist_pulses": {"queue": topology.PERSIST, "routing_key": topology.PERSIST},
+            "ingestor.populate_pulses": {"queue": topology.POPULATE, "routing_key": topology.POPULATE},
         },
         "task_annotations": {
             name: {
                 "max_retries": settings.task_max_retries,
                 "retry_backoff_max": settings.task_retry_backoff_max_seconds,
             }
-            for name in ("ingestor.ingest_pulses", "ingestor.ingest_pulse", "ingestor.persist_pulses")
+            for name in (
+                "ingestor.ingest_pulses",
+                "ingestor.ingest_pulse",
+                "ingestor.persist_pulses",
+                "ingestor.populate_pulses",
+            )
         },
         "worker_consumer": "ingestor.messaging.consumer:DeadLetteringConsumer",
         "imports": ("ingestor.pulses.tasks",),
@@ -75,6 +82,8 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(app.config["SETTINGS"]))
     celery_app.steps["consumer"].add(DeclareTopology)
+    # The first version's bare JSON pulses, in batches (see messaging/raw_consumer.py).
+    celery_app.steps["consumer"].add(raw_pulse_consumer_step(app))
     celery_app.set_default()
     app.extensions["celery"] = celery_app
 

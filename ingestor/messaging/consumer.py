@@ -37,4 +37,5 @@ class DeclareTopology(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.connection:Connection"}
 
     def start(self, parent: Consumer) -> None:
-        declare_topology(parent.connection)
+        # The raw queue is declared by the raw consumer step, under its configured name.
+        declare_topology(parent.connection, raw_queue_name=None)

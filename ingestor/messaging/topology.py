@@ -4,6 +4,8 @@ Pulse tasks travel on the durable queue `pulses`, bound to the direct exchange
 `pulses` with routing key `pulses`; what cannot be processed is dead-lettered to the
 fanout exchange `pulses.dead` and kept in the queue `pulses.dead` for an operator.
 The persist task has its own queue, so a flush never waits behind a million pulses.
+The first version's producers publish bare JSON pulses through the default exchange
+to the raw queue (`pulses.raw` unless RAW_QUEUE says otherwise), dead-lettering too.
 A message published to an exchange with no matching queue is confirmed by RabbitMQ
 and silently dropped: these names must not change.
 """
@@ -14,7 +16,11 @@ from kombu import Connection, Exchange, Queue
 
 PULSES = "pulses"
 PERSIST = "persist"
+POPULATE = "populate"
 DEAD_LETTERS = "pulses.dead"
+# The default name of the raw pulse queue (RAW_QUEUE): bare JSON pulses published
+# through the default exchange, with the queue name as routing key.
+RAW_PULSES = "pulses.raw"
 
 pulses_exchange = Exchange(PULSES, type="direct", durable=True)
 dead_letter_exchange = Exchange(DEAD_LETTERS, type="fanout", durable=True)
@@ -29,14 +35,43 @@ pulses_queue = Queue(
 )
 dead_letter_queue = Queue(DEAD_LETTERS, dead_letter_exchange, routing_key=DEAD_LETTERS, durable=True)
 persist_queue = Queue(PERSIST, persist_exchange, routing_key=PERSIST, durable=True)
+# Fake-pulse generation for load and demos (POST /api/v1/pulses/populate), kept off
+# the pulses queue so it never delays real pulses' tasks behind it.
+populate_exchange = Exchange(POPULATE, type="direct", durable=True)
+populate_queue = Queue(POPULATE, populate_exchange, routing_key=POPULATE, durable=True)
 
-# The queues the worker consumes; the dead-letter queue is only declared.
-CONSUMED_QUEUES = (pulses_queue, persist_queue)
-ALL_QUEUES = (*CONSUMED_QUEUES, dead_letter_queue)
+
+def raw_queue(name: str = RAW_PULSES) -> Queue:
+    """The raw pulse queue `name`: durable, reached through the default exchange by
+    its name (RabbitMQ binds every queue there implicitly), dead-lettering like `pulses`.
+
+    The worker consumes it with its own consumer step (`messaging.raw_consumer`),
+    not as a Celery task queue: its messages carry no Celery envelope.
+    """
+    return Queue(
+        name,
+        Exchange(""),
+        routing_key=name,
+        durable=True,
+        queue_arguments={"x-dead-letter-exchange": DEAD_LETTERS},
+    )
 
 
-def declare_topology(connection: Connection) -> None:
-    """Declare every exchange, queue and binding (idempotent), dead letters first."""
+raw_pulses_queue = raw_queue()
+
+# The Celery task queues the worker consumes (the raw queue has a consumer step of
+# its own); the dead-letter queue is only declared.
+CONSUMED_QUEUES = (pulses_queue, persist_queue, populate_queue)
+ALL_QUEUES = (*CONSUMED_QUEUES, raw_pulses_queue, dead_letter_queue)
+
+
+def declare_topology(connection: Connection, raw_queue_name: str | None = RAW_PULSES) -> None:
+    """Declare every exchange, queue and binding (idempotent), dead letters first.
+
+    The raw queue is declared under `raw_queue_name` (None: not at all, for a caller
+    that declares it under its configured name itself).
+    """
     channel = connection.default_channel
-    for queue in (dead_letter_queue, *CONSUMED_QUEUES):
+    raw = () if raw_queue_name is None else (raw_queue(raw_queue_name),)
+    for queue in (dead_letter_queue, *CONSUMED_QUEUES, *raw):
         queue.bind(channel).declare()

@@ -8,8 +8,10 @@ for a given message id, so a redelivered or retried message changes nothing twic
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
 from marshmallow import ValidationError
@@ -43,10 +45,35 @@ class PulseValidator:
             future_limit=timedelta(seconds=settings.future_limit_seconds),
         )
 
+    def check(self, pulses: list[Any]) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejection]]:
+        """Validate every pulse: the valid ones (with their index) and the rejections."""
+        valid: list[tuple[int, dict[str, Any]]] = []
+        rejected: list[Rejection] = []
+        for index, raw in enumerate(pulses):
+            try:
+                valid.append((index, self._schema.load(raw)))
+            except ValidationError as exc:
+                rejected.append(Rejection(position=index, payload=raw, errors=exc.normalized_messages()))
+        return valid, rejected
+
+    def for_enqueue(self, pulses: list[Any], received_at: datetime) -> tuple[list[dict[str, Any]], list[Rejection]]:
+        """Validate pulses received over HTTP and return the valid ones as wire dicts.
+
+        A pulse without a timestamp is stamped with `received_at`: it entered the
+        system then, not whenever a worker gets to it.
+        """
+        valid, rejected = self.check(pulses)
+        wire = [self._schema.dump({"timestamp": received_at, **pulse}) for _, pulse in valid]
+        return wire, rejected
+
     def split(
-        self, pulses: list[Any], *, message_id: str, received_at: datetime
+        self, pulses: list[Any], *, fallback_key: Callable[[int], bytes], received_at: datetime
     ) -> tuple[list[CountablePulse], list[Rejection]]:
-        """Validate every pulse of a message; nothing in `pulses` can make this raise."""
+        """Validate every pulse of a message; nothing in `pulses` can make this raise.
+
+        A pulse with an `id` is deduplicated by (tenant, id); one without by
+        `fallback_key(index)`, its place in the message as the caller identifies it.
+        """
         countable: list[CountablePulse] = []
         rejected: list[Rejection] = []
         for index, raw in enumerate(pulses):
@@ -58,7 +85,7 @@ class PulseValidator:
             if pulse.get("id") is not None:
                 dedupe_key = keys.dedupe_key_for_id(pulse["tenant"], pulse["id"])
             else:
-                dedupe_key = keys.dedupe_key_for_position(message_id, index)
+                dedupe_key = fallback_key(index)
             countable.append(
                 CountablePulse(
                     dedupe_key=dedupe_key,
@@ -87,7 +114,9 @@ def ingest_batch(
     retry that follows only has the (idempotent) rejections left to write.
     """
     received_at = received_at or datetime.now(timezone.utc)
-    countable, rejected = validator.split(pulses, message_id=message_id, received_at=received_at)
+    countable, rejected = validator.split(
+        pulses, fallback_key=partial(keys.dedupe_key_for_position, message_id), received_at=received_at
+    )
     counted = counter.count(countable) if countable else 0
     if rejected:
         record_rejections(database, source=source, message_id=message_id, rejections=rejected)

@@ -105,3 +105,12 @@ def dedupe_key_for_id(tenant: str, pulse_id: str) -> bytes:
 def dedupe_key_for_position(message_id: str, index: int) -> bytes:
     """Dedupe key of a pulse without id: its place in a message, stable on redelivery."""
     return _digest(b"pos", message_id, str(index))
+
+
+def dedupe_key_for_amqp_message(message_id: str, index: int) -> bytes:
+    """Dedupe key of a raw-queue pulse without id: the AMQP `message_id` its producer
+    set, and its index in that message's body.
+
+    A kind of its own, so a producer's message id can never meet a Celery task id.
+    """
+    return _digest(b"amqp", message_id, str(index))

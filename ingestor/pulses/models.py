@@ -37,6 +37,9 @@ class PulseUsage(Base):
         UniqueConstraint("tenant", "product_sku", "use_unity", "window_start"),
         CheckConstraint("used_amount >= 0", name="used_amount_not_negative"),
         CheckConstraint("pulse_count > 0", name="pulse_count_positive"),
+        # The API's order, (window_start DESC, id DESC), unfiltered and by tenant.
+        Index("ix_pulse_usage_window_start_id", "window_start", "id"),
+        Index("ix_pulse_usage_tenant_window_start_id", "tenant", "window_start", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

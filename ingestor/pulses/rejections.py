@@ -51,6 +51,16 @@ def record_rejections(
     database: Database, *, source: str, message_id: str, rejections: Sequence[Rejection]
 ) -> None:
     """Store the rejections of one message, once even if the message is redelivered."""
+    record_rejections_of_messages(database, source=source, messages=[(message_id, rejections)])
+
+
+def record_rejections_of_messages(
+    database: Database, *, source: str, messages: Sequence[tuple[str, Sequence[Rejection]]]
+) -> None:
+    """Store the rejections of several messages (id, rejections) in one transaction.
+
+    Idempotent per (message id, position), like `record_rejections`.
+    """
     rows = [
         {
             "source": source,
@@ -60,8 +70,11 @@ def record_rejections(
             "payload": payload_text(rejection.payload),
             "errors": rejection.errors,
         }
+        for message_id, rejections in messages
         for rejection in rejections
     ]
+    if not rows:
+        return
     # Core insert of many rows in one executemany; a row already there (the same
     # message redelivered) is left alone.
     statement = insert(RejectedPulse.__table__).on_conflict_do_nothing(

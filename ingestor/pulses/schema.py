@@ -70,6 +70,10 @@ class Amount(fields.Field):
             raise ValidationError(f"Must be at most {MAX_AMOUNT}.")
         return amount
 
+    def _serialize(self, value: Decimal | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        # A decimal string: exact for any consumer, whatever its JSON number parsing.
+        return None if value is None else format(value, "f")
+
 
 class PulseSchema(Schema):
     """Validates one pulse; `load` returns a dict or raises with reasons per field."""
@@ -77,12 +81,20 @@ class PulseSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = PrintableString(128)
+    id = PrintableString(128, metadata={"description": "Idempotency key: (tenant, id) counts once"})
     tenant = PrintableString(128, required=True)
     product_sku = PrintableString(128, required=True)
-    use_unity = PrintableString(32, required=True)
-    used_amount = Amount(required=True)
-    timestamp = fields.AwareDateTime(format="iso")
+    use_unity = PrintableString(32, required=True, metadata={"example": "GB"})
+    used_amount = Amount(
+        required=True,
+        metadata={
+            "description": "Number or decimal string; >= 0, at most 6 fractional digits",
+            "example": "12.5",
+        },
+    )
+    timestamp = fields.AwareDateTime(
+        format="iso", metadata={"description": "ISO-8601 with offset; default: when the pulse was received"}
+    )
 
     def __init__(self, *, late_limit: timedelta, future_limit: timedelta, **kwargs: Any) -> None:
         super().__init__(**kwargs)

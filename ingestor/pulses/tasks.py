@@ -16,6 +16,9 @@ from celery.exceptions import Reject
 from ingestor.database import get_database
 from ingestor.pulses import get_pulses
 from ingestor.pulses.ingest import IngestReport, ingest_batch
+from ingestor.pulses.populate import run_share
+from ingestor.pulses.publishing import BrokerUnavailable
+from ingestor.redis_store import get_redis
 
 # Worth retrying: the service may be back in a moment. Every step being idempotent,
 # a retry can never count twice. Anything else is a bug or bad input, and goes to
@@ -28,6 +31,7 @@ TRANSIENT_ERRORS = (
     redis.exceptions.OutOfMemoryError,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
+    BrokerUnavailable,
 )
 # max_retries and retry_backoff_max come from the settings (see celery_config).
 RETRY_POLICY: dict[str, Any] = {
@@ -70,3 +74,9 @@ def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
 def persist_pulses() -> dict[str, Any]:
     """Flush the Redis hour windows into PostgreSQL (fired hourly by beat)."""
     return get_pulses().persister.persist_pending().__dict__
+
+
+@shared_task(name="ingestor.populate_pulses", bind=True, **RETRY_POLICY)
+def populate_pulses(self: Task, job_id: str, worker_index: int, count: int, buffer_size: int) -> int:
+    """Publish one share of a populate job as fake pulse batches (see populate.py)."""
+    return run_share(self.app, get_redis(), job_id, worker_index, count, buffer_size)

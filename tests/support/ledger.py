@@ -36,3 +36,11 @@ def persisted_sums(database: Database) -> dict[Group, tuple[Decimal, int]]:
             text("SELECT tenant, product_sku, use_unity, window_start, used_amount, pulse_count FROM pulse_usage")
         )
         return {(r[0], r[1], r[2], r[3].astimezone(timezone.utc)): (r[4], r[5]) for r in rows}
+
+
+def persisted_sums_per_group(database: Database) -> dict[tuple[str, str, str], Decimal]:
+    """The persisted amounts per (tenant, sku, unit), whatever their hour."""
+    per_group: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
+    for (tenant, sku, unit, _), (amount, _) in persisted_sums(database).items():
+        per_group[(tenant, sku, unit)] += amount
+    return dict(per_group)

@@ -45,6 +45,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "BROKER_URL": settings.broker_url,
         "DEDUPE_HORIZON_SECONDS": str(settings.dedupe_horizon_seconds),
         "REDIS_CHUNK_SIZE": str(settings.redis_chunk_size),
+        "RAW_QUEUE": settings.raw_queue,
+        "RAW_BATCH_SIZE": str(settings.raw_batch_size),
+        "RAW_BATCH_WAIT_MS": str(settings.raw_batch_wait_ms),
+        "RAW_MAX_BODY_BYTES": str(settings.raw_max_body_bytes),
     }
 
 

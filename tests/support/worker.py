@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from celery import Celery
 from kombu import Connection
 
 from ingestor.settings import Settings
-from tests.support.services import settings_env
+from tests.support.services import RABBITMQ_VHOST, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """One worker process group (main process and pool children) the test controls."""
 
-    def __init__(self, settings: Settings, name: str, concurrency: int = 2, queues: str = "pulses,persist"):
+    def __init__(self, settings: Settings, name: str, concurrency: int = 2, queues: str | None = None):
         self.settings = settings
         self.name = f"{name}@test"
         self.concurrency = concurrency
@@ -35,9 +36,11 @@ class WorkerProcess:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
         command = [
             sys.executable, "-m", "celery", "-A", "ingestor", "worker",
-            "-n", self.name, "-c", str(self.concurrency), "-Q", self.queues,
+            "-n", self.name, "-c", str(self.concurrency),
             "--loglevel=INFO", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
+        if self.queues:  # default: every queue the project's worker consumes
+            command += ["-Q", self.queues]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -91,3 +94,40 @@ def wait_until_idle(control: Celery, worker: WorkerProcess, queues: tuple[str, .
             idle_in_a_row = 0
         time.sleep(0.2)
     raise TimeoutError(f"worker still busy after {timeout}s:\n{worker.tail()}")
+
+
+def queue_counts(queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of `queue` in the test vhost.
+
+    The unacknowledged count needs `rabbitmqctl`: it is what tells a message held in
+    a raw consumer's open batch from one counted and acked.
+    """
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    listing = subprocess.run(
+        [ctl, "-q", "list_queues", "-p", RABBITMQ_VHOST, "--no-table-headers",
+         "name", "messages_ready", "messages_unacknowledged"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for line in listing.splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == queue:
+            return int(ready), int(unacked)
+    raise LookupError(f"no queue {queue!r} in vhost {RABBITMQ_VHOST!r}")
+
+
+def wait_until_settled(worker: WorkerProcess, queue: str, timeout: float = 90) -> None:
+    """Return once `queue` has nothing ready and nothing unacked, twice in a row.
+
+    For the raw queue, whose consumer is no Celery task: `wait_until_idle` cannot see
+    the messages held in its open batch, but RabbitMQ counts them as unacked.
+    """
+    deadline = time.monotonic() + timeout
+    settled_in_a_row = 0
+    while time.monotonic() < deadline:
+        if worker.process is not None and worker.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.process.returncode}:\n{worker.tail()}")
+        settled_in_a_row = settled_in_a_row + 1 if queue_counts(queue) == (0, 0) else 0
+        if settled_in_a_row == 2:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{queue} not settled after {timeout}s: {queue_counts(queue)}\n{worker.tail()}")

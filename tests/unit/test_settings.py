@@ -13,6 +13,9 @@ INT_VARS = [
     ("REDIS_CHUNK_SIZE", "redis_chunk_size"),
     ("TASK_MAX_RETRIES", "task_max_retries"),
     ("TASK_RETRY_BACKOFF_MAX_SECONDS", "task_retry_backoff_max_seconds"),
+    ("RAW_BATCH_SIZE", "raw_batch_size"),
+    ("RAW_BATCH_WAIT_MS", "raw_batch_wait_ms"),
+    ("RAW_MAX_BODY_BYTES", "raw_max_body_bytes"),
 ]
 
 
@@ -28,6 +31,10 @@ def test_defaults_point_at_localhost() -> None:
     assert settings.redis_chunk_size == 5000
     assert settings.task_max_retries == 20
     assert settings.task_retry_backoff_max_seconds == 300
+    assert settings.raw_queue == "pulses.raw"
+    assert settings.raw_batch_size == 500
+    assert settings.raw_batch_wait_ms == 50
+    assert settings.raw_max_body_bytes == 1024 * 1024
 
 
 def test_empty_values_mean_default() -> None:
@@ -123,3 +130,16 @@ def test_default_schedule_is_hourly_on_the_hour() -> None:
 def test_bad_persist_schedule_raises(schedule: str) -> None:
     with pytest.raises(SettingsError, match="PERSIST_SCHEDULE"):
         Settings.from_env({"PERSIST_SCHEDULE": schedule})
+
+
+def test_outside_development_a_strong_jwt_secret_is_required() -> None:
+    """The web must refuse to start with a guessable signing key in production."""
+    for secret in ("", "short", "development-only-insecure-jwt-secret-key"):
+        with pytest.raises(SettingsError, match="JWT_SECRET_KEY"):
+            Settings.from_env({"APP_ENV": "production", "JWT_SECRET_KEY": secret})
+    strong = "k" * 40
+    assert Settings.from_env({"APP_ENV": "production", "JWT_SECRET_KEY": strong}).jwt_secret_key == strong
+
+
+def test_development_runs_with_the_built_in_key() -> None:
+    assert Settings.from_env({}).jwt_secret_key == "development-only-insecure-jwt-secret-key"

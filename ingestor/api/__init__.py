@@ -1,0 +1,55 @@
+"""The HTTP API: a flask-smorest `Api` under /api/v1, JSON only, documented by OpenAPI.
+
+`init_app` wires the JSON handling (Decimal-safe decoding, JSON errors, size cap), the
+OpenAPI document at /api/v1/openapi.json, and the blueprints of each domain.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ingestor.api.errors import IngestorApi
+from ingestor.api.parsing import ApiJSONProvider
+
+BEARER_AUTH = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+
+
+def init_app(app: Flask) -> IngestorApi:
+    """Register the API on `app`."""
+    settings = app.config["SETTINGS"]
+    app.json = ApiJSONProvider(app)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="Pulse Ingestor",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        # Every operation needs a bearer token unless it says `security: []`.
+        API_SPEC_OPTIONS={
+            "security": [{"bearerAuth": []}],
+            "components": {"securitySchemes": {"bearerAuth": BEARER_AUTH}},
+        },
+    )
+    api = IngestorApi(app)
+    # The pulse schema documents POST /api/v1/pulses (its body is parsed by hand: it
+    # may be one pulse or a list).
+    from datetime import timedelta
+
+    from ingestor.pulses.schema import PulseSchema
+
+    api.spec.components.schema(
+        "Pulse",
+        schema=PulseSchema(
+            late_limit=timedelta(seconds=settings.late_limit_seconds),
+            future_limit=timedelta(seconds=settings.future_limit_seconds),
+        ),
+    )
+
+    from ingestor.api import health, pulses
+    from ingestor.auth import views as auth_views
+
+    api.register_blueprint(health.blueprint)
+    api.register_blueprint(auth_views.blueprint)
+    api.register_blueprint(pulses.blueprint)
+    return api

@@ -1,0 +1,57 @@
+"""Liveness (`GET /health`) and readiness (`GET /ready`) probes."""
+
+from __future__ import annotations
+
+from flask import current_app
+from sqlalchemy import text
+
+from ingestor.api.blueprint import ApiBlueprint
+from ingestor.api.errors import error_response
+from ingestor.api.schemas import HealthSchema, ReadinessSchema
+from ingestor.database import get_database
+from ingestor.redis_store import get_redis
+
+blueprint = ApiBlueprint("health", __name__, description="Probes for load balancers and orchestrators")
+
+
+@blueprint.get("/health")
+@blueprint.response(200, HealthSchema)
+@blueprint.doc(security=[])
+def health():
+    """200 as long as the web process serves requests."""
+    return {"status": "ok"}
+
+
+def _check(probe) -> str:
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", named below
+        return f"unreachable: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
+def _ping_postgresql() -> None:
+    with get_database().engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _ping_rabbitmq() -> None:
+    with current_app.extensions["celery"].connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=5)
+
+
+@blueprint.get("/ready")
+@blueprint.response(200, ReadinessSchema)
+@blueprint.errors(503)
+@blueprint.doc(security=[])
+def ready():
+    """200 when RabbitMQ, Redis and PostgreSQL all answer; 503 naming the ones that do not."""
+    checks = {
+        "rabbitmq": _check(_ping_rabbitmq),
+        "redis": _check(get_redis().ping),
+        "postgresql": _check(_ping_postgresql),
+    }
+    failing = sorted(name for name, status in checks.items() if status != "ok")
+    if failing:
+        return error_response(503, "service_unavailable", f"Not ready: {', '.join(failing)} unreachable.", checks)
+    return {"status": "ready", "checks": checks}

@@ -1,0 +1,140 @@
+"""The API's request and response schemas (marshmallow): validation and documentation."""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+from marshmallow import RAISE, Schema, fields, pre_load, validate
+
+from ingestor.pulses.schema import PrintableString
+
+MAX_PAGE_LIMIT = 1000
+
+
+class JsonInteger(fields.Integer):
+    """An integer in a JSON body: 5, not "5", 5.5 or true (marshmallow's would take them)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class LoginSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    # Printable: a NUL byte cannot even be looked up in PostgreSQL.
+    username = PrintableString(64, required=True)
+    password = fields.String(required=True, validate=validate.Length(1, 1024), load_only=True)
+
+
+class TokenSchema(Schema):
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"example": "Bearer"})
+    expires_at = fields.DateTime(required=True, metadata={"description": "UTC, ISO-8601"})
+
+
+class UsageQuerySchema(Schema):
+    """Query string of GET /api/v1/pulses."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10**9))
+    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT))
+    cursor = PrintableString(
+        200,
+        metadata={"description": "next_cursor of a previous page; takes precedence over page"},
+    )
+    tenant = PrintableString(128)
+    product_sku = PrintableString(128)
+    use_unity = PrintableString(32)
+    window_from = fields.AwareDateTime(
+        data_key="from",
+        format="iso",
+        default_timezone=timezone.utc,
+        metadata={"description": "window_start >= from (ISO-8601; no offset means UTC)"},
+    )
+    window_to = fields.AwareDateTime(
+        data_key="to",
+        format="iso",
+        default_timezone=timezone.utc,
+        metadata={"description": "window_start < to (ISO-8601; no offset means UTC)"},
+    )
+
+
+class UsageSchema(Schema):
+    """One persisted hourly sum."""
+
+    id = fields.Integer(required=True)
+    tenant = fields.String(required=True)
+    product_sku = fields.String(required=True)
+    use_unity = fields.String(required=True)
+    window_start = fields.DateTime(required=True, metadata={"description": "start of the UTC hour"})
+    used_amount = fields.Decimal(
+        required=True,
+        as_string=True,
+        metadata={"type": "string", "format": "decimal", "description": "exact, 6 fractional digits"},
+    )
+    pulse_count = fields.Integer(required=True)
+    updated_at = fields.DateTime(required=True)
+
+
+class UsagePageSchema(Schema):
+    items = fields.List(fields.Nested(UsageSchema), required=True)
+    page = fields.Integer(allow_none=True, metadata={"description": "null when walking with a cursor"})
+    limit = fields.Integer(required=True)
+    total = fields.Integer(required=True, metadata={"description": "rows matching the filters"})
+    next_cursor = fields.String(allow_none=True, metadata={"description": "null on the last page"})
+
+
+class PulseRejectionSchema(Schema):
+    index = fields.Integer(required=True, metadata={"description": "position in the request body"})
+    errors = fields.Dict(required=True, metadata={"description": "reasons per field"})
+
+
+class IngestResultSchema(Schema):
+    accepted = fields.Integer(required=True)
+    rejected = fields.List(fields.Nested(PulseRejectionSchema), required=True)
+    task_id = fields.String(allow_none=True, metadata={"description": "the ingest task, null if nothing was valid"})
+
+
+class PopulateRequestSchema(Schema):
+    """Body of POST /api/v1/pulses/populate; a missing, zero or negative value means the default."""
+
+    class Meta:
+        unknown = RAISE
+
+    total_messages = JsonInteger(load_default=100, validate=validate.Range(1, 10_000_000))
+    workers_number = JsonInteger(load_default=5, validate=validate.Range(1, 50))
+    buffer_size = JsonInteger(load_default=50, validate=validate.Range(1, 1000))
+
+    DEFAULTS = {"total_messages": 100, "workers_number": 5, "buffer_size": 50}
+
+    @pre_load
+    def _defaults_for_non_positive(self, data, **_):
+        # The first version's rule, kept for its users: <= 0 means "use the default".
+        if isinstance(data, dict):
+            data = dict(data)
+            for name, default in self.DEFAULTS.items():
+                value = data.get(name)
+                if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+                    data[name] = default
+        return data
+
+
+class PopulateJobSchema(Schema):
+    job_id = fields.String(required=True)
+    total = fields.Integer(required=True)
+    published = fields.Integer(required=True)
+    done = fields.Boolean(required=True)
+    workers = fields.Integer(required=True)
+    buffer_size = fields.Integer(required=True)
+    created_at = fields.String(required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

@@ -1,0 +1,59 @@
+"""Authentication: users in PostgreSQL, JWT access tokens (flask-jwt-extended).
+
+Every API route but login, health, readiness and the OpenAPI document requires
+`Authorization: Bearer <token>`; every way a token can be wrong answers 401 JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Flask
+from flask_jwt_extended import JWTManager
+
+from ingestor.api.errors import error_response
+
+jwt = JWTManager()
+
+
+def init_app(app: Flask) -> None:
+    """Configure JWT from the settings and register `flask users`."""
+    settings = app.config["SETTINGS"]
+    app.config["JWT_SECRET_KEY"] = settings.jwt_secret_key
+    app.config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(seconds=settings.jwt_expires_seconds)
+    app.config["JWT_TOKEN_LOCATION"] = ["headers"]
+    app.config["JWT_ALGORITHM"] = "HS256"
+    jwt.init_app(app)
+
+    from ingestor.auth.cli import users_cli
+
+    app.cli.add_command(users_cli)
+
+
+def _unauthorized(message: str):
+    return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+@jwt.unauthorized_loader
+def _missing_token(reason: str):
+    return _unauthorized(f"A bearer token is required: {reason}.")
+
+
+@jwt.invalid_token_loader
+def _invalid_token(reason: str):
+    return _unauthorized(f"The token is invalid: {reason}.")
+
+
+def _refuse(message: str):
+    """A loader answering 401 with `message`, whatever flask-jwt-extended passes it."""
+
+    def loader(*_: object):
+        return _unauthorized(message)
+
+    return loader
+
+
+jwt.expired_token_loader(_refuse("The token has expired; log in again."))
+jwt.revoked_token_loader(_refuse("The token has been revoked."))
+jwt.needs_fresh_token_loader(_refuse("A fresh token is required."))
+jwt.user_lookup_error_loader(_refuse("The token's user no longer exists."))

@@ -1,0 +1,32 @@
+"""`flask users ...`: managing API users from the command line."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from ingestor.auth.models import User
+from ingestor.database import get_database
+
+users_cli = AppGroup("users", help="Manage API users.")
+
+MIN_PASSWORD_LENGTH = 12
+
+
+@users_cli.command("create")
+@click.argument("username")
+@click.password_option(help="The password (prompted, twice, when omitted).")
+def create_user(username: str, password: str) -> None:
+    """Create the API user USERNAME."""
+    if not 1 <= len(username) <= 64 or not username.isprintable():
+        raise click.BadParameter("must be 1 to 64 printable characters", param_hint="USERNAME")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise click.BadParameter(f"must be at least {MIN_PASSWORD_LENGTH} characters", param_hint="--password")
+    with get_database().session() as session, session.begin():
+        if session.scalar(select(User.id).where(User.username == username)) is not None:
+            raise click.ClickException(f"user {username!r} already exists")
+        user = User(username=username)
+        user.set_password(password)
+        session.add(user)
+    click.echo(f"user {username!r} created")

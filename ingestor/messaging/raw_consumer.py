@@ -1,0 +1,403 @@
+"""The raw pulse queue: bare JSON pulses, consumed in batches inside the Celery worker.
+
+The first version's producers publish one pulse (or an array of pulses) per AMQP
+message, with no Celery envelope, through the default exchange to a durable queue
+(`RAW_QUEUE`, default `pulses.raw`). A Celery task consumer cannot read those, and one
+task per pulse would be slow, so `celery -A ingestor worker` also runs a consumer
+bootstep of its own (Celery's extension point for custom message consumers), on a
+channel of its own, in the worker's main process:
+
+1. on each message (in the worker's event loop): check the size, decode the JSON
+   (fractional numbers as Decimal), validate its pulses. A body that is not JSON, not
+   a pulse or an array of pulses, or too large is dead-lettered at once (reject
+   without requeue: RabbitMQ moves it to `pulses.dead`) and counts nothing;
+2. keep the validated message, unacked, in the open batch;
+3. once the batch holds `RAW_BATCH_SIZE` pulses, or its oldest message has waited
+   `RAW_BATCH_WAIT_MS`: count all its valid pulses in Redis (one Lua call per
+   `REDIS_CHUNK_SIZE` pulses, the script of `ingestor.ingest_pulses`), record its
+   invalid pulses in PostgreSQL, and only then ack the whole batch with one
+   `basic.ack(multiple=True)`.
+
+Nothing is acked before it is counted: a worker killed at any point leaves every
+uncounted message unacked, and RabbitMQ redelivers it. The dedupe keys make that
+redelivery count once: (tenant, id) for a pulse with an `id`; (AMQP `message_id`,
+index) for one without, when its producer set a message_id. A pulse with neither gets
+a random key: counted once in normal operation, but counted twice if the worker dies
+between the Redis write and the ack (the README says so, and recommends ids).
+
+The batch logic (`decode_body`, `prepare_message`, `PendingBatch`) is plain code;
+`RawPulseConsumerStep` is the kombu/Celery glue around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+from celery import bootsteps
+from flask import Flask
+from kombu import Consumer, Message
+from kombu.common import ignore_errors
+
+from ingestor.messaging.serialization import loads_decimal
+from ingestor.messaging.topology import raw_queue
+from ingestor.pulses import keys
+from ingestor.pulses.aggregation import CountablePulse
+from ingestor.pulses.ingest import PulseValidator
+from ingestor.pulses.rejections import Rejection, record_rejections_of_messages
+from ingestor.pulses.tasks import TRANSIENT_ERRORS
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M")
+
+# A batch that failed on a transient error is retried after 0.5 s, 1 s, 2 s... up to this.
+RETRY_BACKOFF_MAX_SECONDS = 30.0
+# AMQP's prefetch count is a 16-bit field.
+MAX_PREFETCH = 65535
+# rejected_pulse.source is a VARCHAR(64).
+MAX_SOURCE_CHARS = 64
+# A producer's message_id is shown in rejected_pulse.message_id (VARCHAR(255)) up to this.
+MAX_SHOWN_MESSAGE_ID_CHARS = 200
+
+
+class UndecodableBody(ValueError):
+    """A raw message body that is not a pulse or an array of pulses: dead-lettered."""
+
+
+def decode_body(body: bytes | str, max_bytes: int) -> list[Any]:
+    """The pulses of a raw message body: a JSON object is one pulse, an array is many.
+
+    Raises `UndecodableBody` for a body over `max_bytes`, not UTF-8, not JSON (nesting
+    too deep for the decoder included), or neither an object nor an array. Fractional
+    numbers become `Decimal`, never floats. What the pulses hold is the schema's job.
+    """
+    # py-amqp hands over a str when the producer set a content_encoding it could apply.
+    data = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    if len(data) > max_bytes:
+        raise UndecodableBody(f"body of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        decoded = loads_decimal(data)
+    except RecursionError:
+        raise UndecodableBody("JSON nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "not JSON" here
+        # UnicodeDecodeError, JSONDecodeError, and whatever kombu's tagged-object hook
+        # raises on a malformed {"__type__": ...}: all of them are the producer's bug.
+        raise UndecodableBody(f"not UTF-8 JSON: {exc!r:.200}") from None
+    if isinstance(decoded, dict):
+        return [decoded]
+    if isinstance(decoded, list):
+        return decoded
+    raise UndecodableBody(f"a JSON {type(decoded).__name__}, not a pulse or an array of pulses")
+
+
+def fallback_key_of(amqp_message_id: str | None) -> Callable[[int], bytes]:
+    """How a pulse without `id` in this message is deduplicated, by its index.
+
+    By (message_id, index) when the producer set an AMQP message_id: stable across
+    redeliveries and republishing. Otherwise by a random scope: the message counts once
+    in normal operation, but a redelivery after the Redis write counts it again.
+    """
+    if amqp_message_id:
+        return partial(keys.dedupe_key_for_amqp_message, amqp_message_id)
+    return partial(keys.dedupe_key_for_position, str(uuid.uuid4()))
+
+
+def rejection_id_of(body: bytes | str, amqp_message_id: str | None) -> str:
+    """The rejected_pulse.message_id of a raw message: stable across redeliveries.
+
+    rejected_pulse rows are unique on (message_id, position), so two different messages
+    must never share an id: it is a digest of the body and the producer's message_id
+    (then, for a reader, that message_id itself when printable). Only the same body
+    with the same message_id, i.e. the same message again, shares its rows.
+    """
+    data = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    mid = (amqp_message_id or "").encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(b"%d:" % len(mid), digest_size=16)
+    digest.update(mid)
+    digest.update(data)
+    ident = f"raw:{digest.hexdigest()}"
+    if amqp_message_id and amqp_message_id.isprintable():
+        ident += f":{amqp_message_id[:MAX_SHOWN_MESSAGE_ID_CHARS]}"
+    return ident
+
+
+@dataclass(frozen=True)
+class PreparedMessage(Generic[M]):
+    """A raw message decoded and validated, waiting in a batch for its ack."""
+
+    handle: M  # the broker's message (kombu's Message), opaque to the batch logic
+    countable: list[CountablePulse]
+    rejections: list[Rejection]
+    rejection_id: str
+
+    @property
+    def pulse_count(self) -> int:
+        return len(self.countable) + len(self.rejections)
+
+
+def prepare_message(
+    handle: M,
+    body: bytes | str,
+    amqp_message_id: str | None,
+    *,
+    validator: PulseValidator,
+    max_body_bytes: int,
+    received_at: datetime,
+) -> PreparedMessage[M]:
+    """Decode and validate one raw message; raises `UndecodableBody` (dead-letter it).
+
+    Validated once, on arrival: a batch retried after an outage reuses these exact
+    dedupe keys and verdicts, so a retry can neither count twice nor change its mind.
+    """
+    pulses = decode_body(body, max_body_bytes)
+    countable, rejections = validator.split(
+        pulses, fallback_key=fallback_key_of(amqp_message_id), received_at=received_at
+    )
+    return PreparedMessage(handle, countable, rejections, rejection_id_of(body, amqp_message_id))
+
+
+class PendingBatch(Generic[M]):
+    """The open batch: prepared messages held unacked until they are counted.
+
+    It closes (`is_due`) when it holds `max_pulses` pulses (or as many messages, for
+    bodies of empty arrays), or when its oldest message has waited `max_wait_seconds`.
+    After a failed attempt it waits an exponential backoff before the next one, and
+    keeps taking messages meanwhile (the prefetch count bounds how many).
+    """
+
+    def __init__(self, max_pulses: int, max_wait_seconds: float) -> None:
+        self.max_pulses = max_pulses
+        self.max_wait_seconds = max_wait_seconds
+        self.messages: list[PreparedMessage[M]] = []
+        self.pulse_count = 0
+        self.failures = 0
+        self._opened_at = 0.0
+        self._retry_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def add(self, message: PreparedMessage[M], now: float) -> None:
+        """Hold `message` in the batch (`now`: a monotonic clock reading)."""
+        if not self.messages:
+            self._opened_at = now
+        self.messages.append(message)
+        self.pulse_count += message.pulse_count
+
+    def is_due(self, now: float) -> bool:
+        """Whether the batch should be counted and acked now."""
+        if not self.messages:
+            return False
+        if self._retry_at is not None:
+            return now >= self._retry_at
+        full = self.pulse_count >= self.max_pulses or len(self.messages) >= self.max_pulses
+        return full or now - self._opened_at >= self.max_wait_seconds
+
+    def countable(self) -> list[CountablePulse]:
+        """Every valid pulse of the batch, for one `PulseCounter.count` call."""
+        return [pulse for message in self.messages for pulse in message.countable]
+
+    def rejections(self) -> list[tuple[str, Sequence[Rejection]]]:
+        """(rejection id, rejections) of each message that has invalid pulses."""
+        return [(m.rejection_id, m.rejections) for m in self.messages if m.rejections]
+
+    def last(self) -> M:
+        """The handle of the newest message: acking it with multiple=True acks them all."""
+        return self.messages[-1].handle
+
+    def postpone(self, now: float) -> float:
+        """Record a failed attempt; return the seconds until the next one."""
+        self.failures += 1
+        delay = min(0.5 * 2 ** (self.failures - 1), RETRY_BACKOFF_MAX_SECONDS)
+        self._retry_at = now + delay
+        return delay
+
+    def clear(self) -> None:
+        """Forget every message (acked, rejected, or left to the broker to redeliver)."""
+        self.messages = []
+        self.pulse_count = 0
+        self.failures = 0
+        self._retry_at = None
+
+
+class RawPulseConsumerStep(bootsteps.ConsumerStep):
+    """Consumes the raw pulse queue in batches, in the worker's main process.
+
+    Runs on the consumer's event loop: the message callback and the flush timer never
+    run at the same time, so the batch needs no lock. Use `raw_pulse_consumer_step(app)`
+    to get the class bound to a Flask app (the step reads its services from it).
+    """
+
+    requires = (
+        "celery.worker.consumer.connection:Connection",
+        "ingestor.messaging.consumer:DeclareTopology",
+    )
+    flask_app: Flask  # set by raw_pulse_consumer_step
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        app = self.flask_app
+        settings = app.config["SETTINGS"]
+        services = app.extensions["pulses"]
+        self.validator: PulseValidator = services.validator
+        self.counter = services.counter
+        self.database = app.extensions["database"]
+        self.queue = raw_queue(settings.raw_queue)
+        self.source = f"raw:{settings.raw_queue}"[:MAX_SOURCE_CHARS]
+        self.max_body_bytes: int = settings.raw_max_body_bytes
+        self.batch: PendingBatch[Message] = PendingBatch(
+            settings.raw_batch_size, settings.raw_batch_wait_ms / 1000
+        )
+        # Room for the next batch to arrive while this one is being counted.
+        self.prefetch_count = min(2 * settings.raw_batch_size, MAX_PREFETCH)
+        # Ticks at half the wait (at most every 0.25 s, for the retry backoff): a
+        # trickle's batch closes between one and one and a half waits after it opened.
+        self.tick_seconds = max(min(settings.raw_batch_wait_ms / 2000, 0.25), 0.005)
+        self._tick = None
+
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        """One consumer of the raw queue on the step's own channel (declares the queue)."""
+        # A new channel: messages held for an old one were returned by the broker when
+        # it went away, and their delivery tags mean nothing here.
+        self.batch.clear()
+        return [
+            Consumer(
+                channel,
+                queues=[self.queue],
+                on_message=self.on_message,  # the raw message: we decode it ourselves
+                prefetch_count=self.prefetch_count,
+                no_ack=False,
+            )
+        ]
+
+    def start(self, parent: Any) -> None:
+        """Start consuming, and the timer that closes batches on time."""
+        super().start(parent)
+        self._tick = parent.timer.call_repeatedly(self.tick_seconds, self.on_tick)
+        logger.info(
+            "consuming raw pulses from %s (batch %d pulses / %d ms, prefetch %d)",
+            self.queue.name, self.batch.max_pulses, self.batch.max_wait_seconds * 1000, self.prefetch_count,
+        )  # fmt: skip
+
+    def stop(self, parent: Any) -> None:
+        """Warm shutdown: finish the open batch (or return it); reconnect: drop it."""
+        self._cancel_tick(parent)
+        if parent.blueprint.state == bootsteps.CLOSE:
+            # Warm shutdown (SIGTERM): the channel is still open. Stop deliveries, then
+            # count and ack what is held; if that fails, hand it back to the broker.
+            for consumer in self.consumers or []:
+                ignore_errors(parent.connection, consumer.cancel)
+            self.finish_on_shutdown(parent)
+        else:
+            # The connection failed and Celery is reconnecting: our channel is gone,
+            # and with it every unacked delivery, which RabbitMQ redelivers. Counting
+            # them now could not be followed by an ack.
+            self.batch.clear()
+        super().stop(parent)
+
+    def shutdown(self, parent: Any) -> None:
+        """Cold shutdown: count nothing more; the broker redelivers what is unacked."""
+        self._cancel_tick(parent)
+        self.batch.clear()
+        super().shutdown(parent)
+
+    def on_message(self, message: Message) -> None:
+        """Prepare one delivery and add it to the batch; flush when the batch is due."""
+        try:
+            prepared = prepare_message(
+                message,
+                message.body,
+                message.properties.get("message_id"),
+                validator=self.validator,
+                max_body_bytes=self.max_body_bytes,
+                received_at=datetime.now(timezone.utc),
+            )
+        except Exception as exc:  # noqa: BLE001 - UndecodableBody, or a bug: never crash the loop
+            self.dead_letter(message, exc)
+            return
+        now = time.monotonic()
+        self.batch.add(prepared, now)
+        if self.batch.is_due(now):
+            self.flush()
+
+    def on_tick(self) -> None:
+        """Timer callback: close a batch that has waited long enough, retry a failed one."""
+        if self.batch.is_due(time.monotonic()):
+            self.flush()
+
+    def dead_letter(self, message: Message, exc: Exception) -> None:
+        """Reject one message without requeue: RabbitMQ moves it to `pulses.dead`."""
+        logger.warning(
+            "raw message dead-lettered: %s",
+            exc if isinstance(exc, UndecodableBody) else repr(exc),
+            exc_info=not isinstance(exc, UndecodableBody),
+            extra={"queue": self.queue.name, "delivery_tag": message.delivery_tag},
+        )
+        message.reject(requeue=False)
+
+    def flush(self) -> bool:
+        """Count the batch, record its rejections, then ack it all; True if acked.
+
+        A transient Redis/PostgreSQL error keeps the batch, unacked, for a retry with
+        backoff: the retry reuses the same dedupe keys, so it counts nothing twice. Any
+        other error dead-letters the batch's messages rather than retrying it forever.
+        Broker errors (the ack) propagate: Celery reconnects and RabbitMQ redelivers.
+        """
+        batch = self.batch
+        countable = batch.countable()
+        try:
+            counted = self.counter.count(countable) if countable else 0
+            record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
+        except TRANSIENT_ERRORS as exc:
+            delay = batch.postpone(time.monotonic())
+            logger.warning(
+                "raw batch of %d message(s) not counted (%r): held unacked, retry %d in %.1fs",
+                len(batch), exc, batch.failures, delay,
+            )  # fmt: skip
+            return False
+        except Exception:
+            logger.exception("raw batch of %d message(s) failed: dead-lettering them", len(batch))
+            for message in batch.messages:
+                message.handle.reject(requeue=False)
+            batch.clear()
+            return False
+        batch.last().ack(multiple=True)
+        logger.info(
+            "raw batch acked: messages=%d pulses=%d counted=%d duplicates=%d rejected=%d",
+            len(batch), batch.pulse_count, counted, len(countable) - counted, batch.pulse_count - len(countable),
+        )  # fmt: skip
+        batch.clear()
+        return True
+
+    def finish_on_shutdown(self, parent: Any) -> None:
+        """Count and ack the open batch; if that fails, requeue its messages."""
+        if not len(self.batch):
+            return
+        try:
+            if self.flush():
+                return
+        except Exception:  # noqa: BLE001 - shutting down: log, and let the broker redeliver
+            logger.exception("raw batch could not be acked at shutdown")
+        if self.batch.messages:
+            logger.warning("raw batch of %d message(s) returned to the queue at shutdown", len(self.batch))
+            for message in self.batch.messages:
+                ignore_errors(parent.connection, message.handle.requeue)
+        self.batch.clear()
+
+    def _cancel_tick(self, parent: Any) -> None:
+        if self._tick is not None:
+            parent.timer.cancel(self._tick)
+            self._tick = None
+
+
+def raw_pulse_consumer_step(app: Flask) -> type[RawPulseConsumerStep]:
+    """The raw consumer step bound to `app`, for `celery_app.steps["consumer"].add`."""
+    return type("RawPulseConsumerStep", (RawPulseConsumerStep,), {"flask_app": app, "__module__": __name__})

@@ -1,0 +1,103 @@
+"""Reading the persisted hourly sums: filters, stable order, pages and keyset cursors.
+
+Rows are ordered newest hour first, then by id: `(window_start DESC, id DESC)`, a total
+order, so pages never skip or repeat a row. A cursor names the last row of a page;
+the next page starts strictly after it, which an index walks as fast on the
+millionth row as on the first (OFFSET has to count its way there).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy.orm import Session
+
+from ingestor.pulses.models import PulseUsage
+
+
+class InvalidCursor(ValueError):
+    """A cursor that this API did not produce."""
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    """Equality filters on the group, and a half-open range [window_from, window_to)."""
+
+    tenant: str | None = None
+    product_sku: str | None = None
+    use_unity: str | None = None
+    window_from: datetime | None = None
+    window_to: datetime | None = None
+
+    def apply(self, query: Select) -> Select:
+        """Add the WHERE clauses of this filter to `query`."""
+        for column, value in (
+            (PulseUsage.tenant, self.tenant),
+            (PulseUsage.product_sku, self.product_sku),
+            (PulseUsage.use_unity, self.use_unity),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if self.window_from is not None:
+            query = query.where(PulseUsage.window_start >= self.window_from)
+        if self.window_to is not None:
+            query = query.where(PulseUsage.window_start < self.window_to)
+        return query
+
+
+@dataclass(frozen=True)
+class UsagePage:
+    """One page of sums, the total matching the filter, and where the next page starts."""
+
+    items: list[PulseUsage]
+    total: int
+    next_cursor: str | None
+
+
+def encode_cursor(row: PulseUsage) -> str:
+    """An opaque cursor naming `row`'s place in the order."""
+    raw = json.dumps([row.window_start.isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The (window_start, id) a cursor names; InvalidCursor if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        window_start, row_id = json.loads(raw)
+        position = datetime.fromisoformat(window_start), int(row_id)
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        raise InvalidCursor("cursor is not valid: use the next_cursor of a previous response") from None
+    if position[0].tzinfo is None or not isinstance(row_id, int):
+        raise InvalidCursor("cursor is not valid: use the next_cursor of a previous response")
+    return position
+
+
+ORDER = (PulseUsage.window_start.desc(), PulseUsage.id.desc())
+
+
+def list_usage(
+    session: Session, usage_filter: UsageFilter, limit: int, page: int = 1, cursor: str | None = None
+) -> UsagePage:
+    """A page of sums matching `usage_filter`: after `cursor` if given, else page `page`."""
+    query = usage_filter.apply(select(PulseUsage))
+    if cursor is not None:
+        after = decode_cursor(cursor)
+        query = query.where(tuple_(PulseUsage.window_start, PulseUsage.id) < after)
+    else:
+        query = query.offset((page - 1) * limit)
+    # One row more than asked tells whether a next page exists.
+    rows = list(session.scalars(query.order_by(*ORDER).limit(limit + 1)))
+    total = session.scalar(usage_filter.apply(select(func.count()).select_from(PulseUsage)))
+    items = rows[:limit]
+    next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
+    return UsagePage(items=items, total=total or 0, next_cursor=next_cursor)
+
+
+def get_usage(session: Session, usage_id: int) -> PulseUsage | None:
+    """One hourly sum by id, or None."""
+    return session.get(PulseUsage, usage_id)
