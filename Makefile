@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install services db run worker beat web test test-unit test-integration lock clean
+.PHONY: install services db run worker beat web test test-unit test-integration bench lock clean
 
 $(INSTALLED): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,6 @@ lock:  ## re-pin constraints.txt from a fresh resolution of setup.cfg
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+bench: install services  ## measure the real system on this machine (bench/run.py --help for sizes)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

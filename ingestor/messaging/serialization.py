@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from functools import partial
 
 from kombu.serialization import registry
 from kombu.utils import json as kombu_json
 
 # NaN and Infinity too, so the schema can say "must be finite" rather than "is a float".
-_decimal_json_loads = partial(json.loads, parse_float=Decimal, parse_constant=Decimal)
+# One decoder for the process: json.loads with arguments builds a new one per call.
+# kombu's object hook turns its tagged values ({"__type__": "decimal", ...}) back.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal, object_hook=kombu_json.object_hook)
 
 
 def loads_decimal(data: bytes | str | bytearray | memoryview):
     """Decode a JSON message body with fractional numbers as `Decimal`."""
-    return kombu_json.loads(data, _loads=_decimal_json_loads)
+    if not isinstance(data, str):
+        data = bytes(data).decode("utf-8")
+    return _DECODER.decode(data)
 
 
 def register_decimal_json() -> None:

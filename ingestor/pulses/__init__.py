@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from ingestor.pulses.aggregation import PulseCounter
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.persistence import Persister
+from ingestor.pulses.queries import TotalCache
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class PulseServices:
     validator: PulseValidator
     counter: PulseCounter
     persister: Persister
+    totals: TotalCache
 
 
 def init_app(app: Flask) -> None:
@@ -32,6 +34,7 @@ def init_app(app: Flask) -> None:
         validator=PulseValidator(settings),
         counter=PulseCounter(redis, settings.dedupe_horizon_seconds, settings.redis_chunk_size),
         persister=Persister(redis, app.extensions["database"]),
+        totals=TotalCache(redis),
     )
     from ingestor.pulses.cli import pulses_cli
 

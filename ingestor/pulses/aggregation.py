@@ -15,9 +15,17 @@ from redis import Redis
 
 from ingestor.pulses import keys
 
-# KEYS[1]: the pending-windows set; then, per pulse, its dedupe key and window key.
-# ARGV[1]: dedupe horizon in seconds; then, per pulse, its group and micro-units.
+# The batch is sent compactly: each distinct (window, group) "cell" once, then per
+# pulse only its dedupe key, its cell number and its micro-units.
+# KEYS: the pending-windows set, the W distinct window keys, then one dedupe key per pulse.
+# ARGV: horizon, W, C, then C cells as (window number, group), then per pulse
+#       (cell number, micro-units).
 # Returns how many pulses were counted (the others were duplicates).
+#
+# Per pulse the script runs one command, the SET NX. Counts and amounts are summed per
+# cell in Lua and written with one HINCRBY each at the end: Lua numbers are doubles,
+# exact for integers below 2^53, so a cell's running sum stays in Lua only while it is
+# below 2^52; a pulse that would take it further is added by HINCRBY from its string.
 INGEST_SCRIPT = """
 local function add_amount(window, group, micro_units)
   -- HINCRBY refuses to leave 64 bits; a sum that would spills into a, a1, a2...
@@ -32,21 +40,43 @@ local function add_amount(window, group, micro_units)
   end
 end
 
+local EXACT_IN_LUA = 4503599627370496  -- 2^52
 local horizon = ARGV[1]
+local n_windows = tonumber(ARGV[2])
+local n_cells = tonumber(ARGV[3])
+local first_key = 2 + n_windows
+local first_arg = 4 + 2 * n_cells
+
+local function cell_window(cell) return KEYS[1 + tonumber(ARGV[2 + 2 * cell])] end
+local function cell_group(cell) return ARGV[3 + 2 * cell] end
+
+local counts, sums = {}, {}
 local counted = 0
-local announced = {}
-for i = 2, #KEYS, 2 do
-  if redis.call('SET', KEYS[i], 1, 'NX', 'EX', horizon) then
-    local window = KEYS[i + 1]
-    local group = ARGV[i]
-    add_amount(window, group, ARGV[i + 1])
-    redis.call('HINCRBY', window, 'n|' .. group, 1)
-    if not announced[window] then
-      redis.call('SADD', KEYS[1], window)
-      announced[window] = true
+for k = first_key, #KEYS do
+  if redis.call('SET', KEYS[k], 1, 'NX', 'EX', horizon) then
+    local i = first_arg + 2 * (k - first_key)
+    local cell = tonumber(ARGV[i])
+    local micro_units = ARGV[i + 1]
+    local value = tonumber(micro_units)
+    local sum = sums[cell] or 0
+    if value < EXACT_IN_LUA and sum + value < EXACT_IN_LUA then
+      sums[cell] = sum + value
+    else
+      add_amount(cell_window(cell), cell_group(cell), micro_units)
     end
+    counts[cell] = (counts[cell] or 0) + 1
     counted = counted + 1
   end
+end
+for cell, count in pairs(counts) do
+  local window, group = cell_window(cell), cell_group(cell)
+  if (sums[cell] or 0) > 0 then
+    add_amount(window, group, string.format('%d', sums[cell]))
+  end
+  redis.call('HINCRBY', window, 'n|' .. group, count)
+end
+for w = 2, first_key - 1 do
+  if redis.call('EXISTS', KEYS[w]) == 1 then redis.call('SADD', KEYS[1], KEYS[w]) end
 end
 return counted
 """
@@ -77,11 +107,24 @@ class PulseCounter:
         """
         counted = 0
         for start in range(0, len(pulses), self._chunk_size):
-            chunk = pulses[start : start + self._chunk_size]
-            script_keys: list[bytes | str] = [keys.PENDING_WINDOWS]
-            script_args: list[bytes | int] = [self._horizon]
-            for pulse in chunk:
-                script_keys += (pulse.dedupe_key, pulse.window_key)
-                script_args += (pulse.group, pulse.micro_units)
+            script_keys, script_args = self._script_arguments(pulses[start : start + self._chunk_size])
             counted += int(self._script(keys=script_keys, args=script_args))
         return counted
+
+    def _script_arguments(self, chunk: Sequence[CountablePulse]) -> tuple[list[bytes | str], list[bytes | int]]:
+        """KEYS and ARGV of one script call (layout described above INGEST_SCRIPT)."""
+        windows: dict[str, int] = {}
+        cells: dict[tuple[str, bytes], int] = {}
+        cell_args: list[bytes | int] = []
+        dedupe_keys: list[bytes | str] = []
+        pulse_args: list[bytes | int] = []
+        for pulse in chunk:
+            cell = cells.get((pulse.window_key, pulse.group))
+            if cell is None:
+                window = windows.setdefault(pulse.window_key, len(windows) + 1)
+                cell = cells[(pulse.window_key, pulse.group)] = len(cells) + 1
+                cell_args += (window, pulse.group)
+            dedupe_keys.append(pulse.dedupe_key)
+            pulse_args += (cell, pulse.micro_units)
+        script_keys = [keys.PENDING_WINDOWS, *windows, *dedupe_keys]
+        return script_keys, [self._horizon, len(windows), len(cells), *cell_args, *pulse_args]

@@ -51,7 +51,7 @@ class PulseValidator:
         rejected: list[Rejection] = []
         for index, raw in enumerate(pulses):
             try:
-                valid.append((index, self._schema.load(raw)))
+                valid.append((index, self._schema.load_pulse(raw)))
             except ValidationError as exc:
                 rejected.append(Rejection(position=index, payload=raw, errors=exc.normalized_messages()))
         return valid, rejected
@@ -78,7 +78,7 @@ class PulseValidator:
         rejected: list[Rejection] = []
         for index, raw in enumerate(pulses):
             try:
-                pulse = self._schema.load(raw)
+                pulse = self._schema.load_pulse(raw)
             except ValidationError as exc:
                 rejected.append(Rejection(position=index, payload=raw, errors=exc.normalized_messages()))
                 continue

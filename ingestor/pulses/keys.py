@@ -6,9 +6,14 @@
 - `ingestor:snapshot:<hour>:<batch-id>`: a window hash renamed away for a flush.
 - `ingestor:windows` / `ingestor:snapshots`: sets naming the pending hashes, so a
   flush never has to SCAN a keyspace holding millions of dedupe keys.
-- `d:<16-byte digest>`: one dedupe key per counted pulse, expiring after the horizon.
-  Kept short on purpose: they are most of the memory the ingestor uses. The ingestor
-  owns its Redis database.
+- `ingestor:usage-version`, `ingestor:usage-total:<version>:<filter>`: cached row
+  counts of the API, made unreachable by each flush commit (pulses/queries.py).
+- `d<11-byte digest>`: one dedupe key per counted pulse, expiring after the horizon.
+  Kept to 12 bytes on purpose: they are most of the memory the ingestor uses, and a
+  key of 12 bytes or less takes the smallest allocation (about 100 bytes a key all
+  told, against 117 at 18 bytes). 88 bits of digest: a billion ids held at once
+  collide with a probability of about 2 in a billion. The ingestor owns its Redis
+  database.
 
 A group is encoded as the JSON array `[tenant, product_sku, use_unity]`: unambiguous
 whatever the strings hold (the first version joined them with ':' and broke on a
@@ -27,9 +32,13 @@ PREFIX = "ingestor:"
 PENDING_WINDOWS = PREFIX + "windows"
 PENDING_SNAPSHOTS = PREFIX + "snapshots"
 FLUSH_LOCK = PREFIX + "flush-lock"
+# Incremented whenever pulse_usage changes; cached row counts are keyed by it.
+USAGE_VERSION = PREFIX + "usage-version"
+USAGE_TOTAL_PREFIX = PREFIX + "usage-total:"
 WINDOW_PREFIX = PREFIX + "window:"
 SNAPSHOT_PREFIX = PREFIX + "snapshot:"
-DEDUPE_PREFIX = b"d:"
+DEDUPE_PREFIX = b"d"
+DEDUPE_DIGEST_BYTES = 11
 
 COUNT_FIELD_PREFIX = b"n|"
 AMOUNT_FIELD_PREFIX = b"a|"
@@ -76,9 +85,14 @@ def batch_id_of_snapshot(key: str) -> uuid.UUID:
     return uuid.UUID(key.rsplit(":", 1)[1])
 
 
+@lru_cache(maxsize=65536)
 def group_field(tenant: str, product_sku: str, use_unity: str) -> bytes:
     """The hash field suffix naming one (tenant, product_sku, use_unity) group."""
-    return json.dumps([tenant, product_sku, use_unity], ensure_ascii=False).encode()
+    # Cached: a batch repeats few groups many times, and json.dumps was a tenth of a
+    # worker's time in the profile.
+    # Compact separators: '["t","s","u"]'. Without a backslash (no escape inside), the
+    # part between the brackets is a valid CSV row, which the flush relies on.
+    return json.dumps([tenant, product_sku, use_unity], ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def parse_group_field(group: bytes) -> tuple[str, str, str]:
@@ -89,7 +103,7 @@ def parse_group_field(group: bytes) -> tuple[str, str, str]:
 
 def _digest(kind: bytes, *parts: str) -> bytes:
     # Length-prefixed parts: ("a:b", "c") and ("a", "b:c") must not collide.
-    h = hashlib.blake2b(kind, digest_size=16)
+    h = hashlib.blake2b(kind, digest_size=DEDUPE_DIGEST_BYTES)
     for part in parts:
         data = part.encode("utf-8", "surrogatepass")
         h.update(b"%d:" % len(data))

@@ -9,13 +9,19 @@ millionth row as on the first (OFFSET has to count its way there).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, fields
 from datetime import datetime
 
+from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.orm import Session
 
+from ingestor.pulses import keys
 from ingestor.pulses.models import PulseUsage
 
 
@@ -32,6 +38,11 @@ class UsageFilter:
     use_unity: str | None = None
     window_from: datetime | None = None
     window_to: datetime | None = None
+
+    def digest(self) -> str:
+        """A short name of this filter, for cache keys."""
+        raw = json.dumps([getattr(self, f.name) for f in fields(self)], default=str).encode()
+        return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
     def apply(self, query: Select) -> Select:
         """Add the WHERE clauses of this filter to `query`."""
@@ -80,8 +91,45 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
 ORDER = (PulseUsage.window_start.desc(), PulseUsage.id.desc())
 
 
+class TotalCache:
+    """Row counts per filter, cached in Redis until the table changes.
+
+    `count(*)` over a million rows takes ~50 ms, longer than a whole page should, while
+    the table changes only when a flush commits. So counts are cached under the current
+    "usage version", a Redis counter the persister increments after every commit (and
+    at the start of every run, which covers a crash between a commit and its
+    increment); a new version makes every cached count unreachable. Entries also
+    expire, bounding what a write outside the persister could leave stale. Redis
+    trouble only costs the cache: the count is then taken from PostgreSQL.
+    """
+
+    def __init__(self, redis: Redis, ttl_seconds: int = 300) -> None:
+        self._redis = redis
+        self._ttl = ttl_seconds
+
+    def total(self, usage_filter: UsageFilter, count: Callable[[], int]) -> int:
+        """The cached count for `usage_filter`, or `count()` (then cached)."""
+        try:
+            version = int(self._redis.get(keys.USAGE_VERSION) or 0)
+            key = f"{keys.USAGE_TOTAL_PREFIX}{version}:{usage_filter.digest()}"
+            cached = self._redis.get(key)
+        except RedisError:
+            return count()
+        if cached is not None:
+            return int(cached)
+        total = count()
+        with suppress(RedisError):
+            self._redis.set(key, total, ex=self._ttl)
+        return total
+
+
 def list_usage(
-    session: Session, usage_filter: UsageFilter, limit: int, page: int = 1, cursor: str | None = None
+    session: Session,
+    usage_filter: UsageFilter,
+    limit: int,
+    page: int = 1,
+    cursor: str | None = None,
+    totals: TotalCache | None = None,
 ) -> UsagePage:
     """A page of sums matching `usage_filter`: after `cursor` if given, else page `page`."""
     query = usage_filter.apply(select(PulseUsage))
@@ -92,10 +140,14 @@ def list_usage(
         query = query.offset((page - 1) * limit)
     # One row more than asked tells whether a next page exists.
     rows = list(session.scalars(query.order_by(*ORDER).limit(limit + 1)))
-    total = session.scalar(usage_filter.apply(select(func.count()).select_from(PulseUsage)))
+
+    def count() -> int:
+        return session.scalar(usage_filter.apply(select(func.count()).select_from(PulseUsage))) or 0
+
+    total = totals.total(usage_filter, count) if totals is not None else count()
     items = rows[:limit]
     next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
-    return UsagePage(items=items, total=total or 0, next_cursor=next_cursor)
+    return UsagePage(items=items, total=total, next_cursor=next_cursor)
 
 
 def get_usage(session: Session, usage_id: int) -> PulseUsage | None:

@@ -9,6 +9,7 @@ existing producers keep working; unknown fields are ignored.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -22,6 +23,8 @@ MAX_AMOUNT = Decimal(2**63 - 1).scaleb(-MAX_FRACTION_DIGITS)
 
 # A decimal string as producers write it: digits, an optional fraction, an optional
 # exponent. Stricter than Decimal(), which also takes "NaN", " 1", "1_000" and "+1".
+_ABSENT = object()
+
 _DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 
 
@@ -110,6 +113,41 @@ class PulseSchema(Schema):
             )
         if value > now + self.future_limit:
             raise ValidationError(f"Is more than {self.future_limit} in the future.")
+
+    def load_pulse(self, data: Any) -> dict[str, Any]:
+        """`load` one pulse: the same result and the same errors, about 3 times faster.
+
+        Profiling a worker showed marshmallow's per-field machinery (wrappers, error
+        store, hooks lookup) taking most of its time, not the checks themselves. For a
+        plain dict, this calls each field's own deserializer and the timestamp validator
+        directly; anything unusual (a missing or null field, any invalid value) goes
+        through the full `load`, which raises with every reason. It relies on this
+        schema having no hooks, no `validate=` arguments and no `data_key`s (the checks
+        live in the fields' `_deserialize`); tests/unit/test_schema_fast_path.py checks
+        that both give the same answer on arbitrary input.
+        """
+        if type(data) is not dict:
+            return self.load(data)
+        loaded: dict[str, Any] = {}
+        try:
+            for name, field, required in self._plain_fields:
+                value = data.get(name, _ABSENT)
+                if value is _ABSENT:
+                    if required:
+                        return self.load(data)
+                    continue
+                if value is None:
+                    return self.load(data)
+                loaded[name] = field._deserialize(value, name, data)
+            if "timestamp" in loaded:
+                self._timestamp_in_accepted_range(loaded["timestamp"])
+        except ValidationError:
+            return self.load(data)
+        return loaded
+
+    @cached_property
+    def _plain_fields(self) -> list[tuple[str, fields.Field, bool]]:
+        return [(name, field, field.required) for name, field in self.load_fields.items()]
 
 
 def to_micro_units(amount: Decimal) -> int:

@@ -51,3 +51,15 @@ def test_sums_beyond_64_bits_spill_and_persist_exactly(app, redis_client, databa
     app.extensions["pulses"].persister.persist_pending()
 
     assert persisted_sums(database) == {("acme", "storage", "B", HOUR): (3 * MAX_AMOUNT + Decimal("0.000001"), 4)}
+
+
+def test_amounts_summed_inside_the_script_stay_exact_around_2_to_the_52(app, redis_client, database):
+    # The script sums a cell's amounts in Lua doubles only while they stay below 2^52;
+    # past that it adds from the strings. Amounts straddling the limit must add up.
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=60, chunk_size=100)
+    micro = [2**51 + 1, 2**51 + 3, 2**51 + 5, 7, 2**52 + 11, 2**52 - 1]
+    pulses = [CountablePulse(keys.dedupe_key_for_id("acme", f"big{i}"), WINDOW, GROUP, m) for i, m in enumerate(micro)]
+    assert counter.count(pulses) == len(micro)
+    app.extensions["pulses"].persister.persist_pending()
+
+    assert persisted_sums(database) == {("acme", "storage", "B", HOUR): (Decimal(sum(micro)).scaleb(-6), 6)}

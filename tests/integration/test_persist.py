@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from redis import Redis
 from sqlalchemy import text
 
 from ingestor.database import Database
@@ -18,6 +19,7 @@ from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse, PulseCounter
 from ingestor.pulses.persistence import Persister
 from ingestor.pulses.schema import to_micro_units
+from tests.support.faults import pending_flush_keys
 from tests.support.ledger import Ledger, persisted_sums
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -71,7 +73,8 @@ def producer(app, ledger) -> Producer:
 
 
 def pending_redis_keys(redis_client) -> list[bytes]:
-    return sorted(k for k in redis_client.keys(keys.PREFIX + "*") if k != keys.FLUSH_LOCK.encode())
+    bookkeeping = {keys.FLUSH_LOCK.encode(), keys.USAGE_VERSION.encode()}
+    return sorted(k for k in redis_client.keys(keys.PREFIX + "*") if k not in bookkeeping)
 
 
 def test_pulses_arriving_during_a_flush_are_neither_lost_nor_double_counted(
@@ -225,3 +228,61 @@ def test_a_held_lock_makes_a_second_run_skip(persister, producer, ledger, databa
 
     assert not persister.persist_pending().skipped
     assert persisted_sums(database) == ledger.expected()
+
+
+class _NoLock:
+    """A flush lock that never holds anyone back: runs overlap freely."""
+
+    def acquire(self) -> bool:
+        return True
+
+    def owned(self) -> bool:
+        return True
+
+    def reacquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def test_overlapping_runs_without_the_lock_while_pulses_arrive_count_everything_once(
+    app, settings, producer, ledger, database
+):
+    # Guarantee 5 without its stampede guard: three runs at once, over and over, while
+    # two producers keep counting. Runs then meet on the same leftover snapshots (one
+    # renamed it, another lists it as a leftover); only the batch id keeps them exact.
+    lockless = Redis.from_url(settings.redis_url)
+    lockless.lock = lambda *args, **kwargs: _NoLock()  # this client's runs ignore each other
+    runs = [Persister(lockless, app.extensions["database"]) for _ in range(3)]
+    stop = threading.Event()
+    errors: list[Exception] = []
+
+    def keep_counting():
+        while not stop.is_set():
+            producer.count(10)
+
+    def keep_persisting(persister: Persister):
+        for _ in range(40):
+            try:
+                persister.persist_pending()
+            except Exception as exc:  # a run that lost a race may fail; a later run finishes its work
+                errors.append(exc)
+
+    producers = [threading.Thread(target=keep_counting) for _ in range(2)]
+    flushers = [threading.Thread(target=keep_persisting, args=(run,)) for run in runs]
+    for thread in producers + flushers:
+        thread.start()
+    for thread in flushers:
+        thread.join(timeout=120)
+    stop.set()
+    for thread in producers:
+        thread.join(timeout=30)
+    runs[0].persist_pending()
+
+    with database.engine.connect() as connection:
+        already = connection.execute(text("SELECT count(*) FROM flush_batch")).scalar()
+    assert persisted_sums(database) == ledger.expected()
+    assert producer.sequence > 100 and already > 10
+    assert pending_flush_keys(lockless) == []
+    lockless.close()

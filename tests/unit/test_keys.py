@@ -50,8 +50,9 @@ def test_group_field_round_trips(group: tuple[str, str, str]) -> None:
     assert parse_group_field(field) == group
 
 
-def test_group_field_is_json_array_of_utf8() -> None:
-    assert group_field("é", "s", "u") == '["é", "s", "u"]'.encode()
+def test_group_field_is_compact_json_array_of_utf8() -> None:
+    # Compact: the flush turns '["t","s","u"]' into a CSV row by dropping the brackets.
+    assert group_field("é", "s", "u") == '["é","s","u"]'.encode()
 
 
 @pytest.mark.parametrize(
@@ -79,18 +80,19 @@ def test_group_field_is_deterministic() -> None:
 # --- dedupe keys ------------------------------------------------------------------
 
 
-def test_id_key_is_stable_and_18_bytes() -> None:
+def test_id_key_is_stable_and_12_bytes() -> None:
     key = dedupe_key_for_id("acme", "pulse-1")
     assert key == dedupe_key_for_id("acme", "pulse-1")
-    assert len(key) == 18
+    # 12 bytes: the smallest allocation class of a Redis key (see keys.py).
+    assert len(key) == 12
     assert key.startswith(DEDUPE_PREFIX)
-    assert DEDUPE_PREFIX == b"d:"
+    assert DEDUPE_PREFIX == b"d"
 
 
-def test_position_key_is_stable_and_18_bytes() -> None:
+def test_position_key_is_stable_and_12_bytes() -> None:
     key = dedupe_key_for_position("task-123", 7)
     assert key == dedupe_key_for_position("task-123", 7)
-    assert len(key) == 18
+    assert len(key) == 12
     assert key.startswith(DEDUPE_PREFIX)
 
 
@@ -147,7 +149,7 @@ def test_dedupe_keys_of_many_inputs_are_all_distinct() -> None:
 
 def test_unicode_and_lone_surrogates_are_keyed() -> None:
     assert dedupe_key_for_id("Ünïcødé", "😀") != dedupe_key_for_id("Unicode", "😀")
-    assert len(dedupe_key_for_id("a\ud800", "x")) == 18
+    assert len(dedupe_key_for_id("a\ud800", "x")) == 12
 
 
 # --- hour windows -----------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""`make bench`: measures the real system on this machine (not a test)."""

@@ -1,0 +1,477 @@
+"""`make bench`: the real system on this machine, measured in one run, one table.
+
+Every figure comes from real processes on the machine's PostgreSQL, Redis and
+RabbitMQ, in resources of the benchmark's own (database `pulse_ingestor_bench`, Redis
+db 13, vhost `pulse_ingestor_bench`). Throughputs are ratios against a naive baseline
+measured in the same run, so they compare on any machine; absolute targets are this
+2-core machine's. The table is printed and written to bench/results/<time>.json.
+
+Worker throughput is timed from the first pulse counted to the last, with the
+messages queued beforehand: worker start-up is not in the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from http.client import HTTPConnection
+from pathlib import Path
+
+from celery import Celery
+from kombu import Connection
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ingestor import create_app  # noqa: E402
+from ingestor.auth.models import User  # noqa: E402
+from ingestor.database import upgrade_schema  # noqa: E402
+from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue  # noqa: E402
+from ingestor.pulses import keys  # noqa: E402
+from ingestor.pulses.aggregation import CountablePulse  # noqa: E402
+from ingestor.pulses.queries import encode_cursor  # noqa: E402
+from ingestor.settings import Settings  # noqa: E402
+from tests.support.services import recreate_database, recreate_vhost, settings_env  # noqa: E402
+from tests.support.worker import WorkerProcess  # noqa: E402
+
+DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor_bench"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+VHOST = "pulse_ingestor_bench"
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    met: bool | None = None
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        mark = "" if row.met is None else (" [ok]" if row.met else " [MISSED]")
+        print(f"  {row.name}: {row.value:,.1f} {row.unit} {row.detail}{mark}", flush=True)
+        return row
+
+    def table(self) -> str:
+        lines = ["| measurement | result | target | notes |", "|---|---|---|---|"]
+        for row in self.rows:
+            met = "" if row.met is None else (" ✓" if row.met else " ✗")
+            lines.append(f"| {row.name} | {row.value:,.1f} {row.unit} | {row.target}{met} | {row.detail} |")
+        return "\n".join(lines)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Bench:
+    """The benchmark's services, app and helpers."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        broker_url = recreate_vhost(VHOST)
+        recreate_database(DATABASE_URL)
+        upgrade_schema(DATABASE_URL)
+        # Warnings only: the query measurements make thousands of requests.
+        self.settings = Settings(database_url=DATABASE_URL, redis_url=REDIS_URL, broker_url=broker_url,
+                                 log_level="WARNING").validated()  # fmt: skip
+        self.app = create_app(self.settings)
+        self.redis = self.app.extensions["redis"]
+        self.database = self.app.extensions["database"]
+        self.producer = Celery("bench-producer", broker=broker_url, set_as_current=False)
+        self.hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        with Connection(broker_url) as connection:
+            declare_topology(connection)
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty Redis db, tables and queues."""
+        self.redis.flushdb()
+        with self.database.engine.begin() as connection:
+            connection.execute(text("TRUNCATE pulse_usage, flush_batch, rejected_pulse RESTART IDENTITY"))
+        with Connection(self.settings.broker_url) as connection:
+            for queue in (*ALL_QUEUES, raw_queue(self.settings.raw_queue)):
+                queue.bind(connection.default_channel).purge()
+            connection.default_channel.queue_delete("naive")
+
+    def pulse(self, n: int, tenant_count: int = 100) -> dict:
+        return {
+            "id": f"bench-{n}",
+            "tenant": f"tenant-{n % tenant_count}",
+            "product_sku": "vm.small",
+            "use_unity": "vCPU-hour",
+            "used_amount": f"{n % 1000}.{n % 999999:06d}",
+            "timestamp": self.hour.isoformat(),
+        }
+
+    def worker(self, name: str, app: str = "ingestor") -> WorkerProcess:
+        return WorkerProcess(self.settings, f"bench-{name}", concurrency=os.cpu_count() or 2, app=app,
+                             extra_env={"REDIS_URL": REDIS_URL})  # fmt: skip
+
+    def time_consumption(self, worker: WorkerProcess, counted: Callable[[], int], total: int) -> float:
+        """Start `worker` on the queued messages; pulses/s from the first counted to the last."""
+        worker.start(self.producer)
+        try:
+            deadline = time.monotonic() + self.args.timeout
+            while (first := counted()) == 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing counted:\n{worker.tail()}")
+                time.sleep(0.002)
+            started = time.monotonic()
+            while (done := counted()) < total:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{done}/{total} counted:\n{worker.tail()}")
+                time.sleep(0.005)
+            elapsed = time.monotonic() - started
+        finally:
+            worker.stop()
+        return (total - first) / elapsed
+
+    def dedupe_keys(self) -> int:
+        # Every counted pulse holds one dedupe key; the window hash and the pending
+        # set are the only other keys of a single-window run.
+        return max(0, self.redis.dbsize() - 2)
+
+
+def bench_baseline(bench: Bench, report: Report) -> float:
+    n = bench.args.baseline_pulses
+    bench.reset()
+    for i in range(n):
+        pulse = {**bench.pulse(i), "used_amount": 1}
+        bench.producer.send_task("naive.ingest_pulse", args=[pulse], queue="naive")
+
+    def counted() -> int:
+        return sum(int(v) for v in bench.redis.hvals("naive:window"))
+
+    rate = bench.time_consumption(bench.worker("naive", app="bench.naive"), counted, n)
+    report.add(Row("baseline: naive task per pulse (HINCRBY, late ack)", rate, "pulses/s",
+                   detail=f"{n:,} pulses"))  # fmt: skip
+    return rate
+
+
+def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
+    n, size = bench.args.pulses, bench.args.batch_size
+    bench.reset()
+    for start in range(0, n, size):
+        batch = [bench.pulse(i) for i in range(start, min(n, start + size))]
+        bench.producer.send_task("ingestor.ingest_pulses", args=[batch], exchange="pulses", routing_key="pulses")
+    rate = bench.time_consumption(bench.worker("batches"), bench.dedupe_keys, n)
+    report.add(Row("ingestor.ingest_pulses (validated, deduped, late ack)", rate, "pulses/s",
+                   "≥ 30,000", rate >= 30_000, f"{n:,} pulses in batches of {size}"))  # fmt: skip
+    ratio = rate / baseline
+    report.add(Row("  ratio to the baseline", ratio, "×", "≥ 25×", ratio >= 25))
+
+
+def bench_ingest_pulse(bench: Bench, report: Report, baseline: float) -> float:
+    n = bench.args.single_pulses
+    bench.reset()
+    for i in range(n):
+        bench.producer.send_task("ingestor.ingest_pulse", args=[bench.pulse(i)], exchange="pulses",
+                                 routing_key="pulses")  # fmt: skip
+    rate = bench.time_consumption(bench.worker("single"), bench.dedupe_keys, n)
+    report.add(Row("ingestor.ingest_pulse (one pulse per message)", rate, "pulses/s",
+                   detail=f"{n:,} messages, {rate / baseline:.1f}× baseline"))  # fmt: skip
+    return rate
+
+
+def bench_raw_queue(bench: Bench, report: Report, single_rate: float) -> None:
+    n = bench.args.raw_pulses
+    bench.reset()
+    queue = raw_queue(bench.settings.raw_queue)
+    with Connection(bench.settings.broker_url) as connection:
+        producer = connection.Producer()
+        for i in range(n):
+            producer.publish(json.dumps(bench.pulse(i)), exchange="", routing_key=queue.name,
+                             content_type="application/json", delivery_mode=2,
+                             declare=[queue] if i == 0 else [])  # fmt: skip
+    rate = bench.time_consumption(bench.worker("raw"), bench.dedupe_keys, n)
+    ratio = rate / single_rate
+    report.add(Row("raw queue pulses.raw (one pulse per message)", rate, "pulses/s",
+                   "≥ 10× ingest_pulse", ratio >= 10, f"{n:,} messages, {ratio:.1f}× ingest_pulse"))  # fmt: skip
+
+
+def bench_http(bench: Bench, report: Report) -> None:
+    """POST /api/v1/pulses under gunicorn, 1000-pulse bodies from concurrent clients."""
+    import socket
+    import subprocess
+
+    bench.reset()
+    with bench.database.session() as session, session.begin():
+        session.execute(text("DELETE FROM api_user"))
+        user = User(username="bench")
+        user.set_password("bench-password-long-enough")
+        session.add(user)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, **settings_env(bench.settings), "REDIS_URL": REDIS_URL}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(os.cpu_count() or 2),
+         "ingestor:create_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                token = _login(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        bodies = [json.dumps([{**bench.pulse(i), "id": f"http-{r}-{i}"} for i in range(1000)]).encode()
+                  for r in range(bench.args.http_clients)]  # fmt: skip
+        latencies: list[float] = []
+        accepted = [0]
+        lock = threading.Lock()
+
+        def client(index: int) -> None:
+            connection = HTTPConnection("127.0.0.1", port, timeout=60)
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            for _ in range(bench.args.http_requests // bench.args.http_clients):
+                started = time.perf_counter()
+                connection.request("POST", "/api/v1/pulses", body=bodies[index], headers=headers)
+                response = connection.getresponse()
+                body = json.loads(response.read())
+                elapsed = time.perf_counter() - started
+                assert response.status == 202, body
+                with lock:
+                    latencies.append(elapsed)
+                    accepted[0] += body["accepted"]
+            connection.close()
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(bench.args.http_clients)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.monotonic() - started
+    finally:
+        server.terminate()
+        server.wait(30)
+    report.add(Row("POST /api/v1/pulses (gunicorn, 1000-pulse bodies)", accepted[0] / wall, "pulses/s",
+                   detail=f"{len(latencies)} requests, {bench.args.http_clients} clients, "
+                          f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
+                          f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms"))  # fmt: skip
+
+
+def _login(port: int) -> str:
+    connection = HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("POST", "/api/v1/login", body=json.dumps({"username": "bench", "password":
+                       "bench-password-long-enough"}), headers={"Content-Type": "application/json"})  # fmt: skip
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    if response.status != 200:
+        raise OSError(f"login failed: {body}")
+    return body["access_token"]
+
+
+def bench_persist(bench: Bench, report: Report) -> None:
+    groups = bench.args.persist_groups
+    bench.reset()
+    services = bench.app.extensions["pulses"]
+    window = keys.window_key(keys.hour_of(bench.hour))
+    rows = []
+    for g in range(groups):
+        tenant, amount = f"tenant-{g}", 1_000_000 + g
+        rows.append((tenant, amount))
+        services.counter.count([CountablePulse(keys.dedupe_key_for_position("persist", g), window,
+                                               keys.group_field(tenant, "vm.small", "vCPU-hour"), amount)])  # fmt: skip
+    started = time.perf_counter()
+    result = services.persister.persist_pending()
+    ours = time.perf_counter() - started
+    assert result.groups == groups, result
+
+    with bench.database.engine.begin() as connection:
+        connection.execute(text("TRUNCATE pulse_usage"))
+    buffer = io.StringIO("".join(f"{t}\tvm.small\tvCPU-hour\t{bench.hour.isoformat()}\t{a / 10**6:.6f}\t1\n"
+                                 for t, a in rows))  # fmt: skip
+    raw = bench.database.engine.raw_connection()
+    try:
+        started = time.perf_counter()
+        cursor = raw.cursor()
+        cursor.execute("CREATE TEMP TABLE incoming (tenant text, product_sku text, use_unity text, "
+                       "window_start timestamptz, used_amount numeric(38,6), pulse_count bigint) ON COMMIT DROP")  # fmt: skip
+        cursor.copy_expert("COPY incoming FROM STDIN", buffer)
+        cursor.execute(
+            "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count) "
+            "SELECT * FROM incoming ON CONFLICT (tenant, product_sku, use_unity, window_start) DO UPDATE SET "
+            "used_amount = pulse_usage.used_amount + excluded.used_amount, "
+            "pulse_count = pulse_usage.pulse_count + excluded.pulse_count, updated_at = now()"
+        )
+        raw.commit()
+        reference = time.perf_counter() - started
+    finally:
+        raw.close()
+    report.add(Row("persist: Redis window → PostgreSQL", groups / ours, "rows/s", "≥ 40,000",
+                   groups / ours >= 40_000, f"{groups:,} groups of one window"))  # fmt: skip
+    ratio = reference / ours
+    report.add(Row("  ratio to plain COPY + INSERT…SELECT…ON CONFLICT", ratio, "×", "≥ 0.8", ratio >= 0.8,
+                   f"reference {groups / reference:,.0f} rows/s"))  # fmt: skip
+
+
+def bench_queries(bench: Bench, report: Report) -> None:
+    rows = bench.args.query_rows
+    bench.reset()
+    with bench.database.engine.begin() as connection:
+        connection.execute(text("DELETE FROM api_user"))
+        connection.execute(text(
+            "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count) "
+            "SELECT 'tenant-' || (g % 1000), 'sku-' || (g / 1000 % 10), 'GB', "
+            "timestamptz '2026-01-01 00:00+00' + make_interval(hours => g / 10000), (g % 100000) / 1000.0, "
+            "1 + g % 7 FROM generate_series(0, :rows - 1) g"), {"rows": rows})  # fmt: skip
+    with bench.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM ANALYZE pulse_usage"))
+    client = bench.app.test_client()
+    with bench.app.app_context():
+        from flask_jwt_extended import create_access_token
+
+        headers = {"Authorization": f"Bearer {create_access_token('bench')}"}
+
+    def timed(url: str) -> tuple[float, dict]:
+        started = time.perf_counter()
+        response = client.get(url, headers=headers)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.get_json()
+        return elapsed, response.get_json()
+
+    def measure(name: str, urls: list[str], target: bool = True) -> None:
+        samples = [timed(url)[0] for url in urls]
+        p99 = percentile(samples, 0.99) * 1000
+        report.add(Row(name, p99, "ms p99", "< 50 ms" if target else "", (p99 < 50) if target else None,
+                       f"p50 {percentile(samples, 0.5) * 1000:.1f} ms, {len(samples)} requests"))  # fmt: skip
+
+    repeats = bench.args.query_repeats
+    measure(f"GET /api/v1/pulses first page ({rows:,} rows)", ["/api/v1/pulses"] * repeats)
+    measure("GET /api/v1/pulses filtered (tenant)", ["/api/v1/pulses?tenant=tenant-42"] * repeats)
+    # A cursor walk: every page of the first N, then every page of N from deep inside.
+    walk: list[float] = []
+    for start_cursor in ("", _deep_cursor(bench, rows * 9 // 10)):
+        url = "/api/v1/pulses?limit=100" + (f"&cursor={start_cursor}" if start_cursor else "")
+        for _ in range(repeats):
+            elapsed, body = timed(url)
+            walk.append(elapsed)
+            url = f"/api/v1/pulses?limit=100&cursor={body['next_cursor']}"
+    p99 = percentile(walk, 0.99) * 1000
+    report.add(Row("GET /api/v1/pulses cursor walk (limit 100, top and 90% deep)", p99, "ms p99", "< 50 ms",
+                   p99 < 50, f"p50 {percentile(walk, 0.5) * 1000:.1f} ms, {len(walk)} pages"))  # fmt: skip
+    deep_page = rows * 9 // 10 // 100
+    measure(f"GET /api/v1/pulses?page={deep_page}&limit=100 (OFFSET, for contrast)",
+            [f"/api/v1/pulses?page={deep_page}&limit=100"] * max(5, repeats // 10), target=False)  # fmt: skip
+
+
+def _deep_cursor(bench: Bench, offset: int) -> str:
+    from ingestor.pulses.models import PulseUsage
+    from sqlalchemy import select
+
+    with bench.database.session() as session:
+        row = session.scalars(select(PulseUsage).order_by(PulseUsage.window_start.desc(), PulseUsage.id.desc())
+                              .offset(offset).limit(1)).one()  # fmt: skip
+        return encode_cursor(row)
+
+
+def bench_redis_memory(bench: Bench, report: Report) -> None:
+    services = bench.app.extensions["pulses"]
+    n = bench.args.memory_pulses
+    window = keys.window_key(keys.hour_of(bench.hour))
+    bench.reset()
+    before = bench.redis.info("memory")["used_memory"]
+    group = keys.group_field("tenant", "vm.small", "vCPU-hour")
+    pulses = [CountablePulse(keys.dedupe_key_for_id("tenant", f"id-{uuid.uuid4()}"), window, group, 1)
+              for _ in range(n)]  # fmt: skip
+    services.counter.count(pulses)
+    per_id = (bench.redis.info("memory")["used_memory"] - before) / n
+    report.add(Row("Redis memory per dedupe id held", per_id, "bytes", "≤ 100", per_id <= 100,
+                   f"{n:,} ids, used_memory delta (key tables ~99% full)"))  # fmt: skip
+    bench.reset()
+    groups = [CountablePulse(keys.dedupe_key_for_position("m", g), window,
+                             keys.group_field(f"tenant-{g:06d}", "vm.small", "vCPU-hour"), 1234567)
+              for g in range(n)]  # fmt: skip
+    services.counter.count(groups)
+    per_group = bench.redis.memory_usage(window, samples=0) / n
+    report.add(Row("Redis memory per aggregated group", per_group, "bytes",
+                   detail=f"{n:,} groups, MEMORY USAGE of the window hash"))  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pulses", type=int, default=200_000, help="pulses for ingest_pulses")
+    parser.add_argument("--batch-size", type=int, default=1000, help="pulses per ingest_pulses message")
+    parser.add_argument("--baseline-pulses", type=int, default=5_000)
+    parser.add_argument("--single-pulses", type=int, default=10_000, help="messages for ingest_pulse")
+    parser.add_argument("--raw-pulses", type=int, default=100_000, help="messages for the raw queue")
+    parser.add_argument("--http-requests", type=int, default=120)
+    parser.add_argument("--http-clients", type=int, default=4)
+    parser.add_argument("--persist-groups", type=int, default=100_000)
+    parser.add_argument("--query-rows", type=int, default=1_000_000)
+    parser.add_argument("--query-repeats", type=int, default=200, help="requests per query measurement")
+    # Just under 2**17: Redis's key tables are then nearly full, as they are most of
+    # the time; right after a table doubles, each key carries twice the bucket space.
+    parser.add_argument("--memory-pulses", type=int, default=130_000)
+    parser.add_argument("--timeout", type=float, default=300, help="seconds any one measurement may take")
+    parser.add_argument(
+        "--only", nargs="*", default=[],
+        choices=["ingest", "raw", "http", "persist", "queries", "memory"], help="run only these parts",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wanted = set(args.only) or {"ingest", "raw", "http", "persist", "queries", "memory"}
+    bench = Bench(args)
+    report = Report()
+    print(f"benchmark on {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    started = time.monotonic()
+    if wanted & {"ingest", "raw"}:
+        baseline = bench_baseline(bench, report)
+        single = bench_ingest_pulse(bench, report, baseline)
+        if "ingest" in wanted:
+            bench_ingest_pulses(bench, report, baseline)
+        if "raw" in wanted:
+            bench_raw_queue(bench, report, single)
+    if "http" in wanted:
+        bench_http(bench, report)
+    if "persist" in wanted:
+        bench_persist(bench, report)
+    if "queries" in wanted:
+        bench_queries(bench, report)
+    if "memory" in wanted:
+        bench_redis_memory(bench, report)
+    bench.reset()
+    print()
+    print(report.table())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps({"cores": os.cpu_count(), "args": vars(args), "seconds": time.monotonic() - started,
+                                "rows": [asdict(row) for row in report.rows]}, indent=2))  # fmt: skip
+    print(f"\nwritten to {path.relative_to(ROOT)} in {time.monotonic() - started:.0f} s")
+    return 0 if all(row.met is not False for row in report.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""How a flush sums a snapshot's fields (in PostgreSQL): exact, grouped, and guarded.
+
+Each test writes a snapshot hash by hand, as the ingest script would leave it, and
+persists it through the real Redis and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from ingestor.pulses import keys
+from ingestor.pulses.persistence import CorruptSnapshot
+from tests.support.ledger import persisted_sums
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+NEAR_MAX = 2**63 - 1
+HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+
+
+def count_field(*group: str) -> bytes:
+    return keys.COUNT_FIELD_PREFIX + keys.group_field(*group)
+
+
+def amount_field(*group: str, spill: int | None = None) -> bytes:
+    prefix = keys.AMOUNT_FIELD_PREFIX if spill is None else b"a%d|" % spill
+    return prefix + keys.group_field(*group)
+
+
+def persist(app, redis_client, fields: dict[bytes, int | bytes]) -> str:
+    """Leave `fields` as a snapshot of a crashed flush, then run a flush."""
+    snapshot, _ = keys.new_snapshot_key(keys.window_key(keys.hour_of(HOUR)))
+    redis_client.hset(snapshot, mapping=fields)
+    redis_client.sadd(keys.PENDING_SNAPSHOTS, snapshot)
+    app.extensions["pulses"].persister.persist_pending()
+    return snapshot
+
+
+def test_spills_are_summed_exactly_past_64_bits_and_28_digits(app, redis_client, database):
+    fields = {count_field("acme", "vm", "GB"): 5, amount_field("acme", "vm", "GB"): 1}
+    for spill in range(1, 1001):
+        fields[amount_field("acme", "vm", "GB", spill=spill)] = NEAR_MAX
+    persist(app, redis_client, fields)
+
+    micro = 1000 * NEAR_MAX + 1
+    assert persisted_sums(database) == {("acme", "vm", "GB", HOUR): (Decimal(micro).scaleb(-6), 5)}
+
+
+def test_groups_are_kept_apart_and_decoded(app, redis_client, database):
+    tricky = [("a:b", "c", "d"), ("a", "b:c", "d"), ("a|b", "n|x", "KB/sec"), ('quo"te,', "[", "]"),
+              ("Ünïcødé", "テナント", "😀"), ("back\\slash", "'", "x")]  # fmt: skip
+    fields = {}
+    for i, group in enumerate(tricky, start=1):
+        fields[count_field(*group)] = i
+        fields[amount_field(*group)] = i * 1_000_001
+    persist(app, redis_client, fields)
+
+    assert persisted_sums(database) == {
+        (*group, HOUR): (Decimal(i * 1_000_001).scaleb(-6), i) for i, group in enumerate(tricky, start=1)
+    }
+
+
+def test_a_count_without_an_amount_sums_to_zero(app, redis_client, database):
+    persist(app, redis_client, {count_field("t", "s", "u"): 2})
+
+    assert persisted_sums(database) == {("t", "s", "u", HOUR): (Decimal(0), 2)}
+
+
+@pytest.mark.parametrize(
+    "bad_field",
+    [b"x|" + keys.group_field("t", "s", "u"), b"a1x|" + keys.group_field("t", "s", "u"),
+     amount_field("orphan", "s", "u")],  # fmt: skip
+)
+def test_a_corrupt_snapshot_stops_the_flush_and_stays(app, redis_client, database, bad_field):
+    fields = {count_field("t", "s", "u"): 1, amount_field("t", "s", "u"): 1, bad_field: 5}
+    with pytest.raises(CorruptSnapshot):
+        persist(app, redis_client, fields)
+
+    assert persisted_sums(database) == {}
+    assert len(redis_client.smembers(keys.PENDING_SNAPSHOTS)) == 1
