@@ -55,3 +55,4 @@ def test_non_batches_are_dead_lettered_and_count_nothing(producer, worker, setti
 
     assert len(dead_letters(settings.broker_url)) == 6
     assert redis_client.dbsize() == 0
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from datetime import datetime, timedelta, timezone
@@ -10,11 +11,22 @@ from decimal import Decimal
 import pytest
 
 from ingestor.pulses import keys
-from tests.support.ledger import Ledger, persisted_sums
+from tests.support.faults import counted_pulses, wait_for
+from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.services import settings_for_tests
 from tests.support.worker import WorkerProcess, wait_until_idle
 
 pytestmark = pytest.mark.usefixtures("clean_state")
+
+
+def drain_and_persist(survivor: WorkerProcess, producer, app) -> None:
+    """Run `survivor` until the pulses queue is drained, stop it, persist the windows."""
+    survivor.start(producer)
+    try:
+        wait_until_idle(producer, survivor, ("pulses",))
+        app.extensions["pulses"].persister.persist_pending()
+    finally:
+        survivor.stop()
 
 
 def test_worker_killed_mid_batch_loses_nothing_and_counts_once(producer, redis_client, database, app):
@@ -22,12 +34,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_once(producer, redis_c
     settings = settings_for_tests(redis_chunk_size=5)
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     ledger = Ledger()
-    batch = []
-    for i in range(20_000):
-        amount = f"{i % 7}.{i % 1000:06d}"
-        batch.append({"tenant": f"t{i % 3}", "product_sku": "vm", "use_unity": "hour",
-                      "used_amount": amount, "timestamp": hour.isoformat()})  # fmt: skip
-        ledger.add(f"t{i % 3}", "vm", "hour", hour, amount)
+    batch = make_pulses(ledger, 20_000, prefix="doomed", hour=hour, with_ids=False)
     producer.send_task("ingestor.ingest_pulses", args=[batch], exchange="pulses", routing_key="pulses")
 
     doomed = WorkerProcess(settings, "doomed", concurrency=1)
@@ -41,14 +48,41 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_once(producer, redis_c
     )
     assert 0 < partially_counted < len(batch), "the kill must land mid-batch"
 
-    survivor = WorkerProcess(settings, "survivor", concurrency=1)
-    survivor.start(producer)
-    try:
-        wait_until_idle(producer, survivor, ("pulses",))
-        app.extensions["pulses"].persister.persist_pending()
-    finally:
-        survivor.stop()
+    drain_and_persist(WorkerProcess(settings, "survivor", concurrency=1), producer, app)
 
     assert persisted_sums(database) == ledger.expected()
     assert sum(count for _, count in ledger.expected().values()) == len(batch)
     assert sum(amount for amount, _ in ledger.expected().values()) > Decimal(0)
+
+
+@pytest.mark.faults
+def test_worker_killed_again_and_again_loses_nothing_and_counts_once(producer, redis_client, database, app):
+    # Three SIGKILLs at seeded random points of a stream of batches, each followed by
+    # a fresh worker: every kill strands a batch half counted, which the next worker
+    # gets back from RabbitMQ. Batches with and without ids, both dedupe paths.
+    settings = settings_for_tests(redis_chunk_size=5)  # slow batches, to be killed inside
+    hour = hour_ago(1)
+    ledger = Ledger()
+    batches = [make_pulses(ledger, 10_000, prefix=f"b{n}", hour=hour, with_ids=n % 2 == 0) for n in range(8)]
+    total = sum(len(batch) for batch in batches)
+    for batch in batches:
+        producer.send_task("ingestor.ingest_pulses", args=[batch], exchange="pulses", routing_key="pulses")
+
+    rng = random.Random(42)
+    kills_mid_batch = 0
+    for round_ in range(3):
+        # One process: a worker counts on while it starts answering pings.
+        doomed = WorkerProcess(settings, f"doomed-{round_}", concurrency=1)
+        doomed.start(producer)
+        try:
+            target = min(counted_pulses(redis_client, hour) + rng.randint(1000, 5000), total)
+            wait_for(lambda: counted_pulses(redis_client, hour) >= target, what="some more pulses counted")
+        finally:
+            doomed.stop(signal.SIGKILL)
+        kills_mid_batch += counted_pulses(redis_client, hour) % 10_000 != 0
+    assert counted_pulses(redis_client, hour) < total, "the kills must land before the end"
+    assert kills_mid_batch > 0, "at least one kill must strand a batch half counted"
+
+    drain_and_persist(WorkerProcess(settings, "survivor-of-three", concurrency=2), producer, app)
+
+    assert persisted_sums(database) == ledger.expected()

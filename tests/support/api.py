@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask, request, request_finished
 
 PASSWORD = "correct horse battery staple"
@@ -26,3 +27,15 @@ def openapi_path(rule: str) -> str:
     import re
 
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def post_until_accepted(client, auth: dict[str, str], pulses: list[dict], statuses: list[int]) -> dict:
+    """POST `pulses` until a 202, as a client honouring 503 does; every status in `statuses`."""
+    for _ in range(60):
+        response = client.post("/api/v1/pulses", json=pulses, headers=auth)
+        statuses.append(response.status_code)
+        if response.status_code == 202:
+            return response.get_json()
+        assert response.status_code == 503, response.get_json()
+        assert "retry" in response.get_json()["error"]["message"]
+    pytest.fail("the API never accepted the request")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -44,3 +44,35 @@ def persisted_sums_per_group(database: Database) -> dict[tuple[str, str, str], D
     for (tenant, sku, unit, _), (amount, _) in persisted_sums(database).items():
         per_group[(tenant, sku, unit)] += amount
     return dict(per_group)
+
+
+def hour_ago(hours: int = 1) -> datetime:
+    """The start of the UTC hour `hours` hours before the current one."""
+    return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours)
+
+
+def make_pulses(
+    ledger: Ledger,
+    count: int,
+    *,
+    prefix: str,
+    hour: datetime,
+    tenants: int = 3,
+    with_ids: bool = True,
+) -> list[dict[str, str]]:
+    """`count` valid pulses of `hour` with varied amounts, each written in `ledger`.
+
+    With ids `<prefix>-<i>` (unique per prefix) unless `with_ids` is false; amounts
+    reach the micro-unit, so a pulse lost or counted twice changes every sum.
+    """
+    pulses = []
+    for i in range(count):
+        tenant = f"{prefix}:t{i % tenants}"
+        amount = f"{i % 11}.{(i * 7919) % 10**6:06d}"
+        pulse = {"tenant": tenant, "product_sku": "vm", "use_unity": "hour",
+                 "used_amount": amount, "timestamp": hour.isoformat()}  # fmt: skip
+        if with_ids:
+            pulse["id"] = f"{prefix}-{i}"
+        pulses.append(pulse)
+        ledger.add(tenant, "vm", "hour", hour, amount)
+    return pulses
