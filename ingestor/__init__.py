@@ -7,7 +7,6 @@ Importing this package builds nothing: Celery's `ingestor.celery` is made on fir
 
 from __future__ import annotations
 
-import logging
 from functools import cache
 
 from celery import Celery
@@ -20,14 +19,15 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application from `settings` (default: from the environment)."""
-    from ingestor import api, auth, database, pulses, redis_store
+    from ingestor import api, auth, database, observability, pulses, redis_store
     from ingestor.messaging.celery_app import celery_init_app
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings or Settings.from_env()
-    logging.basicConfig(level=logging.INFO)
     database.init_app(app)
     redis_store.init_app(app)
+    # Logging (LOG_FORMAT), request timing, the worker's metrics endpoint.
+    observability.init_app(app)
     pulses.init_app(app)
     celery_init_app(app)
     auth.init_app(app)

@@ -18,6 +18,27 @@ DEVELOPMENT = "development"
 # Signs tokens in development only: validated() refuses it anywhere else.
 DEVELOPMENT_JWT_SECRET = "development-only-insecure-jwt-secret-key"
 MIN_JWT_SECRET_LENGTH = 32
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Integer settings for which 0 means "off" (every other one must be positive).
+ZERO_MEANS_OFF = frozenset({"metrics_port"})
+
+# Variables a PaaS add-on sets, read when the ingestor's own variable is unset or
+# empty, in this order. BROKER_URL/REDIS_URL always win: an operator who sets them
+# means them. Not REDIS_TLS_URL: Heroku sets it only beside REDIS_URL, which wins.
+FALLBACK_VARIABLES: dict[str, tuple[str, ...]] = {
+    "BROKER_URL": ("CLOUDAMQP_URL", "RABBITMQ_URL"),
+    "REDIS_URL": ("REDISCLOUD_URL",),
+}
+
+
+def _lookup(environ: Mapping[str, str], name: str) -> str | None:
+    """The value of `name`, else of its first set fallback; None if none is set."""
+    for candidate in (name, *FALLBACK_VARIABLES.get(name, ())):
+        value = environ.get(candidate)
+        if value:
+            return value
+    return None
 
 
 class SettingsError(ValueError):
@@ -78,6 +99,16 @@ class Settings:
     raw_batch_wait_ms: int = 50
     # Larger message bodies are dead-lettered unread.
     raw_max_body_bytes: int = 1024 * 1024
+    # Logs: "json" (one JSON object per line, for a log pipeline) or "text" (for a
+    # terminal). Empty: json, except text when APP_ENV is development.
+    log_format: str = ""
+    log_level: str = "INFO"
+    # Prometheus: when set, GET /metrics requires `Authorization: Bearer <token>`.
+    metrics_token: str = ""
+    # The worker's metrics endpoint (its main process serves every pool process's
+    # metrics); port 0 turns it off. See ingestor/observability/metrics.py.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,14 +116,16 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for field in fields(cls):
-            raw = environ.get(field.name.upper())
-            if raw is None or raw == "":
+            raw = _lookup(environ, field.name.upper())
+            if raw is None:
                 continue
             if field.type == "int":
                 try:
                     values[field.name] = int(raw)
                 except ValueError:
                     raise SettingsError(f"{field.name.upper()} must be an integer, got {raw!r}") from None
+                if field.name in ZERO_MEANS_OFF and values[field.name] == 0:
+                    continue
                 if values[field.name] <= 0:
                     raise SettingsError(f"{field.name.upper()} must be positive, got {raw!r}")
             else:
@@ -104,6 +137,15 @@ class Settings:
         """Check the values that can be wrong in ways a type cannot express."""
         object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
         self.persist_crontab()
+        if not self.log_format:
+            object.__setattr__(self, "log_format", "text" if self.app_env == DEVELOPMENT else "json")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"METRICS_PORT must be a TCP port (0: off), got {self.metrics_port}")
         if self.app_env != DEVELOPMENT:
             if len(self.jwt_secret_key) < MIN_JWT_SECRET_LENGTH or self.jwt_secret_key == DEVELOPMENT_JWT_SECRET:
                 raise SettingsError(

@@ -46,10 +46,11 @@ def init_app(app: Flask) -> IngestorApi:
         ),
     )
 
-    from ingestor.api import health, pulses
+    from ingestor.api import health, metrics, pulses
     from ingestor.auth import views as auth_views
 
     api.register_blueprint(health.blueprint)
+    api.register_blueprint(metrics.blueprint)
     api.register_blueprint(auth_views.blueprint)
     api.register_blueprint(pulses.blueprint)
     return api

@@ -21,6 +21,7 @@ from ingestor.api.schemas import (
 )
 from ingestor.database import get_database
 from ingestor.messaging import topology
+from ingestor.observability import metrics
 from ingestor.pulses import get_pulses, populate
 from ingestor.pulses.publishing import BrokerUnavailable, publish_pulse_batch, publish_task
 from ingestor.pulses.queries import InvalidCursor, UsageFilter, get_usage, list_usage
@@ -67,7 +68,9 @@ class Pulses(MethodView):
         cursor = query.get("cursor")
         with get_database().session() as session:
             try:
-                page = list_usage(session, usage_filter, query["limit"], query["page"], cursor)
+                page = list_usage(
+                    session, usage_filter, query["limit"], query["page"], cursor, get_pulses().totals
+                )
             except InvalidCursor as exc:
                 abort(400, message=str(exc), messages={"cursor": [str(exc)]})
         return {
@@ -102,6 +105,7 @@ class Pulses(MethodView):
                 task_id = publish_pulse_batch(current_app.extensions["celery"], accepted)
             except BrokerUnavailable as exc:
                 _broker_unavailable(exc)
+        metrics.record_http_pulses(len(accepted), (r.errors for r in rejected))
         return {
             "accepted": len(accepted),
             "rejected": [{"index": r.position, "errors": r.errors} for r in rejected],

@@ -17,6 +17,7 @@ from ingestor.messaging import topology
 from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
 from ingestor.messaging.serialization import register_decimal_json
+from ingestor.messaging.shutdown import finish_task_on_group_sigterm
 from ingestor.settings import Settings
 
 
@@ -90,5 +91,6 @@ def celery_init_app(app: Flask) -> Celery:
     @worker_process_init.connect(weak=False)
     def _forget_parent_connections(**_: object) -> None:
         app.extensions["database"].after_fork()
+        finish_task_on_group_sigterm()
 
     return celery_app

@@ -21,3 +21,68 @@ def flush(wait: int) -> None:
         f"persisted {report.snapshots} snapshot(s): {report.groups} group(s), {report.pulses} pulse(s)"
         + (f"; {report.already_persisted} already persisted before" if report.already_persisted else "")
     )
+
+
+@pulses_cli.command("stats")
+def stats() -> None:
+    """What waits in Redis for the next flush, the last flush, the rejected pulses."""
+    from datetime import datetime, timezone
+
+    from ingestor.database import get_database
+    from ingestor.pulses.stats import pending_groups, pending_windows, persisted_stats
+    from ingestor.redis_store import get_redis
+
+    redis = get_redis()
+    pending = pending_windows(redis)
+    persisted = persisted_stats(get_database())
+    oldest = pending.oldest_hour
+    age = f" ({pending.oldest_age_seconds(datetime.now(timezone.utc)) / 3600:.1f} h ago)" if oldest else ""
+    click.echo(f"pending windows:     {len(pending.windows)}")
+    click.echo(f"pending snapshots:   {len(pending.snapshots)}")
+    click.echo(f"pending groups:      {pending_groups(redis, [*pending.windows, *pending.snapshots])}")
+    click.echo(f"oldest pending hour: {oldest.isoformat() if oldest else '-'}{age}")
+    last = persisted.last_flush_at
+    click.echo(f"last persist:        {last.isoformat() if last else 'never'} ({persisted.flush_batches} batch(es))")
+    click.echo(f"rejected pulses:     {persisted.rejected_pulses}")
+
+
+@pulses_cli.command("populate")
+@click.option("--total", default=10_000, show_default=True, type=click.IntRange(1), help="Fake pulses to publish.")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10_000), help="Pulses per message.")
+def populate(total: int, batch: int) -> None:
+    """Publish fake pulses to the pulses queue from here, with a progress bar (demo, load)."""
+    import time
+    import uuid
+
+    from flask import current_app
+
+    from ingestor.pulses.fake import fake_pulses
+    from ingestor.pulses.publishing import BrokerUnavailable, publish_pulse_batch
+
+    celery_app = current_app.extensions["celery"]
+    job_id = f"cli-{uuid.uuid4()}"
+    started = time.monotonic()
+    with click.progressbar(length=total, label="publishing", show_pos=True) as bar:
+        for start in range(0, total, batch):
+            size = min(batch, total - start)
+            try:
+                publish_pulse_batch(celery_app, fake_pulses(job_id, 0, start, size))
+            except BrokerUnavailable as exc:
+                raise click.ClickException(f"{exc}; {start} of {total} pulses were published") from None
+            bar.update(size)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    click.echo(f"published {total} pulses in {-(-total // batch)} message(s) in {elapsed:.2f}s ({total / elapsed:,.0f} pulses/s)")
+
+
+@pulses_cli.command("replay-dead-letters")
+@click.option("--limit", type=click.IntRange(1), help="At most this many messages (default: all there now).")
+def replay_dead_letters(limit: int | None) -> None:
+    """Move messages from pulses.dead back to the queue they were dead-lettered from."""
+    from flask import current_app
+
+    from ingestor.messaging.dead_letters import replay_dead_letters as replay
+
+    report = replay(current_app.config["SETTINGS"].broker_url, limit)
+    for queue, count in sorted(report.replayed.items()):
+        click.echo(f"replayed {count} message(s) to {queue}")
+    click.echo(f"replayed {sum(report.replayed.values())} in all; {report.left} without origin left in pulses.dead")

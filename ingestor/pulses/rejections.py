@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert
 
 from ingestor.database import Database
+from ingestor.observability import metrics
 from ingestor.pulses.models import RejectedPulse
 
 # A rejected pulse is kept for a human to read, not replayed: past this many
@@ -82,3 +83,6 @@ def record_rejections_of_messages(
     )
     with database.session() as session, session.begin():
         session.execute(statement, rows)
+    # Once the rows are stored (a redelivered message counts again here, though not in
+    # the table: metrics are a rate, the table is the record).
+    metrics.record_rejections("raw" if source.startswith("raw:") else "task", (row["errors"] for row in rows))

@@ -6,6 +6,7 @@ Task names are part of the producers' contract and never change:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis.exceptions
@@ -14,8 +15,10 @@ from celery import Task, shared_task
 from celery.exceptions import Reject
 
 from ingestor.database import get_database
+from ingestor.observability import metrics
 from ingestor.pulses import get_pulses
 from ingestor.pulses.ingest import IngestReport, ingest_batch
+from ingestor.pulses.persistence import LOCK_TIMEOUT_SECONDS
 from ingestor.pulses.populate import run_share
 from ingestor.pulses.publishing import BrokerUnavailable
 from ingestor.redis_store import get_redis
@@ -43,6 +46,7 @@ RETRY_POLICY: dict[str, Any] = {
 
 def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
     services = get_pulses()
+    started = time.perf_counter()
     report: IngestReport = ingest_batch(
         pulses,
         message_id=task.request.id,
@@ -51,6 +55,7 @@ def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
         counter=services.counter,
         database=get_database(),
     )
+    metrics.record_ingest("task", report.counted, report.duplicates, time.perf_counter() - started)
     return report.__dict__
 
 
@@ -73,7 +78,17 @@ def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
 @shared_task(name="ingestor.persist_pulses", **RETRY_POLICY)
 def persist_pulses() -> dict[str, Any]:
     """Flush the Redis hour windows into PostgreSQL (fired hourly by beat)."""
-    return get_pulses().persister.persist_pending().__dict__
+    # Wait out another run's lock rather than skip: when that run was killed, this
+    # may be its own task, redelivered, and the only run before the next beat to
+    # finish the snapshot it left. A live run finishes or renews within the timeout.
+    started = time.perf_counter()
+    try:
+        report = get_pulses().persister.persist_pending(wait_seconds=LOCK_TIMEOUT_SECONDS + 15)
+    except Exception:
+        metrics.record_persist_failure(time.perf_counter() - started)
+        raise
+    metrics.record_persist(report, time.perf_counter() - started, finished_at=time.time())
+    return report.__dict__
 
 
 @shared_task(name="ingestor.populate_pulses", bind=True, **RETRY_POLICY)

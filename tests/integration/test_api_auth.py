@@ -13,7 +13,7 @@ from flask_jwt_extended import create_access_token
 
 from tests.support.api import PASSWORD
 
-PUBLIC_ENDPOINTS = {"auth.login", "health.health", "health.ready", "api-docs.openapi_json", "static"}
+PUBLIC_ENDPOINTS = {"auth.login", "health.health", "health.ready", "metrics.metrics", "api-docs.openapi_json", "static"}
 
 
 def test_login_returns_a_bearer_token(client, user):

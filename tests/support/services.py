@@ -49,6 +49,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RAW_BATCH_SIZE": str(settings.raw_batch_size),
         "RAW_BATCH_WAIT_MS": str(settings.raw_batch_wait_ms),
         "RAW_MAX_BODY_BYTES": str(settings.raw_max_body_bytes),
+        "TASK_MAX_RETRIES": str(settings.task_max_retries),
+        "TASK_RETRY_BACKOFF_MAX_SECONDS": str(settings.task_retry_backoff_max_seconds),
     }
 
 
@@ -62,15 +64,17 @@ def recreate_database(url: str) -> None:
     engine.dispose()
 
 
-def recreate_vhost() -> None:
-    """A fresh RabbitMQ virtual host for the tests, with guest allowed in it."""
+def recreate_vhost(vhost: str = RABBITMQ_VHOST) -> str:
+    """A fresh RabbitMQ virtual host (default: the tests'), guest allowed in; its URL."""
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    subprocess.run([ctl, "-q", "delete_vhost", RABBITMQ_VHOST], capture_output=True, check=False)
-    subprocess.run([ctl, "-q", "add_vhost", RABBITMQ_VHOST], capture_output=True, check=True)
+    subprocess.run([ctl, "-q", "delete_vhost", vhost], capture_output=True, check=False)
+    subprocess.run([ctl, "-q", "add_vhost", vhost], capture_output=True, check=True)
     subprocess.run(
-        [ctl, "-q", "set_permissions", "-p", RABBITMQ_VHOST, "guest", ".*", ".*", ".*"],
+        [ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
         capture_output=True,
         check=True,
     )
-    with Connection(BROKER_URL) as connection:
+    broker_url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    with Connection(broker_url) as connection:
         connection.ensure_connection(max_retries=3)
+    return broker_url

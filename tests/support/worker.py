@@ -23,19 +23,29 @@ ROOT = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """One worker process group (main process and pool children) the test controls."""
 
-    def __init__(self, settings: Settings, name: str, concurrency: int = 2, queues: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        concurrency: int = 2,
+        queues: str | None = None,
+        app: str = "ingestor",
+        extra_env: dict[str, str] | None = None,
+    ):
         self.settings = settings
         self.name = f"{name}@test"
         self.concurrency = concurrency
         self.queues = queues
+        self.app = app
+        self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix=f"worker-{name}-", suffix=".log")[1])
 
     def start(self, control: Celery, timeout: float = 60) -> None:
         """Start the worker and return once it answers a ping."""
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", **self.extra_env}
         command = [
-            sys.executable, "-m", "celery", "-A", "ingestor", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             "-n", self.name, "-c", str(self.concurrency),
             "--loglevel=INFO", "--without-mingle", "--without-gossip",
         ]  # fmt: skip

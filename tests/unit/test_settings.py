@@ -143,3 +143,47 @@ def test_outside_development_a_strong_jwt_secret_is_required() -> None:
 
 def test_development_runs_with_the_built_in_key() -> None:
     assert Settings.from_env({}).jwt_secret_key == "development-only-insecure-jwt-secret-key"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"CLOUDAMQP_URL": "amqps://u:p@cloud/vh"}, "amqps://u:p@cloud/vh"),
+        ({"RABBITMQ_URL": "amqp://u:p@rabbit/vh"}, "amqp://u:p@rabbit/vh"),
+        ({"CLOUDAMQP_URL": "amqps://cloud", "RABBITMQ_URL": "amqp://rabbit"}, "amqps://cloud"),
+        ({"BROKER_URL": "amqp://mine", "CLOUDAMQP_URL": "amqps://cloud"}, "amqp://mine"),
+        ({"BROKER_URL": "", "RABBITMQ_URL": "amqp://rabbit"}, "amqp://rabbit"),
+    ],
+)
+def test_broker_url_falls_back_to_the_add_on_variables(environ: dict[str, str], expected: str) -> None:
+    assert Settings.from_env(environ).broker_url == expected
+
+
+def test_redis_url_falls_back_to_rediscloud_but_redis_url_wins() -> None:
+    assert Settings.from_env({"REDISCLOUD_URL": "redis://u:p@cloud:1/0"}).redis_url == "redis://u:p@cloud:1/0"
+    both = {"REDIS_URL": "redis://mine:6379/2", "REDISCLOUD_URL": "redis://cloud:1/0"}
+    assert Settings.from_env(both).redis_url == "redis://mine:6379/2"
+    # Heroku sets REDIS_TLS_URL only beside REDIS_URL: it is never a fallback.
+    assert Settings.from_env({"REDIS_TLS_URL": "rediss://tls:1"}).redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_log_format_defaults_to_text_in_development_and_json_elsewhere() -> None:
+    assert Settings.from_env({}).log_format == "text"
+    production = {"APP_ENV": "production", "JWT_SECRET_KEY": "k" * 40}
+    assert Settings.from_env(production).log_format == "json"
+    assert Settings.from_env({**production, "LOG_FORMAT": "text"}).log_format == "text"
+    assert Settings.from_env({"LOG_FORMAT": "json"}).log_format == "json"
+
+
+@pytest.mark.parametrize(("var", "value"), [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "LOUD"), ("METRICS_PORT", "70000")])
+def test_bad_observability_variables_raise_naming_the_variable(var: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=var):
+        Settings.from_env({var: value})
+
+
+def test_log_level_is_case_insensitive_and_metrics_port_zero_means_off() -> None:
+    settings = Settings.from_env({"LOG_LEVEL": "debug", "METRICS_PORT": "0"})
+    assert (settings.log_level, settings.metrics_port) == ("DEBUG", 0)
+    assert Settings.from_env({"METRICS_PORT": "9191"}).metrics_port == 9191
+    with pytest.raises(SettingsError, match="METRICS_PORT"):
+        Settings.from_env({"METRICS_PORT": "-1"})

@@ -1,0 +1,277 @@
+"""Prometheus metrics: counted per batch, exposed by the web and by the worker.
+
+Why prometheus-client's multiprocess mode: gunicorn runs several web workers, and the
+Celery worker runs its tasks in prefork pool processes while the raw queue is
+consumed in its main process. Each process counts in its own memory-mapped file under
+`PROMETHEUS_MULTIPROC_DIR`; a scrape sums the files, so counters survive a pool
+process being replaced and nothing depends on which process a scrape reaches.
+
+- The web: `gunicorn_config.py` gives each gunicorn master a fresh directory before
+  it forks its workers; `GET /metrics` (see `ingestor/api/metrics.py`) sums them.
+- The worker: at `worker_init` (main process, before the pool forks) it gets a fresh
+  directory too, and, when `METRICS_PORT` is set, its main process serves the sum on
+  `METRICS_HOST:METRICS_PORT`. One scrape target per worker machine.
+- `flask run`, beat, the CLI: no directory, prometheus-client's ordinary registry.
+
+prometheus-client decides the mode when it is first imported, so nothing imports it
+at module level: `instruments()` builds the metrics on first use, after the
+directory is in place. Callers record once per batch or request; an update is a few
+memory-mapped writes, never a network call.
+
+The Redis gauges (pending windows and snapshots, age of the oldest pending hour) are
+not counted anywhere: `PendingWindowsCollector` reads them from Redis at scrape time,
+on the web and on the worker alike, so they are right whoever scrapes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from celery.signals import worker_init
+from flask import Flask
+from redis import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The fields of a pulse (DESIGN.md): a rejection's reason is labelled with its field,
+# anything else (a pulse that is not an object: marshmallow's `_schema`) as "pulse".
+# A fixed set, so a hostile producer cannot create label values at will.
+PULSE_FIELDS = frozenset({"id", "tenant", "product_sku", "use_unity", "used_amount", "timestamp"})
+PERSIST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """The ingestor's metrics (built once per process by `instruments()`)."""
+
+    accepted: Any
+    deduplicated: Any
+    rejected: Any
+    batch_seconds: Any
+    http_enqueued: Any
+    persist_runs: Any
+    persist_rows: Any
+    persist_pulses: Any
+    persist_seconds: Any
+    persist_last_success: Any
+    request_seconds: Any
+    requests: Any
+
+
+@cache
+def instruments() -> Instruments:
+    """The metrics of this process, created on first use (see the module docstring)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return Instruments(
+        accepted=Counter(
+            "ingestor_pulses_accepted", "Valid pulses counted into the Redis hour windows", ["source"]
+        ),
+        deduplicated=Counter(
+            "ingestor_pulses_deduplicated", "Valid pulses not counted again: their dedupe key was seen", ["source"]
+        ),
+        rejected=Counter(
+            "ingestor_pulses_rejected", "Invalid pulses, by the field that failed validation", ["source", "field"]
+        ),
+        batch_seconds=Histogram(
+            "ingestor_batch_duration_seconds", "Time to count one batch of pulses", ["source"], buckets=BATCH_BUCKETS
+        ),
+        http_enqueued=Counter("ingestor_http_pulses_enqueued", "Valid pulses POST /api/v1/pulses enqueued"),
+        persist_runs=Counter("ingestor_persist_runs", "Persist (flush) runs, by outcome", ["outcome"]),
+        persist_rows=Counter("ingestor_persist_rows", "Hourly sums (rows) added to PostgreSQL"),
+        persist_pulses=Counter("ingestor_persist_pulses", "Pulses whose sums were persisted"),
+        persist_seconds=Histogram(
+            "ingestor_persist_duration_seconds", "Duration of a persist run", buckets=PERSIST_BUCKETS
+        ),
+        persist_last_success=Gauge(
+            "ingestor_persist_last_success_timestamp_seconds",
+            "When a persist run last finished without error (Unix time)",
+            multiprocess_mode="max",
+        ),
+        request_seconds=Histogram("ingestor_http_request_duration_seconds", "API latency", ["method", "route"]),
+        requests=Counter("ingestor_http_requests", "API responses", ["method", "route", "status"]),
+    )
+
+
+def _field_of(reason: str) -> str:
+    return reason if reason in PULSE_FIELDS else "pulse"
+
+
+def rejected_fields(errors: Iterable[dict[str, Any]]) -> Tally[str]:
+    """How many rejected pulses failed on each field (a pulse counts once per field)."""
+    return Tally(_field_of(field) for reasons in errors for field in reasons)
+
+
+def record_ingest(source: str, counted: int, duplicates: int, seconds: float) -> None:
+    """One batch counted into Redis: `source` is "task" or "raw"."""
+    metrics = instruments()
+    if counted:
+        metrics.accepted.labels(source).inc(counted)
+    if duplicates:
+        metrics.deduplicated.labels(source).inc(duplicates)
+    metrics.batch_seconds.labels(source).observe(seconds)
+
+
+def record_rejections(source: str, errors: Iterable[dict[str, Any]]) -> None:
+    """The rejections of one batch, by field: `errors` holds each rejected pulse's reasons."""
+    tally = rejected_fields(errors)
+    if tally:
+        metrics = instruments()
+        for field, count in tally.items():
+            metrics.rejected.labels(source, field).inc(count)
+
+
+def record_http_pulses(enqueued: int, errors: Iterable[dict[str, Any]]) -> None:
+    """One POST /api/v1/pulses: valid pulses enqueued, invalid ones by field."""
+    if enqueued:
+        instruments().http_enqueued.inc(enqueued)
+    record_rejections("http", errors)
+
+
+def record_persist(report: Any, seconds: float, finished_at: float) -> None:
+    """One persist run that returned its `PersistReport`."""
+    metrics = instruments()
+    metrics.persist_runs.labels("skipped" if report.skipped else "persisted").inc()
+    if report.skipped:
+        return
+    metrics.persist_rows.inc(report.groups)
+    metrics.persist_pulses.inc(report.pulses)
+    metrics.persist_seconds.observe(seconds)
+    metrics.persist_last_success.set(finished_at)
+
+
+def record_persist_failure(seconds: float) -> None:
+    """One persist run that raised (it is retried; its snapshots wait in Redis)."""
+    metrics = instruments()
+    metrics.persist_runs.labels("failed").inc()
+    metrics.persist_seconds.observe(seconds)
+
+
+def record_request(method: str, route: str, status: int, seconds: float) -> None:
+    """One API response."""
+    metrics = instruments()
+    metrics.request_seconds.labels(method, route).observe(seconds)
+    metrics.requests.labels(method, route, str(status)).inc()
+
+
+class PendingWindowsCollector:
+    """Gauges read from Redis at scrape time: what waits for the next flush."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from ingestor.pulses.stats import pending_windows  # the pulses domain imports this module
+
+        up = GaugeMetricFamily("ingestor_redis_up", "1 if Redis answered this scrape")
+        try:
+            pending = pending_windows(self._redis)
+        except RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily(
+            "ingestor_redis_windows_pending", "Live hour windows waiting for a flush", value=len(pending.windows)
+        )
+        yield GaugeMetricFamily(
+            "ingestor_redis_snapshots_pending",
+            "Snapshots taken but not persisted yet (a flush in progress, or one that failed)",
+            value=len(pending.snapshots),
+        )
+        yield GaugeMetricFamily(
+            "ingestor_redis_oldest_pending_window_age_seconds",
+            "Seconds since the start of the oldest hour still waiting in Redis (0: none)",
+            value=pending.oldest_age_seconds(),
+        )
+
+
+class _ProcessMetrics:
+    """This process's own registry, for a process not in multiprocess mode."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client import REGISTRY
+
+        yield from REGISTRY.collect()
+
+
+def build_registry(redis: Redis) -> Any:
+    """A registry with every process's metrics (or this process's) and the Redis gauges."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_ProcessMetrics())
+    registry.register(PendingWindowsCollector(redis))
+    return registry
+
+
+def prepare_multiprocess_dir(role: str) -> str:
+    """Point PROMETHEUS_MULTIPROC_DIR at a fresh directory for this process and its children.
+
+    Must run before prometheus-client is imported and before the process forks. A
+    directory of its own, inside PROMETHEUS_MULTIPROC_DIR when the operator set one
+    (e.g. a tmpfs): files left by an earlier run or by another process group would be
+    summed into ours. Removed when the process that made it exits.
+    """
+    path = tempfile.mkdtemp(prefix=f"ingestor-{role}-metrics-", dir=os.environ.get(MULTIPROC_ENV) or None)
+    os.environ[MULTIPROC_ENV] = path
+    owner = os.getpid()
+
+    def _remove() -> None:
+        if os.getpid() == owner:  # a forked child inherits atexit handlers
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(_remove)
+    return path
+
+
+def start_metrics_server(host: str, port: int, redis: Redis) -> Any:
+    """Serve the metrics over HTTP from this process; None (logged) if the port is taken."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(port, addr=host, registry=build_registry(redis))
+    except OSError as exc:
+        # Two workers on one machine: the second one's metrics are still counted, in
+        # its own directory, but need another METRICS_PORT to be scraped.
+        logger.warning(
+            "metrics endpoint not started on %s:%d: %s", host, port, exc,
+            extra={"metrics_host": host, "metrics_port": port},
+        )  # fmt: skip
+        return None
+    logger.info(
+        "metrics served on http://%s:%d/metrics", host, port, extra={"metrics_host": host, "metrics_port": port}
+    )
+    return server
+
+
+def connect_worker_signals(app: Flask) -> None:
+    """In a Celery worker: a metrics directory for its processes, and the endpoint."""
+    settings = app.config["SETTINGS"]
+
+    def _on_worker_init(**_: object) -> None:
+        prepare_multiprocess_dir("worker")
+        if settings.metrics_port:
+            start_metrics_server(settings.metrics_host, settings.metrics_port, app.extensions["redis"])
+
+    worker_init.connect(_on_worker_init, weak=False, dispatch_uid="ingestor-worker-metrics")
