@@ -6,6 +6,7 @@
 - `ingestor:snapshot:<hour>:<batch-id>`: a window hash renamed away for a flush.
 - `ingestor:windows` / `ingestor:snapshots`: sets naming the pending hashes, so a
   flush never has to SCAN a keyspace holding millions of dedupe keys.
+  `ingestor:corrupt-snapshots` names snapshots a flush set aside, untouched.
 - `ingestor:usage-version`, `ingestor:usage-total:<version>:<filter>`: cached row
   counts of the API, made unreachable by each flush commit (pulses/queries.py).
 - `d<11-byte digest>`: one dedupe key per counted pulse, expiring after the horizon.
@@ -31,6 +32,8 @@ from functools import lru_cache
 PREFIX = "ingestor:"
 PENDING_WINDOWS = PREFIX + "windows"
 PENDING_SNAPSHOTS = PREFIX + "snapshots"
+# Snapshots holding fields the ingest script never writes, set aside by a flush.
+CORRUPT_SNAPSHOTS = PREFIX + "corrupt-snapshots"
 FLUSH_LOCK = PREFIX + "flush-lock"
 # Incremented whenever pulse_usage changes; cached row counts are keyed by it.
 USAGE_VERSION = PREFIX + "usage-version"

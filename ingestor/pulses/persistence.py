@@ -70,6 +70,7 @@ class PersistReport:
     pulses: int = 0
     already_persisted: int = 0
     batch_ids: list[str] = field(default_factory=list)
+    corrupt_snapshots: list[str] = field(default_factory=list)
 
 
 # A snapshot goes to PostgreSQL in chunks of groups: each chunk is streamed with COPY
@@ -273,12 +274,12 @@ class Persister:
         try:
             # Leftovers of a crashed run first, then the live windows.
             for snapshot in sorted(self._members(keys.PENDING_SNAPSHOTS)):
-                self.persist_snapshot(snapshot, report)
+                self._persist_or_quarantine(snapshot, report)
                 self._renew(lock)
             for window in sorted(self._members(keys.PENDING_WINDOWS)):
                 snapshot = self.take_snapshot(window)
                 if snapshot is not None:
-                    self.persist_snapshot(snapshot, report)
+                    self._persist_or_quarantine(snapshot, report)
                     self._renew(lock)
         finally:
             if lock.owned():
@@ -310,6 +311,20 @@ class Persister:
         renamed = self._snapshot(keys=[window, snapshot, keys.PENDING_WINDOWS, keys.PENDING_SNAPSHOTS])
         # 0: another run took this window first.
         return snapshot if renamed else None
+
+    def _persist_or_quarantine(self, snapshot: str, report: PersistReport) -> None:
+        """Persist a snapshot; set a corrupt one aside so it cannot block every later flush."""
+        try:
+            self.persist_snapshot(snapshot, report)
+        except CorruptSnapshot:
+            # Its transaction rolled back: nothing of it is counted. It stays in Redis,
+            # named in CORRUPT_SNAPSHOTS, for an operator; the other windows go on.
+            logger.exception("corrupt snapshot set aside: %s", snapshot, extra={"snapshot": snapshot})
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.srem(keys.PENDING_SNAPSHOTS, snapshot)
+                pipe.sadd(keys.CORRUPT_SNAPSHOTS, snapshot)
+                pipe.execute()
+            report.corrupt_snapshots.append(snapshot)
 
     def persist_snapshot(self, snapshot: str, report: PersistReport | None = None) -> None:
         """Add one snapshot's sums to PostgreSQL once, then delete the snapshot."""

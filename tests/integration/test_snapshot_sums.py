@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 
 from ingestor.pulses import keys
+from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.persistence import CorruptSnapshot
 from tests.support.ledger import persisted_sums
 
@@ -74,10 +75,19 @@ def test_a_count_without_an_amount_sums_to_zero(app, redis_client, database):
     [b"x|" + keys.group_field("t", "s", "u"), b"a1x|" + keys.group_field("t", "s", "u"),
      amount_field("orphan", "s", "u")],  # fmt: skip
 )
-def test_a_corrupt_snapshot_stops_the_flush_and_stays(app, redis_client, database, bad_field):
+def test_a_corrupt_snapshot_is_set_aside_whole_and_the_others_persist(app, redis_client, database, bad_field):
     fields = {count_field("t", "s", "u"): 1, amount_field("t", "s", "u"): 1, bad_field: 5}
-    with pytest.raises(CorruptSnapshot):
-        persist(app, redis_client, fields)
+    healthy = HOUR + timedelta(hours=1)
+    app.extensions["pulses"].counter.count(
+        [CountablePulse(keys.dedupe_key_for_id("ok", "1"), keys.window_key(keys.hour_of(healthy)),
+                        keys.group_field("ok", "s", "u"), 2_500_000)]  # fmt: skip
+    )
+    snapshot = persist(app, redis_client, fields)
 
-    assert persisted_sums(database) == {}
-    assert len(redis_client.smembers(keys.PENDING_SNAPSHOTS)) == 1
+    # Nothing of the corrupt one is counted; it waits, whole, for an operator.
+    assert persisted_sums(database) == {("ok", "s", "u", healthy): (Decimal("2.5"), 1)}
+    assert redis_client.smembers(keys.CORRUPT_SNAPSHOTS) == {snapshot.encode()}
+    assert redis_client.smembers(keys.PENDING_SNAPSHOTS) == set()
+    assert redis_client.hlen(snapshot) == 3
+    with pytest.raises(CorruptSnapshot):
+        app.extensions["pulses"].persister.persist_snapshot(snapshot)
