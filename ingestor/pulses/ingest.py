@@ -74,14 +74,9 @@ class PulseValidator:
         A pulse with an `id` is deduplicated by (tenant, id); one without by
         `fallback_key(index)`, its place in the message as the caller identifies it.
         """
+        valid, rejected = self.check(pulses)
         countable: list[CountablePulse] = []
-        rejected: list[Rejection] = []
-        for index, raw in enumerate(pulses):
-            try:
-                pulse = self._schema.load_pulse(raw)
-            except ValidationError as exc:
-                rejected.append(Rejection(position=index, payload=raw, errors=exc.normalized_messages()))
-                continue
+        for index, pulse in valid:
             if pulse.get("id") is not None:
                 dedupe_key = keys.dedupe_key_for_id(pulse["tenant"], pulse["id"])
             else:
