@@ -56,20 +56,21 @@ def populate(total: int, batch: int) -> None:
 
     from flask import current_app
 
-    from ingestor.pulses.fake import fake_pulses
-    from ingestor.pulses.publishing import BrokerUnavailable, publish_pulse_batch
+    from ingestor.pulses.populate import publish_fake_pulses
+    from ingestor.pulses.publishing import BrokerUnavailable
 
     celery_app = current_app.extensions["celery"]
     job_id = f"cli-{uuid.uuid4()}"
     started = time.monotonic()
     with click.progressbar(length=total, label="publishing", show_pos=True) as bar:
-        for start in range(0, total, batch):
-            size = min(batch, total - start)
-            try:
-                publish_pulse_batch(celery_app, fake_pulses(job_id, 0, start, size))
-            except BrokerUnavailable as exc:
-                raise click.ClickException(f"{exc}; {start} of {total} pulses were published") from None
-            bar.update(size)
+
+        def advance(published: int) -> None:
+            bar.update(published - bar.pos)
+
+        try:
+            publish_fake_pulses(celery_app, job_id, 0, total, batch, advance)
+        except BrokerUnavailable as exc:
+            raise click.ClickException(f"{exc}; {bar.pos} of {total} pulses were published") from None
     elapsed = max(time.monotonic() - started, 1e-9)
     click.echo(f"published {total} pulses in {-(-total // batch)} message(s) in {elapsed:.2f}s ({total / elapsed:,.0f} pulses/s)")
 

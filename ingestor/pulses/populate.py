@@ -8,6 +8,7 @@ so a redelivered task overwrites rather than adds).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -81,12 +82,29 @@ def job_progress(redis: Redis, job_id: str) -> PopulateProgress | None:
     )
 
 
-def run_share(celery_app: Celery, redis: Redis, job_id: str, worker_index: int, count: int, buffer_size: int) -> int:
-    """Publish one worker's share of a job in batches, recording progress; pulses published."""
+def publish_fake_pulses(
+    celery_app: Celery,
+    job_id: str,
+    worker_index: int,
+    count: int,
+    buffer_size: int,
+    on_batch: Callable[[int], None] = lambda published: None,
+) -> int:
+    """Publish `count` fake pulses in batches of `buffer_size`; `on_batch(published so far)`
+    after each confirmed batch. Raises BrokerUnavailable; returns the pulses published."""
     published = 0
     while published < count:
         size = min(buffer_size, count - published)
         publish_pulse_batch(celery_app, fake_pulses(job_id, worker_index, published, size))
         published += size
-        redis.hset(job_key(job_id), f"published:{worker_index}", published)
+        on_batch(published)
     return published
+
+
+def run_share(celery_app: Celery, redis: Redis, job_id: str, worker_index: int, count: int, buffer_size: int) -> int:
+    """Publish one worker's share of a job, recording its progress in Redis."""
+
+    def record(published: int) -> None:
+        redis.hset(job_key(job_id), f"published:{worker_index}", published)
+
+    return publish_fake_pulses(celery_app, job_id, worker_index, count, buffer_size, record)
