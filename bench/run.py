@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import os
+import random
 import statistics
 import sys
 import threading
@@ -62,6 +63,11 @@ class Row:
     met: bool | None = None
     detail: str = ""
 
+    @property
+    def shown(self) -> str:
+        # Ratios to two decimals: 0.76 must not read as a met 0.8.
+        return f"{self.value:,.2f} {self.unit}" if self.unit == "×" else f"{self.value:,.1f} {self.unit}"
+
 
 @dataclass
 class Report:
@@ -70,14 +76,14 @@ class Report:
     def add(self, row: Row) -> Row:
         self.rows.append(row)
         mark = "" if row.met is None else (" [ok]" if row.met else " [MISSED]")
-        print(f"  {row.name}: {row.value:,.1f} {row.unit} {row.detail}{mark}", flush=True)
+        print(f"  {row.name}: {row.shown} {row.detail}{mark}", flush=True)
         return row
 
     def table(self) -> str:
         lines = ["| measurement | result | target | notes |", "|---|---|---|---|"]
         for row in self.rows:
             met = "" if row.met is None else (" ✓" if row.met else " ✗")
-            lines.append(f"| {row.name} | {row.value:,.1f} {row.unit} | {row.target}{met} | {row.detail} |")
+            lines.append(f"| {row.name} | {row.shown} | {row.target}{met} | {row.detail} |")
         return "\n".join(lines)
 
 
@@ -290,48 +296,87 @@ def _login(port: int) -> str:
     return body["access_token"]
 
 
-def bench_persist(bench: Bench, report: Report) -> None:
-    groups = bench.args.persist_groups
-    bench.reset()
+REFERENCE_UPSERT = (
+    "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count) "
+    "SELECT * FROM incoming ON CONFLICT (tenant, product_sku, use_unity, window_start) DO UPDATE SET "
+    "used_amount = pulse_usage.used_amount + excluded.used_amount, "
+    "pulse_count = pulse_usage.pulse_count + excluded.pulse_count, updated_at = now()"
+)
+
+
+def _persist_once(bench: Bench, groups: int) -> float:
+    """Seconds our flush takes to move `groups` groups of one window from Redis to PostgreSQL."""
     services = bench.app.extensions["pulses"]
     window = keys.window_key(keys.hour_of(bench.hour))
-    rows = []
-    for g in range(groups):
-        tenant, amount = f"tenant-{g}", 1_000_000 + g
-        rows.append((tenant, amount))
-        services.counter.count([CountablePulse(keys.dedupe_key_for_position("persist", g), window,
-                                               keys.group_field(tenant, "vm.small", "vCPU-hour"), amount)])  # fmt: skip
+    pulses = [CountablePulse(keys.dedupe_key_for_position(f"persist-{uuid.uuid4()}", g), window,
+                             keys.group_field(f"tenant-{g}", "vm.small", "vCPU-hour"), 1_000_000 + g)
+              for g in range(groups)]  # fmt: skip
+    for start in range(0, groups, 5000):
+        services.counter.count(pulses[start : start + 5000])
     started = time.perf_counter()
     result = services.persister.persist_pending()
-    ours = time.perf_counter() - started
+    elapsed = time.perf_counter() - started
     assert result.groups == groups, result
+    return elapsed
 
-    with bench.database.engine.begin() as connection:
-        connection.execute(text("TRUNCATE pulse_usage"))
-    buffer = io.StringIO("".join(f"{t}\tvm.small\tvCPU-hour\t{bench.hour.isoformat()}\t{a / 10**6:.6f}\t1\n"
-                                 for t, a in rows))  # fmt: skip
+
+def _reference_once(bench: Bench, groups: int) -> float:
+    """Seconds a plain COPY into a temporary table + INSERT ... SELECT ... ON CONFLICT takes
+    for the same rows, the data already in memory.
+
+    In an arbitrary order, as any hash-keyed store hands groups out: PostgreSQL writes
+    rows already in index order ~30% faster, an order no flush is ever given.
+    """
+    rows = [f"tenant-{g}\tvm.small\tvCPU-hour\t{bench.hour.isoformat()}\t{(1_000_000 + g) / 10**6:.6f}\t1\n"
+            for g in range(groups)]  # fmt: skip
+    random.Random(groups).shuffle(rows)
+    buffer = "".join(rows)
     raw = bench.database.engine.raw_connection()
     try:
         started = time.perf_counter()
         cursor = raw.cursor()
         cursor.execute("CREATE TEMP TABLE incoming (tenant text, product_sku text, use_unity text, "
                        "window_start timestamptz, used_amount numeric(38,6), pulse_count bigint) ON COMMIT DROP")  # fmt: skip
-        cursor.copy_expert("COPY incoming FROM STDIN", buffer)
-        cursor.execute(
-            "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count) "
-            "SELECT * FROM incoming ON CONFLICT (tenant, product_sku, use_unity, window_start) DO UPDATE SET "
-            "used_amount = pulse_usage.used_amount + excluded.used_amount, "
-            "pulse_count = pulse_usage.pulse_count + excluded.pulse_count, updated_at = now()"
-        )
+        cursor.copy_expert("COPY incoming FROM STDIN", io.StringIO(buffer))
+        cursor.execute(REFERENCE_UPSERT)
         raw.commit()
-        reference = time.perf_counter() - started
+        return time.perf_counter() - started
     finally:
         raw.close()
-    report.add(Row("persist: Redis window → PostgreSQL", groups / ours, "rows/s", "≥ 40,000",
-                   groups / ours >= 40_000, f"{groups:,} groups of one window"))  # fmt: skip
-    ratio = reference / ours
-    report.add(Row("  ratio to plain COPY + INSERT…SELECT…ON CONFLICT", ratio, "×", "≥ 0.8", ratio >= 0.8,
-                   f"reference {groups / reference:,.0f} rows/s"))  # fmt: skip
+
+
+def bench_persist(bench: Bench, report: Report) -> None:
+    """Both flush paths against the reference, interleaved round by round; medians.
+
+    A window's first flush (no row yet) and a flush into a window that already has
+    every row (each group updated). The machine's noise moves single runs by +-30%:
+    interleaving and the median keep a slow moment from landing on one side only.
+    """
+    groups, rounds = bench.args.persist_groups, bench.args.persist_rounds
+    timings: dict[str, list[float]] = {"ours-first": [], "ref-first": [], "ours-again": [], "ref-again": []}
+    for _ in range(rounds):
+        # Each "again" starts from the rows of one of our first flushes: a COPY leaves
+        # its pages out of shared buffers, an INSERT leaves them in, and the state of
+        # the table, not the writer, would otherwise make the difference.
+        bench.reset()
+        timings["ours-first"].append(_persist_once(bench, groups))
+        timings["ours-again"].append(_persist_once(bench, groups))
+        bench.reset()
+        timings["ref-first"].append(_reference_once(bench, groups))
+        bench.reset()
+        timings["ours-first"].append(_persist_once(bench, groups))
+        timings["ref-again"].append(_reference_once(bench, groups))
+    median = {name: statistics.median(values) for name, values in timings.items()}
+    for path, label in (("first", "a window's first flush"), ("again", "into a window that has the rows")):
+        ours, reference = groups / median[f"ours-{path}"], groups / median[f"ref-{path}"]
+        # The 40,000 rows/s target is the issue's, for a window's first flush. Updating
+        # rows that exist costs PostgreSQL itself about twice as much: only the ratio.
+        target = ("≥ 40,000", ours >= 40_000) if path == "first" else ("", None)
+        report.add(Row(f"persist: Redis → PostgreSQL, {label}", ours, "rows/s", *target,
+                       f"{groups:,} groups of one window, median of {rounds}"))  # fmt: skip
+        ratio = ours / reference
+        report.add(Row("  ratio to plain COPY + INSERT…SELECT…ON CONFLICT", ratio, "×", "≥ 0.8", ratio >= 0.8,
+                       f"reference {reference:,.0f} rows/s, rows in arbitrary order"))  # fmt: skip
 
 
 def bench_queries(bench: Bench, report: Report) -> None:
@@ -427,6 +472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--http-requests", type=int, default=120)
     parser.add_argument("--http-clients", type=int, default=4)
     parser.add_argument("--persist-groups", type=int, default=100_000)
+    parser.add_argument("--persist-rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     parser.add_argument("--query-rows", type=int, default=1_000_000)
     parser.add_argument("--query-repeats", type=int, default=200, help="requests per query measurement")
     # Just under 2**17: Redis's key tables are then nearly full, as they are most of

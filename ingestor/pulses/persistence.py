@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import psycopg2
+import psycopg2.errors
 from redis import Redis
 from redis.exceptions import LockError
 from sqlalchemy import text
@@ -35,6 +37,15 @@ from sqlalchemy.dialects.postgresql import insert
 from ingestor.database import Database
 from ingestor.pulses import keys
 from ingestor.pulses.models import FlushBatch
+from ingestor.pulses.snapshot_rows import (
+    HSCAN_COUNT,
+    SERVER_SIDE_ROWS_SCRIPT,
+    CorruptSnapshot,
+    SnapshotChunk,
+    UnusualSnapshot,
+    server_side_chunks,
+    snapshot_chunks,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,137 +84,53 @@ class PersistReport:
     corrupt_snapshots: list[str] = field(default_factory=list)
 
 
-# A snapshot goes to PostgreSQL in chunks of groups: each chunk is streamed with COPY
-# into a temporary table, then added to pulse_usage by one INSERT ... SELECT. A thread
-# prepares the next chunk while PostgreSQL upserts the current one, so Python's share
-# of the work mostly hides behind PostgreSQL's. All chunks share ONE transaction.
-# (Profiling the first version, a Python loop decoding JSON into Decimals and then one
-# INSERT binding 100,000-element arrays, showed it at twice PostgreSQL's own time.)
-CHUNK_GROUPS = 10_000
-CREATE_SNAPSHOT_CHUNK = """
-CREATE TEMPORARY TABLE snapshot_chunk (
+# A snapshot goes to PostgreSQL in chunks of rows (snapshot_rows), all in ONE
+# transaction, while a thread reads the next chunks from Redis. Into a window that has
+# no row yet (its first flush, the usual case) the chunks are COPied straight into
+# pulse_usage; into one that has rows (a late pulse, a window flushed twice) they are
+# COPied into a temporary table and added by ONE INSERT ... SELECT ... ON CONFLICT.
+# Either way a group sent twice is refused, never added twice: by the unique key, or
+# by the upsert, which refuses to touch a row twice (see server_side_chunks).
+# Additive: a window persisted in several flushes adds to its rows, never replaces them.
+USAGE_COLUMNS = "tenant, product_sku, use_unity, window_start, used_amount, pulse_count"
+COPY_INTO_USAGE = f"COPY pulse_usage ({USAGE_COLUMNS}) FROM STDIN WITH (FORMAT csv)"
+CREATE_SNAPSHOT_ROWS = """
+CREATE TEMPORARY TABLE snapshot_rows (
     tenant text NOT NULL, product_sku text NOT NULL, use_unity text NOT NULL,
-    micro_units numeric NOT NULL, pulse_count bigint NOT NULL
+    window_start timestamptz NOT NULL, used_amount numeric(38, 6) NOT NULL, pulse_count bigint NOT NULL
 ) ON COMMIT DROP
 """
-COPY_SNAPSHOT_CHUNK = "COPY snapshot_chunk FROM STDIN WITH (FORMAT csv)"
-# Additive: a window persisted in several flushes (or a late pulse for an hour already
-# persisted) adds to its row instead of replacing it. Micro-units become units by a
-# multiplication, exact in NUMERIC; a division rounds big sums to 16 significant digits.
-UPSERT_USAGE = text("""
-INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count)
-SELECT tenant, product_sku, use_unity, :window_start, micro_units * 0.000001, pulse_count FROM snapshot_chunk
+COPY_SNAPSHOT_ROWS = "COPY snapshot_rows FROM STDIN WITH (FORMAT csv)"
+UPSERT_USAGE = f"""
+INSERT INTO pulse_usage ({USAGE_COLUMNS}) SELECT * FROM snapshot_rows ORDER BY tenant, product_sku, use_unity
 ON CONFLICT (tenant, product_sku, use_unity, window_start) DO UPDATE SET
     used_amount = pulse_usage.used_amount + excluded.used_amount,
     pulse_count = pulse_usage.pulse_count + excluded.pulse_count,
     updated_at = now()
-""")
-
+"""
+# Flushes of one window take turns from here to their commit, so that "the window
+# has no row yet" stays true until the COPY that relies on it commits.
+LOCK_WINDOW = text("SELECT pg_advisory_xact_lock(:namespace, :hours_since_epoch)")
+WINDOW_LOCK_NAMESPACE = 0x5055  # "PU": pulse_usage windows
+WINDOW_HAS_ROWS = text("SELECT EXISTS (SELECT 1 FROM pulse_usage WHERE window_start = :window_start)")
 
 # Spill fields of a group already sent (rare: sums past 64 bits), added at the end.
 CREATE_LATE_AMOUNTS = """
 CREATE TEMPORARY TABLE snapshot_late_amount (
-    tenant text NOT NULL, product_sku text NOT NULL, use_unity text NOT NULL, micro_units numeric NOT NULL
+    tenant text NOT NULL, product_sku text NOT NULL, use_unity text NOT NULL, used_amount numeric NOT NULL
 ) ON COMMIT DROP
 """
 COPY_LATE_AMOUNTS = "COPY snapshot_late_amount FROM STDIN WITH (FORMAT csv)"
 ADD_LATE_AMOUNTS = text("""
-UPDATE pulse_usage SET used_amount = used_amount + late.micro_units * 0.000001, updated_at = now()
+UPDATE pulse_usage SET used_amount = pulse_usage.used_amount + late.used_amount, updated_at = now()
 FROM snapshot_late_amount AS late
 WHERE pulse_usage.tenant = late.tenant AND pulse_usage.product_sku = late.product_sku
   AND pulse_usage.use_unity = late.use_unity AND pulse_usage.window_start = :window_start
 """)
-# Fields per HSCAN call while a snapshot streams to PostgreSQL.
-HSCAN_COUNT = 5000
-
-
-class CorruptSnapshot(ValueError):
-    """A window hash holds fields the ingest script never writes: the flush stops."""
-
-
-@dataclass(frozen=True)
-class SnapshotChunk:
-    """Some groups of a snapshot as CSV rows for COPY, and how many pulses they hold.
-
-    The last chunk also carries `late_amounts`: CSV rows (tenant, product_sku,
-    use_unity, micro-units) of spill fields that arrived after their group was sent.
-    """
-
-    csv: bytes
-    groups: int
-    pulses: int
-    late_amounts: bytes = b""
-
-
-def _csv_fields(group: bytes) -> bytes:
-    """tenant, product_sku, use_unity of a group field as three quoted CSV fields."""
-    if b"\\" not in group:
-        # The group is the compact JSON '["t","s","u"]' (keys.group_field). With no
-        # backslash it holds no escape, so no quote inside a value either, and the
-        # part between the brackets is already three quoted CSV fields.
-        return group[1:-1]
-    return ",".join('"%s"' % value.replace('"', '""') for value in keys.parse_group_field(group)).encode()
-
-
-def _is_amount(kind: bytes) -> bool:
-    # `a`, and the spills `a1`, `a2`... of a sum that outgrew 64 bits.
-    return kind == b"a" or (kind[:1] == b"a" and kind[1:].isdigit())
-
-
-def snapshot_chunks(fields: Iterable[tuple[bytes, bytes]], chunk_groups: int = CHUNK_GROUPS) -> Iterator[SnapshotChunk]:
-    """A snapshot's fields, as they stream from HSCAN, paired into per-group CSV chunks.
-
-    A field is `<kind>|<group JSON>`: kind `n` holds the pulse count, `a` (and its
-    spills) micro-units. A group is sent once its count and its `a` field are both in;
-    a spill arriving after that is summed into `late_amounts`; a group with a count but
-    no amount at all is sent, at zero, at the end. Sums are Python ints, exact at any
-    size. HSCAN may return a field twice: each is taken once. Any other field (an
-    unknown kind, an amount without a count) is corruption: the ingest script writes
-    neither, so CorruptSnapshot stops the flush, its transaction rolls back, and the
-    snapshot stays for an operator.
-    """
-    seen: set[bytes] = set()
-    counts: dict[bytes, bytes] = {}  # count in, amount not yet
-    amounts: dict[bytes, int] = {}  # amount(s) in, count not yet
-    sent: set[bytes] = set()
-    late: dict[bytes, int] = {}
-    rows: list[bytes] = []
-    pulses = 0
-
-    def send(group: bytes, micro_units: int, count: bytes) -> None:
-        nonlocal pulses
-        rows.append(b"%s,%d,%s\n" % (_csv_fields(group), micro_units, count))
-        pulses += int(count)
-        sent.add(group)
-
-    for name, value in fields:
-        if name in seen:
-            continue
-        seen.add(name)
-        kind, _, group = name.partition(b"|")
-        if kind == b"n":
-            if group in amounts:
-                send(group, amounts.pop(group), value)
-            else:
-                counts[group] = value
-        elif not _is_amount(kind):
-            raise CorruptSnapshot(f"unexpected field in a window hash: {name[:200]!r}")
-        elif group in sent:
-            late[group] = late.get(group, 0) + int(value)
-        elif kind == b"a" and group in counts:
-            send(group, amounts.pop(group, 0) + int(value), counts.pop(group))
-        else:
-            amounts[group] = amounts.get(group, 0) + int(value)
-        if len(rows) == chunk_groups:
-            yield SnapshotChunk(b"".join(rows), len(rows), pulses)
-            rows, pulses = [], 0
-    for group, micro_units in list(amounts.items()):
-        if group not in counts:
-            raise CorruptSnapshot(f"amount without a pulse count in a window hash: {group[:200]!r}")
-    for group, count in counts.items():
-        send(group, amounts.get(group, 0), count)
-    late_rows = b"".join(b"%s,%d\n" % (_csv_fields(group), micro) for group, micro in late.items())
-    yield SnapshotChunk(b"".join(rows), len(rows), pulses, late_rows)
+# Errors of the server-side reader's rows that the careful reader turns into a clear
+# CorruptSnapshot (or proves wrong): a value PostgreSQL cannot parse, a row twice.
+CAREFUL_READ_ERRORS = (UnusualSnapshot, psycopg2.DataError, psycopg2.IntegrityError,
+                       psycopg2.errors.CardinalityViolation)  # fmt: skip
 
 
 def run_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -249,6 +176,7 @@ class Persister:
         self._redis = redis
         self._database = database
         self._snapshot = redis.register_script(SNAPSHOT_SCRIPT)
+        self._read_rows = redis.register_script(SERVER_SIDE_ROWS_SCRIPT)
         self._lock_timeout = lock_timeout_seconds
 
     def persist_pending(self, wait_seconds: float = 0) -> PersistReport:
@@ -349,7 +277,23 @@ class Persister:
 
     def _write(self, batch_id: uuid.UUID, window_start: datetime, snapshot: str) -> tuple[int, int] | None:
         """The one transaction of a snapshot: (groups, pulses) added, or None if its
-        batch id was already persisted."""
+        batch id was already persisted.
+
+        The rows come from the server-side reader; anything it cannot vouch for rolls
+        its transaction back and the careful reader does the snapshot again.
+        """
+        window = window_start.isoformat().encode()
+        try:
+            chunks = server_side_chunks(self._read_rows, self._redis, snapshot, window)
+            return self._write_chunks(batch_id, window_start, chunks)
+        except CAREFUL_READ_ERRORS as exc:
+            logger.info("snapshot %s read again, carefully: %s", snapshot, exc, extra={"snapshot": snapshot})
+        fields = self._redis.hscan_iter(snapshot, count=HSCAN_COUNT)
+        return self._write_chunks(batch_id, window_start, snapshot_chunks(fields, window))
+
+    def _write_chunks(
+        self, batch_id: uuid.UUID, window_start: datetime, chunks: Iterable[SnapshotChunk]
+    ) -> tuple[int, int] | None:
         with self._database.session() as session, session.begin():
             flush_batch = FlushBatch.__table__
             claimed = session.execute(
@@ -360,19 +304,27 @@ class Persister:
             ).first()
             if claimed is None:
                 return None
+            hours_since_epoch = int(window_start.timestamp()) // 3600
+            session.execute(LOCK_WINDOW, {"namespace": WINDOW_LOCK_NAMESPACE, "hours_since_epoch": hours_since_epoch})
+            first_flush = not session.execute(WINDOW_HAS_ROWS, {"window_start": window_start}).scalar()
             groups = pulses = 0
+            late_amounts = b""
             # COPY needs the driver's cursor; it runs inside the session's transaction.
             with session.connection().connection.cursor() as cursor:
-                cursor.execute(CREATE_SNAPSHOT_CHUNK)
-                fields = self._redis.hscan_iter(snapshot, count=HSCAN_COUNT)
-                for chunk in run_ahead(snapshot_chunks(fields)):
-                    cursor.execute("TRUNCATE snapshot_chunk")
-                    cursor.copy_expert(COPY_SNAPSHOT_CHUNK, io.BytesIO(chunk.csv))
-                    session.execute(UPSERT_USAGE, {"window_start": window_start})
+                if not first_flush:
+                    cursor.execute(CREATE_SNAPSHOT_ROWS)
+                for chunk in run_ahead(chunks):
+                    # One read() of the whole chunk: copy_expert's default of 8 KiB
+                    # per read() took the GIL back from the reading thread 60 times a chunk.
+                    rows, size = io.BytesIO(chunk.csv), len(chunk.csv) + 1
+                    cursor.copy_expert(COPY_INTO_USAGE if first_flush else COPY_SNAPSHOT_ROWS, rows, size)
                     groups, pulses = groups + chunk.groups, pulses + chunk.pulses
-                if chunk.late_amounts:
+                    late_amounts = chunk.late_amounts
+                if not first_flush:
+                    cursor.execute(UPSERT_USAGE)
+                if late_amounts:
                     cursor.execute(CREATE_LATE_AMOUNTS)
-                    cursor.copy_expert(COPY_LATE_AMOUNTS, io.BytesIO(chunk.late_amounts))
+                    cursor.copy_expert(COPY_LATE_AMOUNTS, io.BytesIO(late_amounts))
                     session.execute(ADD_LATE_AMOUNTS, {"window_start": window_start})
             session.execute(
                 flush_batch.update()

@@ -13,7 +13,7 @@ import pytest
 
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
-from ingestor.pulses.persistence import CorruptSnapshot
+from ingestor.pulses.snapshot_rows import CorruptSnapshot
 from tests.support.ledger import persisted_sums
 
 pytestmark = pytest.mark.usefixtures("clean_state")

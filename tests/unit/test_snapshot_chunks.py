@@ -10,9 +10,17 @@ from itertools import permutations
 import pytest
 
 from ingestor.pulses.keys import AMOUNT_FIELD_PREFIX, COUNT_FIELD_PREFIX, group_field
-from ingestor.pulses.persistence import CorruptSnapshot, snapshot_chunks
+from ingestor.pulses.snapshot_rows import CorruptSnapshot, snapshot_chunks
 
 NEAR_MAX = 2**63 - 1
+WINDOW = b"2026-11-28T02:00:00+00:00"
+
+
+def micro_units(units: str) -> int:
+    """Exact inverse of the rows' units text (six decimals, always)."""
+    whole, _, fraction = units.partition(".")
+    assert len(fraction) == 6, units
+    return int(whole) * 1_000_000 + int(fraction)
 
 
 def count_field(*group: str) -> bytes:
@@ -28,14 +36,15 @@ def totals(fields, chunk_groups: int = 10_000) -> dict[tuple[str, str, str], tup
     micro: Counter = Counter()
     pulses: Counter = Counter()
     sent = []
-    for chunk in snapshot_chunks(fields, chunk_groups):
-        for tenant, sku, unit, micro_units, count in csv.reader(io.StringIO(chunk.csv.decode())):
+    for chunk in snapshot_chunks(fields, WINDOW, chunk_groups):
+        for tenant, sku, unit, window, units, count in csv.reader(io.StringIO(chunk.csv.decode())):
+            assert window == WINDOW.decode()
             sent.append((tenant, sku, unit))
-            micro[(tenant, sku, unit)] += int(micro_units)
+            micro[(tenant, sku, unit)] += micro_units(units)
             pulses[(tenant, sku, unit)] += int(count)
-        for tenant, sku, unit, micro_units in csv.reader(io.StringIO(chunk.late_amounts.decode())):
+        for tenant, sku, unit, units in csv.reader(io.StringIO(chunk.late_amounts.decode())):
             assert (tenant, sku, unit) in sent, "a late amount for a group never sent"
-            micro[(tenant, sku, unit)] += int(micro_units)
+            micro[(tenant, sku, unit)] += micro_units(units)
     assert len(sent) == len(set(sent)), "a group sent twice would hit its row twice in one upsert"
     return {group: (micro[group], pulses[group]) for group in pulses}
 
@@ -66,7 +75,7 @@ def test_groups_with_quotes_commas_and_unicode_survive_csv():
 
 def test_chunks_hold_at_most_the_chunk_size():
     fields = [f for n in range(5) for f in ((count_field(f"t{n}", "s", "u"), b"1"), (amount_field(f"t{n}", "s", "u"), b"1"))]
-    chunks = list(snapshot_chunks(fields, chunk_groups=2))
+    chunks = list(snapshot_chunks(fields, WINDOW, chunk_groups=2))
 
     assert [c.groups for c in chunks] == [2, 2, 1]
     assert sum(c.pulses for c in chunks) == 5
@@ -80,4 +89,19 @@ def test_chunks_hold_at_most_the_chunk_size():
 def test_fields_the_script_never_writes_are_corruption(bad):
     fields = [(count_field("t", "s", "u"), b"1"), (amount_field("t", "s", "u"), b"1"), bad]
     with pytest.raises(CorruptSnapshot):
-        list(snapshot_chunks(fields))
+        list(snapshot_chunks(fields, WINDOW))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[(count_field("t", "s", "u"), b"1"), (amount_field("t", "s", "u"), b"12x")],  # amount not an integer
+     [(count_field("t", "s", "u"), b"-1")],  # count not a non-negative integer
+     [(count_field("t", "s", "u"), b"0")],  # the script never counts zero pulses
+     [(b'n|["t", "s", "u"]', b"1")],  # spaces: not as keys.group_field writes it
+     [(b'n|["t","s"]', b"1")],  # two values, not three
+     [(b'n|["t",1,"u"]', b"1")],  # a number, not a string
+     [(b'n|["t","s","\xff"]', b"1")]],  # not UTF-8
+)  # fmt: skip
+def test_values_and_groups_the_script_never_writes_are_corruption(fields):
+    with pytest.raises(CorruptSnapshot):
+        list(snapshot_chunks(fields, WINDOW))

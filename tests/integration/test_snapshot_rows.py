@@ -1,0 +1,151 @@
+"""The flush's two snapshot readers and the ways its rows reach PostgreSQL.
+
+The server-side reader (a Lua script building the CSV in Redis) must give exactly the
+careful reader's rows, or refuse; the writer must refuse a group sent twice in every
+mode, and flushes of one window must take turns. All against the real Redis and
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import psycopg2.errors
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingestor.pulses import keys
+from ingestor.pulses.snapshot_rows import (
+    SERVER_SIDE_ROWS_SCRIPT,
+    SnapshotChunk,
+    UnusualSnapshot,
+    server_side_chunks,
+    snapshot_chunks,
+)
+from tests.support.ledger import persisted_sums
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
+WINDOW = HOUR.isoformat().encode()
+SNAPSHOT = keys.window_key(keys.hour_of(HOUR)) + ":snapshot:test"
+
+# Values as the ingest path accepts them (printable), quotes, commas and backslashes
+# included: those take the reader's slow, decoding path.
+values = st.text(st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
+groups = st.dictionaries(
+    st.tuples(values, values, values),
+    st.tuples(st.integers(1, 10**6), st.none() | st.integers(0, 2**63 - 1)),
+    min_size=1,
+    max_size=40,
+)
+
+
+def write_snapshot(redis_client, contents: dict) -> None:
+    """A snapshot as the ingest script leaves it: a count per group, an amount unless zero."""
+    redis_client.delete(SNAPSHOT)
+    fields = {}
+    for group, (count, micro_units) in contents.items():
+        fields[keys.COUNT_FIELD_PREFIX + keys.group_field(*group)] = count
+        if micro_units is not None:
+            fields[keys.AMOUNT_FIELD_PREFIX + keys.group_field(*group)] = micro_units
+    redis_client.hset(SNAPSHOT, mapping=fields)
+
+
+def server_side_rows(redis_client, chunk_groups: int = 10_000) -> list[bytes]:
+    script = redis_client.register_script(SERVER_SIDE_ROWS_SCRIPT)
+    chunks = server_side_chunks(script, redis_client, SNAPSHOT, WINDOW, chunk_groups)
+    return sorted(row for chunk in chunks for row in chunk.csv.splitlines(keepends=True))
+
+
+def careful_rows(redis_client) -> list[bytes]:
+    chunks = snapshot_chunks(redis_client.hscan_iter(SNAPSHOT), WINDOW)
+    return sorted(row for chunk in chunks for row in chunk.csv.splitlines(keepends=True))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(contents=groups)
+def test_the_server_side_reader_gives_the_careful_readers_rows(redis_client, contents):
+    write_snapshot(redis_client, contents)
+
+    assert server_side_rows(redis_client) == careful_rows(redis_client)
+
+
+def test_the_server_side_reader_reads_a_big_snapshot_in_chunks(redis_client):
+    contents = {(f"tenant-{n}", "vm", "h"): (n % 7 + 1, n * 1_000_003) for n in range(25_000)}
+    write_snapshot(redis_client, contents)
+    script = redis_client.register_script(SERVER_SIDE_ROWS_SCRIPT)
+
+    chunks = list(server_side_chunks(script, redis_client, SNAPSHOT, WINDOW, chunk_groups=10_000))
+
+    assert len(chunks) >= 3  # many HSCAN calls, cut into chunks of about 10,000 groups
+    assert sum(c.groups for c in chunks) == 25_000
+    assert sum(c.pulses for c in chunks) == sum(count for count, _ in contents.values())
+    assert server_side_rows(redis_client) == careful_rows(redis_client)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{b"a1|" + keys.group_field("t", "s", "u"): 5},  # a spill past 64 bits
+     {b"x|" + keys.group_field("t", "s", "u"): 5},  # a field the script never writes
+     {keys.AMOUNT_FIELD_PREFIX + keys.group_field("orphan", "s", "u"): 5}],  # an amount without a count
+)  # fmt: skip
+def test_the_server_side_reader_refuses_what_it_cannot_vouch_for(redis_client, extra):
+    write_snapshot(redis_client, {("t", "s", "u"): (1, 7)})
+    redis_client.hset(SNAPSHOT, mapping=extra)
+
+    with pytest.raises(UnusualSnapshot):
+        server_side_rows(redis_client)
+
+
+@pytest.mark.parametrize("rows_exist", [False, True], ids=["first flush: COPY", "rows exist: upsert"])
+def test_a_group_sent_twice_is_refused_never_added_twice(app, database, rows_exist):
+    persister = app.extensions["pulses"].persister
+    row = b'"t","s","u",%s,1.000000,1\n' % WINDOW
+    if rows_exist:
+        assert persister._write_chunks(uuid.uuid4(), HOUR, [SnapshotChunk(row, 1, 1)]) == (1, 1)
+    before = persisted_sums(database)
+
+    # In two chunks, as HSCAN returning a field twice would send it.
+    twice = [SnapshotChunk(row, 1, 1), SnapshotChunk(row, 1, 1)]
+    with pytest.raises((psycopg2.errors.UniqueViolation, psycopg2.errors.CardinalityViolation)):
+        persister._write_chunks(uuid.uuid4(), HOUR, twice)
+
+    assert persisted_sums(database) == before
+
+
+def test_flushes_of_one_window_take_turns(app, database):
+    """A second flush waits for the first to commit, then adds to its rows."""
+    persister = app.extensions["pulses"].persister
+    row = b'"t","s","u",%s,2.500000,3\n' % WINDOW
+    first_copying, release_first = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_chunks():
+        first_copying.set()  # the first flush has found the window empty
+        release_first.wait(10)
+        yield SnapshotChunk(row, 1, 3)
+
+    def run(chunks) -> None:
+        try:
+            persister._write_chunks(uuid.uuid4(), HOUR, chunks)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(slow_chunks(),))
+    first.start()
+    assert first_copying.wait(10)
+    second = threading.Thread(target=run, args=([SnapshotChunk(row, 1, 3)],))
+    second.start()
+    second.join(1)
+    assert second.is_alive(), "the second flush did not wait for the first"
+    release_first.set()
+    first.join(10)
+    second.join(10)
+
+    assert errors == []
+    assert persisted_sums(database) == {("t", "s", "u", HOUR): (Decimal("5.000000"), 6)}
