@@ -14,6 +14,7 @@ from celery.signals import worker_process_init
 from flask import Flask
 
 from ingestor.messaging import topology
+from ingestor.messaging.amqp_transport import transport_for
 from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
 from ingestor.messaging.serialization import register_decimal_json
@@ -25,6 +26,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours."""
     return {
         "broker_url": settings.broker_url,
+        # py-amqp reading the socket ahead, not 7 bytes at a time (see amqp_transport).
+        "broker_transport": transport_for(settings.broker_url),
         "broker_connection_retry_on_startup": True,
         # Publishers wait for RabbitMQ to confirm each message is stored.
         "broker_transport_options": {"confirm_publish": True},
