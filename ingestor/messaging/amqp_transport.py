@@ -5,10 +5,9 @@ py-amqp's TCP transport asks the socket for exactly the bytes it needs next: the
 header, body), so six `recv` system calls, each with its Python around it; profiling
 the raw queue's consumer, frame reading was ~70% of its process. Asking for
 `READ_AHEAD_BYTES` at a time instead lets one call bring in a dozen messages; the
-surplus waits in the transport's own read buffer, which py-amqp already keeps (its
-SSL transport reads ahead the same way). kombu's event-loop reader drains the
-connection until the socket has nothing more, so buffered frames are never left
-waiting for the socket to become readable again.
+surplus waits in the read buffer py-amqp already keeps for partial frames. The event
+loop only sees the socket, not that buffer: the transport's reader therefore handles
+every whole frame buffered before it returns (`Transport._make_reader`).
 
 Celery uses it through `broker_transport` for plain `amqp://` URLs; `amqps://` keeps
 py-amqp's SSL transport.
@@ -18,8 +17,10 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any
 
+from amqp.exceptions import RecoverableConnectionError
 from amqp.transport import TCPTransport
 from kombu.transport import pyamqp
 
@@ -104,6 +105,41 @@ class Transport(pyamqp.Transport):
     """kombu's py-amqp transport with the read-ahead connection."""
 
     Connection = Connection
+
+    def _make_reader(
+        self,
+        connection: Connection,
+        timeout: type[BaseException] = socket.timeout,
+        error: type[BaseException] = OSError,
+        _unavail: tuple[int, ...] = (errno.EAGAIN, errno.EINTR),
+    ) -> Callable[[Any], None]:
+        """The event loop's callback for a readable socket: kombu's, draining the buffer too.
+
+        kombu's reader handles one message, then queues itself with `call_soon`; but the
+        loop polls before it runs what was queued, and only wakes early for a socket the
+        kernel says is readable. Frames already in our buffer are invisible to the
+        kernel: they waited a poll timeout each (up to a second, or ten). So every whole
+        frame buffered is handled before returning; a partial one waits for the rest of
+        its bytes, which wake the poll.
+        """
+        drain_events = connection.drain_events
+
+        def _read(loop: Any) -> None:
+            if not connection.connected:
+                raise RecoverableConnectionError("Socket was disconnected")
+            try:
+                drain_events(timeout=0)
+                while holds_a_frame(connection.transport):
+                    drain_events(timeout=0)
+            except timeout:
+                return
+            except error as exc:
+                if exc.errno in _unavail:
+                    return
+                raise
+            loop.call_soon(_read, loop)
+
+        return _read
 
 
 TRANSPORT_PATH = f"{__name__}:Transport"

@@ -406,12 +406,13 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             batch.clear()
             return False
         ack_through(batch.last())
+        messages, pulses = len(batch), batch.pulse_count
+        batch.clear()  # acked: from here nothing of it may be rejected or requeued
         metrics.record_ingest("raw", counted, len(countable) - counted, time.perf_counter() - started)
         logger.info(
             "raw batch acked: messages=%d pulses=%d counted=%d duplicates=%d rejected=%d",
-            len(batch), batch.pulse_count, counted, len(countable) - counted, batch.pulse_count - len(countable),
+            messages, pulses, counted, len(countable) - counted, pulses - len(countable),
         )  # fmt: skip
-        batch.clear()
         return True
 
     def finish_on_shutdown(self, parent: Any) -> None:

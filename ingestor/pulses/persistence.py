@@ -29,6 +29,7 @@ from datetime import datetime
 
 import psycopg2
 import psycopg2.errors
+import redis.exceptions
 from redis import Redis
 from redis.exceptions import LockError
 from sqlalchemy import text
@@ -109,7 +110,8 @@ ON CONFLICT (tenant, product_sku, use_unity, window_start) DO UPDATE SET
     updated_at = now()
 """
 # Flushes of one window take turns from here to their commit, so that "the window
-# has no row yet" stays true until the COPY that relies on it commits.
+# has no row yet" stays true until the COPY that relies on it commits. (READ
+# COMMITTED, the default: the check after the lock sees the previous flush's rows.)
 LOCK_WINDOW = text("SELECT pg_advisory_xact_lock(:namespace, :hours_since_epoch)")
 WINDOW_LOCK_NAMESPACE = 0x5055  # "PU": pulse_usage windows
 WINDOW_HAS_ROWS = text("SELECT EXISTS (SELECT 1 FROM pulse_usage WHERE window_start = :window_start)")
@@ -128,9 +130,11 @@ WHERE pulse_usage.tenant = late.tenant AND pulse_usage.product_sku = late.produc
   AND pulse_usage.use_unity = late.use_unity AND pulse_usage.window_start = :window_start
 """)
 # Errors of the server-side reader's rows that the careful reader turns into a clear
-# CorruptSnapshot (or proves wrong): a value PostgreSQL cannot parse, a row twice.
+# CorruptSnapshot (or proves wrong): a value PostgreSQL cannot parse, a row twice; and
+# Redis refusing the script itself (an ACL without EVALSHA, a script error), which
+# would otherwise stop every later flush at this snapshot.
 CAREFUL_READ_ERRORS = (UnusualSnapshot, psycopg2.DataError, psycopg2.IntegrityError,
-                       psycopg2.errors.CardinalityViolation)  # fmt: skip
+                       psycopg2.errors.CardinalityViolation, redis.exceptions.ResponseError)  # fmt: skip
 
 
 def run_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psycopg2
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task, shared_task
@@ -34,6 +35,10 @@ TRANSIENT_ERRORS = (
     redis.exceptions.OutOfMemoryError,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
+    # The same from psycopg2 itself: the flush's COPY runs on the driver's cursor,
+    # outside SQLAlchemy (a canceled statement, a deadlock, a dropped connection).
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
     BrokerUnavailable,
 )
 # max_retries and retry_backoff_max come from the settings (see celery_config).

@@ -17,6 +17,7 @@ import psycopg2.errors
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from ingestor.pulses import keys
 from ingestor.pulses.snapshot_rows import (
@@ -26,6 +27,7 @@ from ingestor.pulses.snapshot_rows import (
     server_side_chunks,
     snapshot_chunks,
 )
+from ingestor.pulses.tasks import TRANSIENT_ERRORS
 from tests.support.ledger import persisted_sums
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -149,3 +151,65 @@ def test_flushes_of_one_window_take_turns(app, database):
 
     assert errors == []
     assert persisted_sums(database) == {("t", "s", "u", HOUR): (Decimal("5.000000"), 6)}
+
+
+FLUSH_BACKEND = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    " AND pid <> pg_backend_pid() AND state = 'idle in transaction'"
+)
+
+
+@pytest.mark.parametrize("fault", ["connection cut", "statement canceled"])
+def test_postgresql_failing_in_the_middle_of_a_copy_is_a_transient_error(app, database, fault):
+    """The persist task retries TRANSIENT_ERRORS; a COPY cut off or canceled must be one."""
+    persister = app.extensions["pulses"].persister
+    row = b'"t","s","u",%s,1.000000,1\n' % WINDOW
+    blocker = database.engine.connect()
+
+    def chunks_then_fault():
+        # The flush's connection now sits idle in its transaction, before its COPY.
+        with database.engine.connect() as other:
+            (pid,) = other.execute(text(FLUSH_BACKEND)).one()
+            if fault == "connection cut":
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            else:
+                # SHARE: the flush already reads the table, but its COPY will wait
+                # for this lock until it is canceled, as an
+                # operator's pg_cancel_backend or a statement_timeout would.
+                blocker.execute(text("LOCK TABLE pulse_usage IN SHARE MODE"))
+                cancel = "SELECT pg_sleep(0.3), pg_cancel_backend(:pid)"
+                threading.Thread(target=lambda: _run(database, cancel, pid)).start()
+        yield SnapshotChunk(row, 1, 1)
+
+    try:
+        with pytest.raises(TRANSIENT_ERRORS):
+            persister._write_chunks(uuid.uuid4(), HOUR, chunks_then_fault())
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert persisted_sums(database) == {}
+    # The pool hands out a live connection again: the next flush works.
+    assert persister._write_chunks(uuid.uuid4(), HOUR, [SnapshotChunk(row, 1, 1)]) == (1, 1)
+
+
+def _run(database, sql: str, pid: int) -> None:
+    with database.engine.connect() as connection:
+        connection.execute(text(sql), {"pid": pid})
+
+
+def test_redis_refusing_the_script_falls_back_to_the_careful_reader(app, redis_client, database):
+    """An ACL without EVALSHA, or a script error: the snapshot is still persisted, exactly."""
+    persister = app.extensions["pulses"].persister
+    persister._read_rows = redis_client.register_script(
+        "return redis.error_reply('NOPERM this user has no permissions to run the script')"
+    )
+    write_snapshot(redis_client, {("acme", "vm", "h"): (3, 4_500_000)})
+    snapshot, _ = keys.new_snapshot_key(keys.window_key(keys.hour_of(HOUR)))
+    redis_client.rename(SNAPSHOT, snapshot)
+    redis_client.sadd(keys.PENDING_SNAPSHOTS, snapshot)
+
+    report = persister.persist_pending()
+
+    assert (report.groups, report.pulses, report.corrupt_snapshots) == (1, 3, [])
+    assert persisted_sums(database) == {("acme", "vm", "h", HOUR): (Decimal("4.500000"), 3)}

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import pytest
+from kombu.asynchronous.hub import Hub
 
-from ingestor.messaging.amqp_transport import TRANSPORT_PATH, ReadAheadTCPTransport, holds_a_frame, transport_for
+from ingestor.messaging.amqp_transport import (
+    TRANSPORT_PATH,
+    ReadAheadTCPTransport,
+    Transport,
+    holds_a_frame,
+    transport_for,
+)
 from ingestor.messaging.celery_app import celery_config
 from ingestor.settings import Settings
 
@@ -97,3 +105,39 @@ def test_only_plain_amqp_gets_the_read_ahead_transport(url, transport):
 def test_the_worker_is_configured_with_it():
     assert celery_config(Settings())["broker_transport"] == TRANSPORT_PATH
     assert celery_config(Settings(broker_url="amqps://h//"))["broker_transport"] is None
+
+
+class FrameByFrameConnection:
+    """What the reader needs of a py-amqp connection: drain_events handles one frame."""
+
+    connected = True
+
+    def __init__(self, transport: ReadAheadTCPTransport) -> None:
+        self.transport = transport
+        self.handled: list[tuple[float, bytes]] = []
+        self.started = time.monotonic()
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        with self.transport.having_timeout(timeout):
+            _, _, payload = self.transport.read_frame()
+        self.handled.append((time.monotonic() - self.started, payload))
+
+
+def test_frames_read_ahead_are_handled_without_waiting_for_the_socket(transport_and_peer):
+    """On kombu's real event loop: the poll cannot see our buffer, only the socket."""
+    transport, peer, _ = transport_and_peer
+    transport.raise_on_initial_eintr = True  # as kombu sets it on the event loop
+    connection = FrameByFrameConnection(transport)
+    hub = Hub()
+    hub.add_reader(transport.sock, Transport(client=None).on_readable, connection, hub)
+    payloads = [b"message %d" % n for n in range(8)]
+    peer.sendall(b"".join(frame(p) for p in payloads))
+
+    loop = hub.create_loop()
+    while len(connection.handled) < len(payloads) and time.monotonic() - connection.started < 5:
+        next(loop)
+    hub.close()
+
+    assert [payload for _, payload in connection.handled] == payloads
+    # kombu's own reader handles one per poll timeout here (1 s each): 7 s.
+    assert connection.handled[-1][0] < 0.5
