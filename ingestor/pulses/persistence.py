@@ -109,6 +109,17 @@ ON CONFLICT (tenant, product_sku, use_unity, window_start) DO UPDATE SET
     pulse_count = pulse_usage.pulse_count + excluded.pulse_count,
     updated_at = now()
 """
+# A flush transaction whose client vanished without a word (a worker frozen, a network
+# path dropped silently) would hold its locks, and with them every later flush of its
+# window and batch, until the server's TCP keepalive gives up (hours). The server ends
+# it after this long idle inside the transaction (a flush is never idle for more than
+# a Redis round trip), and a flush waits at most this long for a lock, then fails and
+# is retried with backoff like any transient error.
+TRANSACTION_TIMEOUT_MS = 60_000
+SET_TRANSACTION_TIMEOUTS = text(
+    "SELECT set_config('idle_in_transaction_session_timeout', :timeout, true),"
+    " set_config('lock_timeout', :timeout, true)"
+)
 # Flushes of one window take turns from here to their commit, so that "the window
 # has no row yet" stays true until the COPY that relies on it commits. (READ
 # COMMITTED, the default: the check after the lock sees the previous flush's rows.)
@@ -176,12 +187,19 @@ def run_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 class Persister:
     """Runs flushes of the Redis windows into PostgreSQL."""
 
-    def __init__(self, redis: Redis, database: Database, lock_timeout_seconds: int = LOCK_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        database: Database,
+        lock_timeout_seconds: int = LOCK_TIMEOUT_SECONDS,
+        transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS,
+    ) -> None:
         self._redis = redis
         self._database = database
         self._snapshot = redis.register_script(SNAPSHOT_SCRIPT)
         self._read_rows = redis.register_script(SERVER_SIDE_ROWS_SCRIPT)
         self._lock_timeout = lock_timeout_seconds
+        self._transaction_timeouts = {"timeout": str(transaction_timeout_ms)}
 
     def persist_pending(self, wait_seconds: float = 0) -> PersistReport:
         """Persist every pending snapshot, then every live window; skip if a run holds the lock.
@@ -299,6 +317,7 @@ class Persister:
         self, batch_id: uuid.UUID, window_start: datetime, chunks: Iterable[SnapshotChunk]
     ) -> tuple[int, int] | None:
         with self._database.session() as session, session.begin():
+            session.execute(SET_TRANSACTION_TIMEOUTS, self._transaction_timeouts)
             flush_batch = FlushBatch.__table__
             claimed = session.execute(
                 insert(flush_batch)

@@ -1,9 +1,10 @@
 """Guarantee 4 with real worker processes: a flush cut off PostgreSQL, or killed at its
 two dangerous points, neither loses nor double counts.
 
-- PostgreSQL unreachable (through a proxy the test cuts) before and in the middle of a
-  persist run: the task fails on the transient error and retries with backoff, the
-  snapshot waits in Redis, the run after the outage persists it once.
+- PostgreSQL unreachable (through a proxy the test cuts) from the start of a persist
+  run, and cut in the middle of one: the task fails on the transient error and
+  retries with backoff, the snapshot waits in Redis, the run after the outage
+  persists it once.
 - The worker killed with SIGKILL between the rename and the commit, and between the
   commit and the snapshot delete (`tests/support/crash_worker.py`): RabbitMQ
   redelivers the persist task, whose next run finishes the leftover snapshot first,
@@ -65,6 +66,35 @@ def test_postgresql_unreachable_during_a_persist_run_persists_everything_once(
                 assert len(redis_client.smembers(keys.PENDING_SNAPSHOTS)) == 1, "the snapshot waits"
             # Back: a retry persists the waiting snapshot once, then every other window.
             wait_until_idle(producer, worker, TASK_QUEUES)
+        finally:
+            worker.stop()
+
+    assert persisted_sums(database) == ledger.expected()
+    assert flush_batches(database) == hours
+    assert pending_flush_keys(redis_client) == []
+
+
+def test_postgresql_cut_in_the_middle_of_a_persist_run_persists_everything_once(
+    producer, app, settings, database, redis_client
+):
+    """The cut lands between windows or inside one's COPY: committed windows stay, the
+    rest waits; the retried task finishes the run, each window once."""
+    ledger = Ledger()
+    hours = 150
+    for h in range(hours):
+        count_in_redis(app, make_pulses(ledger, 200, prefix=f"h{h}", hour=hour_ago(2 + h), tenants=200))
+
+    with proxied(settings, task_retry_backoff_max_seconds=2) as proxies:
+        worker = WorkerProcess(proxies.settings, "pg-cut-mid-run", concurrency=1)
+        worker.start(producer)
+        try:
+            send_persist(producer)
+            wait_for(lambda: flush_batches(database) >= 5, what="the run's first windows committed")
+            with proxies.database.outage():
+                persisted_at_cut = flush_batches(database)
+                wait_for(lambda: retries_logged(worker) >= 1, what="a retry of the persist task")
+            assert persisted_at_cut < hours, "the run ended before the cut: make the windows bigger"
+            wait_until_idle(producer, worker, TASK_QUEUES, timeout=120)
         finally:
             worker.stop()
 

@@ -9,6 +9,7 @@ PostgreSQL.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from ingestor.pulses import keys
+from ingestor.pulses.persistence import Persister
 from ingestor.pulses.snapshot_rows import (
     SERVER_SIDE_ROWS_SCRIPT,
     SnapshotChunk,
@@ -213,3 +215,46 @@ def test_redis_refusing_the_script_falls_back_to_the_careful_reader(app, redis_c
 
     assert (report.groups, report.pulses, report.corrupt_snapshots) == (1, 3, [])
     assert persisted_sums(database) == {("acme", "vm", "h", HOUR): (Decimal("4.500000"), 3)}
+
+
+def test_a_flush_whose_client_froze_is_ended_by_the_server_and_the_next_one_proceeds(app, redis_client, database):
+    """A worker frozen mid-flush (or a network path dropped without a reset) must not
+    hold the window's lock and batch for hours: the server ends the idle transaction."""
+    persister = Persister(redis_client, database, transaction_timeout_ms=1000)
+    row = b'"t","s","u",%s,2.000000,4\n' % WINDOW
+    frozen, thaw = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def frozen_chunks():
+        frozen.set()  # claimed the batch, holds the window's lock, says nothing more
+        thaw.wait(30)
+        yield SnapshotChunk(row, 1, 4)
+
+    def first() -> None:
+        try:
+            persister._write_chunks(uuid.uuid4(), HOUR, frozen_chunks())
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome["first"] = exc
+
+    def second() -> None:
+        # As the persist task would: a transient error is retried.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                outcome["second"] = persister._write_chunks(uuid.uuid4(), HOUR, [SnapshotChunk(row, 1, 4)])
+                return
+            except TRANSIENT_ERRORS:
+                time.sleep(0.2)
+
+    first_thread = threading.Thread(target=first)
+    first_thread.start()
+    assert frozen.wait(10)
+    second_thread = threading.Thread(target=second)
+    second_thread.start()
+    second_thread.join(15)
+    thaw.set()
+    first_thread.join(10)
+
+    assert outcome.get("second") == (1, 4), "the second flush never got past the frozen one"
+    assert isinstance(outcome.get("first"), TRANSIENT_ERRORS)  # its session was ended
+    assert persisted_sums(database) == {("t", "s", "u", HOUR): (Decimal("2.000000"), 4)}

@@ -33,6 +33,14 @@ def _reset(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     except OSError:
         pass
+    # close() alone does not end a connection a pump thread is blocked reading: the
+    # blocked recv keeps the socket alive, so a peer that waits in silence (PostgreSQL
+    # idle in a transaction) never heard of the cut and held its locks. shutdown()
+    # wakes that recv.
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
     try:
         sock.close()
     except OSError:
