@@ -171,22 +171,22 @@ def server_side_chunks(
     fields_held = redis.hlen(snapshot)
     cursor: bytes | int = 0
     fields_seen = 0
-    plain: list[bytes] = []  # CSV text from Redis: rows without a newline inside
-    slow: list[bytes] = []  # rows built here, which may quote a newline
+    rows: list[bytes] = []
     groups = pulses = 0
     while True:
-        cursor, csv, rows, row_pulses, counts_seen, amounts_seen, slow_groups = read_rows(
+        cursor, csv, plain_rows, plain_pulses, counts_seen, amounts_seen, slow_groups = read_rows(
             keys=[snapshot], args=[cursor, HSCAN_COUNT, window]
         )
         fields_seen += counts_seen + amounts_seen
-        plain.append(csv)
-        groups, pulses = groups + rows, pulses + row_pulses
+        # The script's rows hold no control character, so no newline but their last.
+        rows += csv.splitlines(keepends=True)
+        groups, pulses = groups + plain_rows, pulses + plain_pulses
         for group, count, micro_units in zip(*[iter(slow_groups)] * 3):
-            slow.append(_row(group, window, count, _integer(micro_units, "amount", group)))
+            rows.append(_row(group, window, count, _integer(micro_units, "amount", group)))
             groups, pulses = groups + 1, pulses + int(count)
         if groups >= chunk_groups:
-            yield SnapshotChunk(_sorted_rows(b"".join(plain).split(b"\n")[:-1], slow), groups, pulses)
-            plain, slow, groups, pulses = [], [], 0, 0
+            yield SnapshotChunk(_sorted_rows(rows), groups, pulses)
+            rows, groups, pulses = [], 0, 0
         if int(cursor) == 0:
             break
     if fields_seen != fields_held:
@@ -195,17 +195,16 @@ def server_side_chunks(
             " (spills past 64 bits, or corruption)"
         )
     if groups:
-        yield SnapshotChunk(_sorted_rows(b"".join(plain).split(b"\n")[:-1], slow), groups, pulses)
+        yield SnapshotChunk(_sorted_rows(rows), groups, pulses)
 
 
-def _sorted_rows(lines: list[bytes], rows: list[bytes]) -> bytes:
-    """`lines` (rows without their newline) and `rows` (with it), sorted, as CSV text.
+def _sorted_rows(rows: list[bytes]) -> bytes:
+    """CSV rows (each ending in its newline), sorted in place, as one CSV text.
 
     HSCAN hands groups out in hash order; PostgreSQL inserts index entries in key
     order ~30% faster (measured: 100k rows COPied in 10 sorted chunks 1.03 s, unsorted
     1.44 s), and sorting a chunk here costs a few milliseconds.
     """
-    rows = [line + b"\n" for line in lines] + rows
     rows.sort()
     return b"".join(rows)
 
@@ -262,13 +261,12 @@ def snapshot_chunks(
         else:
             amounts[group] = amounts.get(group, 0) + _integer(value, "amount", group)
         if len(rows) == chunk_groups:
-            yield SnapshotChunk(_sorted_rows([], rows), len(rows), pulses)
+            yield SnapshotChunk(_sorted_rows(rows), len(rows), pulses)
             rows, pulses = [], 0
     for group in amounts:
         if group not in counts:
             raise CorruptSnapshot(f"amount without a pulse count in a window hash: {group[:200]!r}")
     for group, count in counts.items():
         send(group, amounts.get(group, 0), count)
-    rows.sort()  # see _sorted_rows
     late_rows = b"".join(b"%s,%s\n" % (_csv_fields(group), units_text(micro)) for group, micro in late.items())
-    yield SnapshotChunk(b"".join(rows), len(rows), pulses, late_rows)
+    yield SnapshotChunk(_sorted_rows(rows), len(rows), pulses, late_rows)
