@@ -305,7 +305,11 @@ def start(step: Step, environ: Mapping[str, str], timeout: float = START_TIMEOUT
     except OSError as error:
         raise StartError(f"could not run {command[0]} to start {target.service.name}: {error}") from None
     if result.returncode != 0:
-        raise StartError(f"starting {target.service.name} failed (`{' '.join(command)}` exited {result.returncode}).")
+        # Its own output is just above; `up --wait` needs the Compose v2 plugin.
+        hint = " It needs Docker Compose v2: does `docker compose version` answer?" if step.action == "compose" else ""
+        raise StartError(
+            f"starting {target.service.name} failed (`{' '.join(command)}` exited {result.returncode}).{hint}"
+        )
     deadline = time.monotonic() + timeout
     while not port_answers(target.host, target.port):
         if time.monotonic() > deadline:

@@ -317,7 +317,7 @@ def test_start_runs_compose_for_the_one_service_then_waits_for_its_port(monkeypa
 
 def test_start_names_the_service_when_its_command_fails_or_its_port_stays_shut(monkeypatch):
     monkeypatch.setattr(es.subprocess, "run", FakeRun(returncode=1))
-    with pytest.raises(es.StartError, match="^starting Redis failed .*docker compose.* exited 1"):
+    with pytest.raises(es.StartError, match="^starting Redis failed .*docker compose.* exited 1.*Compose v2"):
         es.start(compose_step(es.REDIS), {})
     monkeypatch.setattr(es.subprocess, "run", FakeRun())
     monkeypatch.setattr(es, "port_answers", lambda host, port: False)
