@@ -306,7 +306,9 @@ def start(step: Step, environ: Mapping[str, str], timeout: float = START_TIMEOUT
         raise StartError(f"could not run {command[0]} to start {target.service.name}: {error}") from None
     if result.returncode != 0:
         # Its own output is just above; `up --wait` needs the Compose v2 plugin.
-        hint = " It needs Docker Compose v2: does `docker compose version` answer?" if step.action == "compose" else ""
+        hint = ""
+        if step.action == "compose":
+            hint = " It needs Docker Compose v2: does `docker compose version` answer?"
         raise StartError(
             f"starting {target.service.name} failed (`{' '.join(command)}` exited {result.returncode}).{hint}"
         )
@@ -314,8 +316,8 @@ def start(step: Step, environ: Mapping[str, str], timeout: float = START_TIMEOUT
     while not port_answers(target.host, target.port):
         if time.monotonic() > deadline:
             raise StartError(
-                f"{target.service.name} was started but does not answer on {target.address} ({target.origin()}) "
-                f"after {timeout:.0f}s: check the port it listens on."
+                f"{target.service.name} was started but does not answer on {target.address} "
+                f"({target.origin()}) after {timeout:.0f}s: check the port it listens on."
             )
         time.sleep(0.5)
     logger.info("%s answers on %s", target.service.name, target.address)
@@ -346,7 +348,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     parser.add_argument(
         "--for-tests",
         action="store_true",
-        help="check what the test suite uses (TEST_DATABASE_URL, TEST_REDIS_URL) instead of the ingestor's settings",
+        help="check what the test suite uses (TEST_DATABASE_URL, TEST_REDIS_URL), not the ingestor's settings",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="ensure-services: %(message)s", stream=sys.stderr)
