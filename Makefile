@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install services db run worker beat web test test-unit test-integration bench lock clean
+.PHONY: install services test-services db run worker beat web test test-unit test-integration bench lock clean
 
 $(INSTALLED): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(INSTALLED): setup.cfg constraints.txt
 
 install: $(INSTALLED)  ## virtualenv with the pinned dependencies
 
-services:  ## start PostgreSQL, Redis, RabbitMQ on localhost if they are down
+services:  ## start PostgreSQL, Redis, RabbitMQ if down (Debian service, else docker compose), or say how
 	scripts/ensure-services
+
+test-services:  ## the same for what the tests use (TEST_DATABASE_URL, TEST_REDIS_URL)
+	scripts/ensure-services --for-tests
 
 db: install services  ## create the database if missing, migrate it to head
 	$(BIN)/flask --app ingestor db upgrade
@@ -24,13 +27,13 @@ db: install services  ## create the database if missing, migrate it to head
 run: db  ## web (gunicorn on :5000), worker and beat, from the Procfile
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start --procfile Procfile web worker beat
 
-test: install services  ## every test: unit, then integration against the real services
+test: install test-services  ## every test: unit, then integration against the real services
 	$(BIN)/pytest
 
 test-unit: install
 	$(BIN)/pytest -m "not integration"
 
-test-integration: install services
+test-integration: install test-services
 	$(BIN)/pytest -m integration
 
 lock:  ## re-pin constraints.txt from a fresh resolution of setup.cfg
