@@ -9,11 +9,12 @@ the ingest script included. `read_memory` reads the figures Redis decides on, an
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from flask import Flask, current_app
 from redis import Redis
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 # Redis's own wording, in the OOM reply to a command and, on Redis before 7, inside the
 # "ERR Error running script" reply a script gets when a command it calls is refused.
@@ -72,3 +73,21 @@ class MemoryUsage:
 def read_memory(redis: Redis) -> MemoryUsage:
     """Redis's memory figures now (one INFO memory call; raises RedisError when unreachable)."""
     return MemoryUsage.from_info(redis.info("memory"))
+
+
+def wait_for_room(redis: Redis, seconds: float, poll_seconds: float) -> bool:
+    """Sleep up to `seconds`, polling INFO memory; True as soon as Redis has room again.
+
+    Always sleeps one poll first: right after a refusal Redis may read just below
+    maxmemory (a client buffer freed), and the next write would be refused again.
+    False when the time is up or Redis stopped answering (the retry will meet that).
+    """
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(poll_seconds, remaining))
+        try:
+            if not read_memory(redis).full:
+                return True
+        except RedisError:
+            return False
+    return False

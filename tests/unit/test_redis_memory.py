@@ -1,14 +1,16 @@
-"""Unit tests of how a full Redis is recognized, measured and warned about."""
+"""Unit tests of how a full Redis is recognized, measured, warned about and waited out."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from ingestor.observability.redis_memory import MemoryWatch
-from ingestor.redis_store import MemoryUsage, is_out_of_memory
+from ingestor.pulses.tasks import MEMORY_HOLD_MAX_SECONDS, memory_hold_seconds
+from ingestor.redis_store import MemoryUsage, is_out_of_memory, wait_for_room
 
 OOM = "command not allowed when used memory > 'maxmemory'."
 
@@ -92,3 +94,22 @@ def test_a_refusal_logs_an_error_with_fresh_figures(caplog: pytest.LogCaptureFix
     assert message.startswith("Redis is out of memory (used ") and "(120%)" in message  # not the stale 90%
     assert "add memory" in message and "raw batch held unacked" in message
 
+
+def test_memory_holds_back_off_up_to_the_cap() -> None:
+    holds = [memory_hold_seconds(n, cap=30) for n in range(1, 12)]
+    assert 0.5 <= holds[0] <= 1 and 1 <= holds[1] <= 2
+    assert all(15 <= hold <= 30 for hold in holds[6:])
+    assert memory_hold_seconds(10_000, cap=MEMORY_HOLD_MAX_SECONDS) <= MEMORY_HOLD_MAX_SECONDS
+
+
+def test_a_held_batch_waits_until_redis_has_room_or_its_time_is_up() -> None:
+    redis = InfoOnly(used=1200, maxmemory=1000)
+    started = time.monotonic()
+    assert wait_for_room(redis, 0.05, poll_seconds=0.01) is False  # type: ignore[arg-type]
+    assert 0.05 <= time.monotonic() - started < 1 and redis.calls >= 3
+    redis.reply = {"used_memory": 1200, "maxmemory": 0}  # the operator lifted the limit
+    started = time.monotonic()
+    assert wait_for_room(redis, 10, poll_seconds=0.01) is True  # type: ignore[arg-type]
+    assert time.monotonic() - started < 1
+    redis.reply = RedisError("unreachable")
+    assert wait_for_room(redis, 10, poll_seconds=0.01) is False  # type: ignore[arg-type]
