@@ -1,9 +1,24 @@
-"""The Redis client of the process, where pulses are summed between flushes."""
+"""The Redis client of the process, where pulses are summed between flushes.
+
+Also what the rest of the ingestor knows about Redis running out of memory: with the
+`noeviction` policy the README asks for, a full Redis refuses every command that
+could grow its memory (`-OOM command not allowed when used memory > 'maxmemory'`),
+the ingest script included. `read_memory` reads the figures Redis decides on, and
+`is_out_of_memory` recognizes the refusal in either of its forms.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from flask import Flask, current_app
 from redis import Redis
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+
+# Redis's own wording, in the OOM reply to a command and, on Redis before 7, inside the
+# "ERR Error running script" reply a script gets when a command it calls is refused.
+OOM_REPLY_TEXT = "command not allowed when used memory > 'maxmemory'"
 
 
 def init_app(app: Flask) -> None:
@@ -15,3 +30,64 @@ def init_app(app: Flask) -> None:
 def get_redis() -> Redis:
     """The Redis client of the current app."""
     return current_app.extensions["redis"]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is Redis refusing a write because it reached `maxmemory`."""
+    return isinstance(exc, OutOfMemoryError) or (isinstance(exc, ResponseError) and OOM_REPLY_TEXT in str(exc))
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """Redis memory as its eviction logic sees it (INFO memory)."""
+
+    # used_memory minus what Redis leaves out of the maxmemory check (replica and
+    # AOF buffers): the number Redis compares with maxmemory before refusing a write.
+    used_bytes: int
+    # 0: no limit (Redis then grows until the machine runs out).
+    maxmemory_bytes: int
+
+    @classmethod
+    def from_info(cls, info: dict) -> MemoryUsage:
+        used = int(info["used_memory"]) - int(info.get("mem_not_counted_for_evict", 0))
+        return cls(used_bytes=max(used, 0), maxmemory_bytes=int(info.get("maxmemory", 0)))
+
+    @property
+    def used_ratio(self) -> float | None:
+        """used / maxmemory; None without a limit."""
+        return self.used_bytes / self.maxmemory_bytes if self.maxmemory_bytes else None
+
+    @property
+    def full(self) -> bool:
+        """Whether Redis refuses writes now (it does once used exceeds maxmemory)."""
+        return bool(self.maxmemory_bytes) and self.used_bytes > self.maxmemory_bytes
+
+    def describe(self) -> str:
+        """`used X MiB of maxmemory Y MiB (Z%)`, for log lines."""
+        used = f"used {self.used_bytes / 2**20:.1f} MiB"
+        if not self.maxmemory_bytes:
+            return f"{used}, no maxmemory"
+        return f"{used} of maxmemory {self.maxmemory_bytes / 2**20:.1f} MiB ({100 * (self.used_ratio or 0):.0f}%)"
+
+
+def read_memory(redis: Redis) -> MemoryUsage:
+    """Redis's memory figures now (one INFO memory call; raises RedisError when unreachable)."""
+    return MemoryUsage.from_info(redis.info("memory"))
+
+
+def wait_for_room(redis: Redis, seconds: float, poll_seconds: float) -> bool:
+    """Sleep up to `seconds`, polling INFO memory; True as soon as Redis has room again.
+
+    Always sleeps one poll first: right after a refusal Redis may read just below
+    maxmemory (a client buffer freed), and the next write would be refused again.
+    False when the time is up or Redis stopped answering (the retry will meet that).
+    """
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(poll_seconds, remaining))
+        try:
+            if not read_memory(redis).full:
+                return True
+        except RedisError:
+            return False
+    return False

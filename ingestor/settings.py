@@ -90,6 +90,11 @@ class Settings:
     # up to this many times, then the message goes to the dead-letter queue.
     task_max_retries: int = 20
     task_retry_backoff_max_seconds: int = 300
+    # Redis memory: a WARNING (and the ingestor_redis_memory_low gauge) once used
+    # memory reaches this percent of maxmemory, before Redis starts refusing writes...
+    redis_memory_warn_percent: int = 80
+    # ...checked at most this often per process (INFO memory, off the per-batch path).
+    redis_memory_check_seconds: int = 10
     # The raw pulse queue: bare JSON pulses (no Celery envelope) from the first
     # version's producers, consumed in batches by the worker (messaging/raw_consumer.py).
     raw_queue: str = "pulses.raw"
@@ -144,6 +149,10 @@ class Settings:
         object.__setattr__(self, "log_level", self.log_level.upper())
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if not 1 <= self.redis_memory_warn_percent <= 100:
+            raise SettingsError(
+                f"REDIS_MEMORY_WARN_PERCENT must be a percent of maxmemory (1-100), got {self.redis_memory_warn_percent}"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"METRICS_PORT must be a TCP port (0: off), got {self.metrics_port}")
         if self.app_env != DEVELOPMENT:

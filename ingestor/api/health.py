@@ -9,7 +9,7 @@ from ingestor.api.blueprint import ApiBlueprint
 from ingestor.api.errors import error_response
 from ingestor.api.schemas import HealthSchema, ReadinessSchema
 from ingestor.database import get_database
-from ingestor.redis_store import get_redis
+from ingestor.redis_store import get_redis, read_memory
 
 blueprint = ApiBlueprint("health", __name__, description="Probes for load balancers and orchestrators")
 
@@ -24,10 +24,15 @@ def health():
 
 def _check(probe) -> str:
     try:
-        probe()
+        state = probe()
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready", named below
         return f"unreachable: {type(exc).__name__}: {exc}"[:300]
-    return "ok"
+    return state or "ok"
+
+
+def _redis_state() -> str:
+    # A full Redis answers PING but refuses every pulse: not ready to accept any.
+    return "out of memory" if read_memory(get_redis()).full else "ok"
 
 
 def _ping_postgresql() -> None:
@@ -45,13 +50,14 @@ def _ping_rabbitmq() -> None:
 @blueprint.errors(503)
 @blueprint.doc(security=[])
 def ready():
-    """200 when RabbitMQ, Redis and PostgreSQL all answer; 503 naming the ones that do not."""
+    """200 when RabbitMQ, Redis and PostgreSQL all answer and Redis has room; 503 naming what is wrong."""
     checks = {
         "rabbitmq": _check(_ping_rabbitmq),
-        "redis": _check(get_redis().ping),
+        "redis": _check(_redis_state),
         "postgresql": _check(_ping_postgresql),
     }
     failing = sorted(name for name, status in checks.items() if status != "ok")
     if failing:
-        return error_response(503, "service_unavailable", f"Not ready: {', '.join(failing)} unreachable.", checks)
+        reasons = ", ".join(f"{name} {checks[name].partition(':')[0]}" for name in failing)
+        return error_response(503, "service_unavailable", f"Not ready: {reasons}.", checks)
     return {"status": "ready", "checks": checks}

@@ -43,5 +43,7 @@ def metrics():
     if registry is None:
         # Built on first scrape, in the serving process: by then the multiprocess
         # directory (if any) is in place.
-        registry = current_app.extensions["metrics_registry"] = build_registry(current_app.extensions["redis"])
+        registry = current_app.extensions["metrics_registry"] = build_registry(
+            current_app.extensions["redis"], current_app.config["SETTINGS"].redis_memory_warn_percent
+        )
     return Response(generate_latest(registry), mimetype=None, content_type=PROMETHEUS_TEXT)

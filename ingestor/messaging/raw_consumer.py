@@ -50,11 +50,13 @@ from kombu.common import ignore_errors
 from ingestor.messaging.serialization import loads_decimal
 from ingestor.messaging.topology import raw_queue
 from ingestor.observability import metrics
+from ingestor.observability.redis_memory import MemoryWatch
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.rejections import Rejection, record_rejections_of_messages
 from ingestor.pulses.tasks import TRANSIENT_ERRORS
+from ingestor.redis_store import is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +287,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         self.validator: PulseValidator = services.validator
         self.counter = services.counter
         self.database = app.extensions["database"]
+        self.memory: MemoryWatch = app.extensions["redis_memory"]
         self.queue = raw_queue(settings.raw_queue)
         self.source = f"raw:{settings.raw_queue}"[:MAX_SOURCE_CHARS]
         self.max_body_bytes: int = settings.raw_max_body_bytes
@@ -388,12 +391,16 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         """
         batch = self.batch
         countable = batch.countable()
+        self.memory.check()
         started = time.perf_counter()
         try:
             counted = self.counter.count(countable) if countable else 0
             record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
         except TRANSIENT_ERRORS as exc:
             delay = batch.postpone(time.monotonic())
+            if is_out_of_memory(exc):  # a capacity incident: said loudly, held as long as it lasts
+                self.memory.refused("raw", exc, held=f"raw batch of {len(batch)} message(s) held unacked",
+                                    retry_in=delay)  # fmt: skip
             logger.warning(
                 "raw batch of %d message(s) not counted (%r): held unacked, retry %d in %.1fs",
                 len(batch), exc, batch.failures, delay,

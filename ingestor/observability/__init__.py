@@ -13,7 +13,7 @@ import time
 from flask import Flask, g, request
 
 from ingestor.observability import logs
-from ingestor.observability import metrics
+from ingestor.observability import metrics, redis_memory
 
 logger = logging.getLogger("ingestor.http")
 
@@ -24,6 +24,7 @@ def init_app(app: Flask) -> None:
     logs.configure_logging(settings.log_format, settings.log_level)
     logs.connect_celery_signals(settings.log_format, settings.log_level)
     metrics.connect_worker_signals(app)
+    redis_memory.init_app(app)
 
     @app.before_request
     def _start_timer() -> None:

@@ -18,9 +18,10 @@ at module level: `instruments()` builds the metrics on first use, after the
 directory is in place. Callers record once per batch or request; an update is a few
 memory-mapped writes, never a network call.
 
-The Redis gauges (pending windows and snapshots, age of the oldest pending hour) are
-not counted anywhere: `PendingWindowsCollector` reads them from Redis at scrape time,
-on the web and on the worker alike, so they are right whoever scrapes.
+The Redis gauges (pending windows and snapshots, age of the oldest pending hour, memory
+against maxmemory) are not counted anywhere: `PendingWindowsCollector` and
+`RedisMemoryCollector` read them from Redis at scrape time, on the web and on the
+worker alike, so they are right whoever scrapes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from celery.signals import worker_init
 from flask import Flask
 from redis import Redis
 from redis.exceptions import RedisError
+
+from ingestor.redis_store import read_memory
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class Instruments:
     persist_last_success: Any
     request_seconds: Any
     requests: Any
+    memory_refusals: Any
 
 
 @cache
@@ -102,6 +106,11 @@ def instruments() -> Instruments:
         ),
         request_seconds=Histogram("ingestor_http_request_duration_seconds", "API latency", ["method", "route"]),
         requests=Counter("ingestor_http_requests", "API responses", ["method", "route", "status"]),
+        memory_refusals=Counter(
+            "ingestor_redis_memory_refusals",
+            "Batches (and flushes) Redis refused for memory, held and retried",
+            ["source"],
+        ),
     )
 
 
@@ -159,6 +168,11 @@ def record_persist_failure(seconds: float) -> None:
     metrics.persist_seconds.observe(seconds)
 
 
+def record_memory_refusal(source: str) -> None:
+    """One batch (task name, "raw") or flush Redis refused because it reached maxmemory."""
+    instruments().memory_refusals.labels(source).inc()
+
+
 def record_request(method: str, route: str, status: int, seconds: float) -> None:
     """One API response."""
     metrics = instruments()
@@ -201,6 +215,42 @@ class PendingWindowsCollector:
         )
 
 
+class RedisMemoryCollector:
+    """Gauges read from Redis at scrape time: its memory against maxmemory (INFO memory)."""
+
+    def __init__(self, redis: Redis, warn_percent: int) -> None:
+        self._redis = redis
+        self._warn_ratio = warn_percent / 100
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            usage = read_memory(self._redis)
+        except RedisError:
+            return  # ingestor_redis_up says so
+        yield GaugeMetricFamily(
+            "ingestor_redis_used_memory_bytes",
+            "Redis memory as compared with maxmemory (used_memory less replica/AOF buffers)",
+            value=usage.used_bytes,
+        )
+        yield GaugeMetricFamily(
+            "ingestor_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)", value=usage.maxmemory_bytes
+        )
+        if usage.used_ratio is None:
+            return
+        yield GaugeMetricFamily(
+            "ingestor_redis_memory_headroom_ratio",
+            "Share of maxmemory still free (0 or less: Redis refuses writes)",
+            value=1 - usage.used_ratio,
+        )
+        yield GaugeMetricFamily(
+            "ingestor_redis_memory_low",
+            "1 when Redis memory is at or above REDIS_MEMORY_WARN_PERCENT of maxmemory",
+            value=int(usage.used_ratio >= self._warn_ratio),
+        )
+
+
 class _ProcessMetrics:
     """This process's own registry, for a process not in multiprocess mode."""
 
@@ -210,7 +260,7 @@ class _ProcessMetrics:
         yield from REGISTRY.collect()
 
 
-def build_registry(redis: Redis) -> Any:
+def build_registry(redis: Redis, memory_warn_percent: int) -> Any:
     """A registry with every process's metrics (or this process's) and the Redis gauges."""
     from prometheus_client import CollectorRegistry
 
@@ -222,6 +272,7 @@ def build_registry(redis: Redis) -> Any:
     else:
         registry.register(_ProcessMetrics())
     registry.register(PendingWindowsCollector(redis))
+    registry.register(RedisMemoryCollector(redis, memory_warn_percent))
     return registry
 
 
@@ -245,12 +296,12 @@ def prepare_multiprocess_dir(role: str) -> str:
     return path
 
 
-def start_metrics_server(host: str, port: int, redis: Redis) -> Any:
+def start_metrics_server(host: str, port: int, redis: Redis, memory_warn_percent: int) -> Any:
     """Serve the metrics over HTTP from this process; None (logged) if the port is taken."""
     from prometheus_client import start_http_server
 
     try:
-        server, _ = start_http_server(port, addr=host, registry=build_registry(redis))
+        server, _ = start_http_server(port, addr=host, registry=build_registry(redis, memory_warn_percent))
     except OSError as exc:
         # Two workers on one machine: the second one's metrics are still counted, in
         # its own directory, but need another METRICS_PORT to be scraped.
@@ -272,6 +323,8 @@ def connect_worker_signals(app: Flask) -> None:
     def _on_worker_init(**_: object) -> None:
         prepare_multiprocess_dir("worker")
         if settings.metrics_port:
-            start_metrics_server(settings.metrics_host, settings.metrics_port, app.extensions["redis"])
+            start_metrics_server(
+                settings.metrics_host, settings.metrics_port, app.extensions["redis"], settings.redis_memory_warn_percent
+            )
 
     worker_init.connect(_on_worker_init, weak=False, dispatch_uid="ingestor-worker-metrics")

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from redis import Redis
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from ingestor.pulses import keys
+from ingestor.redis_store import is_out_of_memory
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
 # pulse only its dedupe key, its cell number and its micro-units.
@@ -104,11 +106,22 @@ class PulseCounter:
 
         Large batches go in chunks so one call never holds Redis for long; each chunk
         is idempotent, so a failure between chunks is safe to retry whole.
+
+        Redis refusing a chunk for memory raises `OutOfMemoryError`, whichever form the
+        refusal took (Redis 7 passes the OOM reply on; earlier versions wrap it in a
+        script error), so that callers hold the batch instead of dead-lettering it.
         """
         counted = 0
         for start in range(0, len(pulses), self._chunk_size):
             script_keys, script_args = self._script_arguments(pulses[start : start + self._chunk_size])
-            counted += int(self._script(keys=script_keys, args=script_args))
+            try:
+                counted += int(self._script(keys=script_keys, args=script_args))
+            except OutOfMemoryError:
+                raise
+            except ResponseError as exc:
+                if is_out_of_memory(exc):
+                    raise OutOfMemoryError(str(exc)) from exc
+                raise
         return counted
 
     def _script_arguments(self, chunk: Sequence[CountablePulse]) -> tuple[list[bytes | str], list[bytes | int]]:

@@ -218,10 +218,11 @@ class Persister:
             return PersistReport(skipped=True)
         started = time.monotonic()
         report = PersistReport()
-        # A run that crashed between a commit and its version bump left cached row
-        # counts stale: bump first (see queries.TotalCache).
-        self._redis.incr(keys.USAGE_VERSION)
         try:
+            # A run that crashed between a commit and its version bump left cached row
+            # counts stale: bump first (see queries.TotalCache). Inside the try: a full
+            # Redis refuses it, and the lock must not outlive the refusal.
+            self._redis.incr(keys.USAGE_VERSION)
             # Leftovers of a crashed run first, then the live windows.
             for snapshot in sorted(self._members(keys.PENDING_SNAPSHOTS)):
                 self._persist_or_quarantine(snapshot, report)

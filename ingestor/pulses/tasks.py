@@ -6,23 +6,28 @@ Task names are part of the producers' contract and never change:
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
 import redis.exceptions
 import sqlalchemy.exc
 from celery import Task, shared_task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
+from flask import current_app
 
 from ingestor.database import get_database
 from ingestor.observability import metrics
+from ingestor.observability.redis_memory import get_memory_watch
 from ingestor.pulses import get_pulses
 from ingestor.pulses.ingest import IngestReport, ingest_batch
 from ingestor.pulses.persistence import LOCK_TIMEOUT_SECONDS
 from ingestor.pulses.populate import run_share
 from ingestor.pulses.publishing import BrokerUnavailable
-from ingestor.redis_store import get_redis
+from ingestor.redis_store import get_redis, is_out_of_memory, wait_for_room
 
 # Worth retrying: the service may be back in a moment. Every step being idempotent,
 # a retry can never count twice. Anything else is a bug or bad input, and goes to
@@ -48,18 +53,84 @@ RETRY_POLICY: dict[str, Any] = {
     "retry_jitter": True,
 }
 
+# A full Redis is a capacity incident, not a blip: it lasts until an operator adds
+# memory (or dedupe keys expire), far longer than TASK_MAX_RETRIES were meant to
+# cover. A task refused for memory is therefore held and retried without spending
+# that budget (see hold_for_memory): it waits 1 s, 2 s, 4 s... up to this (or
+# TASK_RETRY_BACKOFF_MAX_SECONDS, when lower), less as soon as Redis has room.
+# Short, because the wait is inside the task: a warm shutdown waits for it.
+MEMORY_HOLD_MAX_SECONDS = 5
+# How often a held task reads INFO memory to see whether Redis has room again.
+MEMORY_POLL_SECONDS = 0.5
+# How many times Redis refused this task for memory so far, carried by its retries.
+MEMORY_REFUSALS_HEADER = "ingestor_memory_refusals"
+
+
+def memory_hold_seconds(refusals: int, cap: float) -> float:
+    """How long a task refused `refusals` times waits for room: 1, 2, 4... up to `cap`, jittered."""
+    delay = min(float(2 ** min(refusals - 1, 30)), cap)
+    return random.uniform(delay / 2, delay)  # refused batches do not all come back at once
+
+
+def hold_for_memory(task: Task, exc: Exception) -> Retry:
+    """Hold `task`'s message until Redis has room (or a short while), then retry it.
+
+    The delivery stays unacked while the task waits (late acks), polling INFO memory,
+    then it is retried by Celery's own mechanism, at once: the same message (same
+    task id, so the same dedupe keys) is published again to the back of its queue,
+    confirmed by RabbitMQ, and only then is this delivery acked. What differs from an
+    ordinary retry is the count, left as it was: TASK_MAX_RETRIES still counts only
+    outages, so a batch never reaches the dead-letter queue because Redis was full.
+
+    Why wait here and not with a countdown: a countdown copy is held in the worker's
+    memory until its time comes, and in a long incident every message of the queue
+    would end up there. Held this way, the backlog stays in RabbitMQ and the worker
+    holds no more than its prefetch; each wait is short, so the persist task (on the
+    same pool) gets its turn and a warm shutdown finishes within MEMORY_HOLD_MAX_SECONDS.
+    """
+    request = task.request
+    refusals = int(request.get(MEMORY_REFUSALS_HEADER) or 0) + 1
+    cap = min(MEMORY_HOLD_MAX_SECONDS, current_app.config["SETTINGS"].task_retry_backoff_max_seconds)
+    hold = memory_hold_seconds(refusals, cap)
+    get_memory_watch().refused(
+        task.name, exc, held=f"task {request.id} held unacked (refusal {refusals}, retries left unspent)", retry_in=hold
+    )
+    wait_for_room(get_redis(), hold, MEMORY_POLL_SECONDS)
+    # The headers Celery's retry would carry on (x-death left out), plus our count.
+    headers = {**request.as_execution_options()["headers"], MEMORY_REFUSALS_HEADER: refusals}
+    retry = task.signature_from_request(request, retries=request.retries, headers=headers)
+    try:
+        retry.apply_async()
+    except Exception as publish_error:  # noqa: BLE001 - the broker refused the copy
+        # Not acked, not dead-lettered: back to the queue, to be refused or counted again.
+        raise Reject(publish_error, requeue=True) from exc
+    return Retry(exc=exc, when=0, sig=retry)
+
+
+@contextmanager
+def patient_with_memory(task: Task) -> Iterator[None]:
+    """Inside a task: Redis refusing a write for memory becomes `hold_for_memory`."""
+    try:
+        yield
+    except redis.exceptions.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise hold_for_memory(task, exc) from exc
+
 
 def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
     services = get_pulses()
+    get_memory_watch().check()  # a clock reading; INFO memory every few seconds at most
     started = time.perf_counter()
-    report: IngestReport = ingest_batch(
-        pulses,
-        message_id=task.request.id,
-        source=task.name,
-        validator=services.validator,
-        counter=services.counter,
-        database=get_database(),
-    )
+    with patient_with_memory(task):
+        report: IngestReport = ingest_batch(
+            pulses,
+            message_id=task.request.id,
+            source=task.name,
+            validator=services.validator,
+            counter=services.counter,
+            database=get_database(),
+        )
     metrics.record_ingest("task", report.counted, report.duplicates, time.perf_counter() - started)
     return report.__dict__
 
@@ -80,15 +151,19 @@ def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
     return _ingest(self, [pulse])
 
 
-@shared_task(name="ingestor.persist_pulses", **RETRY_POLICY)
-def persist_pulses() -> dict[str, Any]:
+@shared_task(name="ingestor.persist_pulses", bind=True, **RETRY_POLICY)
+def persist_pulses(self: Task) -> dict[str, Any]:
     """Flush the Redis hour windows into PostgreSQL (fired hourly by beat)."""
     # Wait out another run's lock rather than skip: when that run was killed, this
     # may be its own task, redelivered, and the only run before the next beat to
     # finish the snapshot it left. A live run finishes or renews within the timeout.
+    # A full Redis refuses the lock itself (SET NX), or a later write: each step is
+    # idempotent, so the flush waits for memory like a batch does (every snapshot
+    # taken stays in Redis, and the next run finishes it).
     started = time.perf_counter()
     try:
-        report = get_pulses().persister.persist_pending(wait_seconds=LOCK_TIMEOUT_SECONDS + 15)
+        with patient_with_memory(self):
+            report = get_pulses().persister.persist_pending(wait_seconds=LOCK_TIMEOUT_SECONDS + 15)
     except Exception:
         metrics.record_persist_failure(time.perf_counter() - started)
         raise

@@ -51,6 +51,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "RAW_MAX_BODY_BYTES": str(settings.raw_max_body_bytes),
         "TASK_MAX_RETRIES": str(settings.task_max_retries),
         "TASK_RETRY_BACKOFF_MAX_SECONDS": str(settings.task_retry_backoff_max_seconds),
+        "REDIS_MEMORY_WARN_PERCENT": str(settings.redis_memory_warn_percent),
+        "REDIS_MEMORY_CHECK_SECONDS": str(settings.redis_memory_check_seconds),
     }
 
 

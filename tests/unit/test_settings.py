@@ -16,6 +16,7 @@ INT_VARS = [
     ("RAW_BATCH_SIZE", "raw_batch_size"),
     ("RAW_BATCH_WAIT_MS", "raw_batch_wait_ms"),
     ("RAW_MAX_BODY_BYTES", "raw_max_body_bytes"),
+    ("REDIS_MEMORY_CHECK_SECONDS", "redis_memory_check_seconds"),
 ]
 
 
@@ -187,3 +188,11 @@ def test_log_level_is_case_insensitive_and_metrics_port_zero_means_off() -> None
     assert Settings.from_env({"METRICS_PORT": "9191"}).metrics_port == 9191
     with pytest.raises(SettingsError, match="METRICS_PORT"):
         Settings.from_env({"METRICS_PORT": "-1"})
+
+
+@pytest.mark.parametrize("value", ["0", "101", "-5"])
+def test_redis_memory_warn_percent_must_be_a_percent(value: str) -> None:
+    with pytest.raises(SettingsError, match="REDIS_MEMORY_WARN_PERCENT"):
+        Settings.from_env({"REDIS_MEMORY_WARN_PERCENT": value})
+    assert Settings.from_env({}).redis_memory_warn_percent == 80
+    assert Settings.from_env({"REDIS_MEMORY_WARN_PERCENT": "95"}).redis_memory_warn_percent == 95
