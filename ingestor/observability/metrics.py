@@ -59,6 +59,7 @@ class Instruments:
     accepted: Any
     deduplicated: Any
     rejected: Any
+    dead_lettered: Any
     batch_seconds: Any
     http_enqueued: Any
     persist_runs: Any
@@ -84,6 +85,11 @@ def instruments() -> Instruments:
         ),
         rejected=Counter(
             "ingestor_pulses_rejected", "Invalid pulses, by the field that failed validation", ["source", "field"]
+        ),
+        dead_lettered=Counter(
+            "ingestor_messages_dead_lettered",
+            "Messages the ingestor published to pulses.dead itself, by kind of reason",
+            ["source", "reason"],
         ),
         batch_seconds=Histogram(
             "ingestor_batch_duration_seconds", "Time to count one batch of pulses", ["source"], buckets=BATCH_BUCKETS
@@ -131,6 +137,11 @@ def record_rejections(source: str, errors: Iterable[dict[str, Any]]) -> None:
         metrics = instruments()
         for field, count in tally.items():
             metrics.rejected.labels(source, field).inc(count)
+
+
+def record_dead_letter(source: str, reason: str) -> None:
+    """One message published to pulses.dead and confirmed; `reason` is a fixed-set kind."""
+    instruments().dead_lettered.labels(source, reason).inc()
 
 
 def record_http_pulses(enqueued: int, errors: Iterable[dict[str, Any]]) -> None:
