@@ -33,7 +33,7 @@ from ingestor.pulses.aggregation import CountablePulse, PulseCounter
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.models import RejectedPulse
 from ingestor.pulses.rejections import MAX_PAYLOAD_CHARS
-from ingestor.pulses.schema import MAX_AMOUNT, MAX_FRACTION_DIGITS, rejection_reasons
+from ingestor.pulses.schema import DECIMAL_STRING, MAX_AMOUNT, MAX_FRACTION_DIGITS, rejection_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,14 @@ def round_half_even(pulse: Any) -> bool:
     Only an amount that is otherwise valid (finite, not negative, within the maximum)
     is touched: anything else stays for the schema to reject.
     """
-    if not isinstance(pulse, dict) or isinstance(pulse.get("used_amount"), bool):
+    value = pulse.get("used_amount") if isinstance(pulse, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal)):
         return False
+    if isinstance(value, str) and not DECIMAL_STRING.match(value):
+        return False  # a string the schema refuses stays refused ("1_000", " 1")
     try:
-        amount = Decimal(pulse.get("used_amount"))  # type: ignore[arg-type]
-    except (InvalidOperation, TypeError, ValueError):
+        amount = Decimal(value)
+    except InvalidOperation:
         return False
     exponent = amount.as_tuple().exponent
     if not amount.is_finite() or amount < 0 or amount > MAX_AMOUNT or not isinstance(exponent, int):

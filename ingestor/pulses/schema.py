@@ -25,7 +25,7 @@ MAX_AMOUNT = Decimal(2**63 - 1).scaleb(-MAX_FRACTION_DIGITS)
 # exponent. Stricter than Decimal(), which also takes "NaN", " 1", "1_000" and "+1".
 _ABSENT = object()
 
-_DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
+DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 
 
 class PrintableString(fields.String):
@@ -55,7 +55,7 @@ class Amount(fields.Field):
         if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
             raise ValidationError("Must be a number or a decimal string.")
         if isinstance(value, str):
-            if len(value) > 64 or not _DECIMAL_STRING.match(value):
+            if len(value) > 64 or not DECIMAL_STRING.match(value):
                 raise ValidationError("Not a valid decimal number.")
         try:
             amount = Decimal(value)
