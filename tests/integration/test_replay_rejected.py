@@ -93,18 +93,20 @@ def test_a_row_replayed_again_after_a_crash_counts_once(app, database):
 
 
 def test_filters_and_the_hour_a_pulse_without_timestamp_counts_in(app, database, redis_client):
+    reject_like_the_raw_consumer(app, "acme", "0.1234565")  # no id, no timestamp
     reject_like_the_raw_consumer(app, "acme", "0.1234565", pulse_id="p-1")
     reject_like_the_raw_consumer(app, "acme", "0.1234565", pulse_id="p-1")  # the same pulse sent twice
-    with database.engine.begin() as connection:  # one rejected three hours ago
+    with database.engine.begin() as connection:  # the first one was rejected three hours ago
         connection.execute(text("UPDATE rejected_pulse SET received_at = now() - interval '3 hours' WHERE id = 1"))
     since = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
-    assert "counted 1 pulse(s)" in replay(app, "--since", since, "--round-half-even")
+    # The twin (same tenant and id) is the same usage: deduplicated, its row deleted.
+    assert "counted 1 pulse(s) (2 rounded), 1 already counted" in replay(app, "--since", since, "--round-half-even")
     assert rows(database) == 1
-    # Its twin (same tenant and id) is the same usage: deduplicated, its row deleted.
-    assert "counted 0 pulse(s) (1 rounded), 1 already counted" in replay(app, "--round-half-even")
+    assert "counted 1 pulse(s) (1 rounded)" in replay(app, "--tenant", "acme", "--round-half-even")
     assert rows(database) == 0
     persist(app)
     with database.engine.connect() as connection:
-        (window,) = connection.execute(text("SELECT window_start FROM pulse_usage")).scalars().all()
-    # It counts in the hour it entered the system (the replayed row's received_at).
-    assert window == datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        windows = dict(connection.execute(text("SELECT window_start, used_amount FROM pulse_usage")).all())
+    # Each counts in the hour it entered the system (its row's received_at), not now.
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    assert windows == {hour: Decimal("0.123456"), hour - timedelta(hours=3): Decimal("0.123456")}
