@@ -105,7 +105,7 @@ class Pulses(MethodView):
                 task_id = publish_pulse_batch(current_app.extensions["celery"], accepted)
             except BrokerUnavailable as exc:
                 _broker_unavailable(exc)
-        metrics.record_http_pulses(len(accepted), (r.errors for r in rejected))
+        metrics.record_http_pulses(len(accepted), (r.reasons for r in rejected))
         return {
             "accepted": len(accepted),
             "rejected": [{"index": r.position, "errors": r.errors} for r in rejected],

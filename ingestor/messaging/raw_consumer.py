@@ -8,15 +8,21 @@ bootstep of its own (Celery's extension point for custom message consumers), on 
 channel of its own, in the worker's main process:
 
 1. on each message (in the worker's event loop): check the size, decode the JSON
-   (fractional numbers as Decimal), validate its pulses. A body that is not JSON, not
-   a pulse or an array of pulses, or too large is dead-lettered at once (reject
-   without requeue: RabbitMQ moves it to `pulses.dead`) and counts nothing;
-2. keep the validated message, unacked, in the open batch;
+   (numbers with a fraction or an exponent as the Decimal of their text), validate
+   its pulses. A body that is not JSON, not a pulse or an array of pulses, or too
+   large counts nothing and is marked as a dead letter;
+2. keep the message, unacked, in the open batch;
 3. once the batch holds `RAW_BATCH_SIZE` pulses, or its oldest message has waited
-   `RAW_BATCH_WAIT_MS`: count all its valid pulses in Redis (one Lua call per
+   `RAW_BATCH_WAIT_MS`: publish its dead letters to `pulses.dead` (each confirmed by
+   RabbitMQ), count all its valid pulses in Redis (one Lua call per
    `REDIS_CHUNK_SIZE` pulses, the script of `ingestor.ingest_pulses`), record its
    invalid pulses in PostgreSQL, and only then ack the whole batch with one
    `basic.ack(multiple=True)`.
+
+The queue is declared as the first version's producers declare it (durable, no
+arguments: see `topology.raw_queue`), so dead-lettering cannot come from a queue
+argument: the consumer publishes dead letters itself. When that publish fails, the
+batch is held unacked and retried with backoff, like a Redis outage.
 
 Nothing is acked before it is counted: a worker killed at any point leaves every
 uncounted message unacked, and RabbitMQ redelivers it. The dedupe keys make that
@@ -32,22 +38,25 @@ The batch logic (`decode_body`, `prepare_message`, `PendingBatch`) is plain code
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from decimal import Decimal
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 from amqp.basic_message import Message
+from amqp.exceptions import PreconditionFailed
 from celery import bootsteps
 from flask import Flask
 from kombu import Consumer
 from kombu.common import ignore_errors
 
-from ingestor.messaging.serialization import loads_decimal
+from ingestor.messaging.dead_letters import DeadLetterPublisher, DeadLetterPublishFailed, body_bytes
 from ingestor.messaging.topology import raw_queue
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import MemoryWatch
@@ -72,34 +81,49 @@ MAX_SOURCE_CHARS = 64
 MAX_SHOWN_MESSAGE_ID_CHARS = 200
 
 
+# Raw bodies are plain JSON from producers that know nothing of Celery or kombu. A
+# number with a fraction or an exponent (a float encoder writes `2.25`, `0.000001`,
+# `5e-07`, `1e+21`) becomes the Decimal of its literal text, never a float; NaN and
+# Infinity too, so the schema can say "must be finite". A decoder of its own, not
+# the one Celery messages are read with: no kombu tagged objects here, and nothing
+# that depends on what is registered for the process.
+_RAW_JSON = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
+
+
 class UndecodableBody(ValueError):
-    """A raw message body that is not a pulse or an array of pulses: dead-lettered."""
+    """A raw message body that is not a pulse or an array of pulses: dead-lettered.
+
+    `kind` is one of a fixed set (`too_large`, `not_json`, `not_pulses`), for metrics.
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def decode_body(body: bytes | str, max_bytes: int) -> list[Any]:
     """The pulses of a raw message body: a JSON object is one pulse, an array is many.
 
     Raises `UndecodableBody` for a body over `max_bytes`, not UTF-8, not JSON (nesting
-    too deep for the decoder included), or neither an object nor an array. Fractional
-    numbers become `Decimal`, never floats. What the pulses hold is the schema's job.
+    too deep for the decoder included), or neither an object nor an array. Numbers
+    with a fraction or an exponent become `Decimal`, never floats. What the pulses
+    hold is the schema's job.
     """
     # py-amqp hands over a str when the producer set a content_encoding it could apply.
     data = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
     if len(data) > max_bytes:
-        raise UndecodableBody(f"body of {len(data)} bytes exceeds the limit of {max_bytes}")
+        raise UndecodableBody(f"body of {len(data)} bytes exceeds the limit of {max_bytes}", "too_large")
     try:
-        decoded = loads_decimal(data)
+        decoded = _RAW_JSON.decode(data.decode("utf-8"))
     except RecursionError:
-        raise UndecodableBody("JSON nested too deeply") from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means "not JSON" here
-        # UnicodeDecodeError, JSONDecodeError, and whatever kombu's tagged-object hook
-        # raises on a malformed {"__type__": ...}: all of them are the producer's bug.
-        raise UndecodableBody(f"not UTF-8 JSON: {exc!r:.200}") from None
+        raise UndecodableBody("JSON nested too deeply", "not_json") from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UndecodableBody(f"not UTF-8 JSON: {exc!r:.200}", "not_json") from None
     if isinstance(decoded, dict):
         return [decoded]
     if isinstance(decoded, list):
         return decoded
-    raise UndecodableBody(f"a JSON {type(decoded).__name__}, not a pulse or an array of pulses")
+    raise UndecodableBody(f"a JSON {type(decoded).__name__}, not a pulse or an array of pulses", "not_pulses")
 
 
 def fallback_key_of(amqp_message_id: str | None) -> Callable[[int], bytes]:
@@ -124,20 +148,26 @@ def fallback_key_of(amqp_message_id: str | None) -> Callable[[int], bytes]:
 
 
 def rejection_id_of(body: bytes | str, amqp_message_id: str | None) -> str:
-    """The rejected_pulse.message_id of a raw message: stable across redeliveries.
+    """The rejected_pulse.message_id of a raw message.
 
     rejected_pulse rows are unique on (message_id, position), so two different messages
-    must never share an id: it is a digest of the body and the producer's message_id
-    (then, for a reader, that message_id itself when printable). Only the same body
-    with the same message_id, i.e. the same message again, shares its rows.
+    must never share an id. With an AMQP message_id it is a digest of the body and
+    that message_id (then, for a reader, the message_id itself when printable): only
+    the same message again shares its rows. Without one, nothing tells a redelivery
+    from a second identical message (the first version's producers send the same
+    pulse text again and again), and a rejected row is usage that
+    `flask pulses replay-rejected` can bill: each delivery gets rows of its own, the
+    same limit as counting such pulses (a redelivery after the write records twice).
     """
+    if not amqp_message_id:
+        return f"raw:{uuid.uuid4().hex}"
     data = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
-    mid = (amqp_message_id or "").encode("utf-8", "surrogatepass")
+    mid = amqp_message_id.encode("utf-8", "surrogatepass")
     digest = hashlib.blake2b(b"%d:" % len(mid), digest_size=16)
     digest.update(mid)
     digest.update(data)
     ident = f"raw:{digest.hexdigest()}"
-    if amqp_message_id and amqp_message_id.isprintable():
+    if amqp_message_id.isprintable():
         ident += f":{amqp_message_id[:MAX_SHOWN_MESSAGE_ID_CHARS]}"
     return ident
 
@@ -150,6 +180,10 @@ class PreparedMessage(Generic[M]):
     countable: list[CountablePulse]
     rejections: list[Rejection]
     rejection_id: str
+    # Set for a message to publish to `pulses.dead` instead of counting: why, and
+    # the kind of reason (a fixed set, for metrics).
+    dead_letter: str | None = None
+    dead_letter_kind: str = ""
 
     @property
     def pulse_count(self) -> int:
@@ -178,6 +212,11 @@ def prepare_message(
     return PreparedMessage(handle, countable, rejections, rejection_id)
 
 
+def dead_letter_message(handle: M, reason: str, kind: str) -> PreparedMessage[M]:
+    """A message that counts nothing: it waits in the batch to be dead-lettered."""
+    return PreparedMessage(handle, [], [], "", dead_letter=reason, dead_letter_kind=kind)
+
+
 class PendingBatch(Generic[M]):
     """The open batch: prepared messages held unacked until they are counted.
 
@@ -191,6 +230,8 @@ class PendingBatch(Generic[M]):
         self.max_pulses = max_pulses
         self.max_wait_seconds = max_wait_seconds
         self.messages: list[PreparedMessage[M]] = []
+        # The dead letters not published yet (a retry must not publish one twice).
+        self.unpublished_dead_letters: list[PreparedMessage[M]] = []
         self.pulse_count = 0
         self.failures = 0
         self._opened_at = 0.0
@@ -205,6 +246,16 @@ class PendingBatch(Generic[M]):
             self._opened_at = now
         self.messages.append(message)
         self.pulse_count += message.pulse_count
+        if message.dead_letter is not None:
+            self.unpublished_dead_letters.append(message)
+
+    def dead_letter_all(self, reason: str, kind: str) -> None:
+        """Make every message not already a dead letter one: it will count nothing."""
+        for index, message in enumerate(self.messages):
+            if message.dead_letter is None:
+                converted = replace(message, countable=[], rejections=[], dead_letter=reason, dead_letter_kind=kind)
+                self.messages[index] = converted
+                self.unpublished_dead_letters.append(converted)
 
     def is_due(self, now: float) -> bool:
         """Whether the batch should be counted and acked now."""
@@ -237,6 +288,7 @@ class PendingBatch(Generic[M]):
     def clear(self) -> None:
         """Forget every message (acked, rejected, or left to the broker to redeliver)."""
         self.messages = []
+        self.unpublished_dead_letters = []
         self.pulse_count = 0
         self.failures = 0
         self._retry_at = None
@@ -289,6 +341,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         self.database = app.extensions["database"]
         self.memory: MemoryWatch = app.extensions["redis_memory"]
         self.queue = raw_queue(settings.raw_queue)
+        self.dead_letters = DeadLetterPublisher(settings.broker_url)
         self.source = f"raw:{settings.raw_queue}"[:MAX_SOURCE_CHARS]
         self.max_body_bytes: int = settings.raw_max_body_bytes
         self.batch: PendingBatch[Message] = PendingBatch(
@@ -306,6 +359,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         # A new channel: messages held for an old one were returned by the broker when
         # it went away, and their delivery tags mean nothing here.
         self.batch.clear()
+        channel = self.declare_queue(channel)
         return [
             BareMessageConsumer(
                 channel,
@@ -313,8 +367,35 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
                 on_message=self.on_message,  # the raw message: we decode it ourselves
                 prefetch_count=self.prefetch_count,
                 no_ack=False,
+                auto_declare=False,  # declared above
             )
         ]
+
+    def declare_queue(self, channel: Any) -> Any:
+        """Declare the raw queue as the first version's producers do; the channel to use.
+
+        A queue that already exists with other arguments (this project's earlier
+        versions declared `x-dead-letter-exchange`) makes RabbitMQ refuse the
+        declaration and close the channel: it is then consumed as it is, on a new
+        channel, after a passive declaration (which only checks that it exists).
+        """
+        try:
+            self.queue(channel).declare()
+            return channel
+        except PreconditionFailed as exc:
+            refusal = exc
+        channel = channel.connection.channel()
+        self.queue(channel).queue_declare(passive=True)
+        logger.warning(
+            "raw queue %s exists with other arguments than this version declares (%s): consuming it as it "
+            "is, but first-version producers, which declare it durable with no arguments, are refused by "
+            "RabbitMQ and publish nothing. To migrate, once it is empty delete it "
+            "(rabbitmqctl delete_queue %s --if-empty, repeated until it succeeds): the worker re-declares "
+            "it without arguments at once.",
+            self.queue.name, refusal.reply_text, self.queue.name,
+            extra={"queue": self.queue.name},
+        )  # fmt: skip
+        return channel
 
     def start(self, parent: Any) -> None:
         """Start consuming, and the timer that closes batches on time."""
@@ -339,12 +420,14 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             # and with it every unacked delivery, which RabbitMQ redelivers. Counting
             # them now could not be followed by an ack.
             self.batch.clear()
+        self.dead_letters.close()
         super().stop(parent)
 
     def shutdown(self, parent: Any) -> None:
         """Cold shutdown: count nothing more; the broker redelivers what is unacked."""
         self._cancel_tick(parent)
         self.batch.clear()
+        self.dead_letters.close()
         super().shutdown(parent)
 
     def on_message(self, message: Message) -> None:
@@ -358,9 +441,11 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
                 max_body_bytes=self.max_body_bytes,
                 received_at=datetime.now(timezone.utc),
             )
-        except Exception as exc:  # noqa: BLE001 - UndecodableBody, or a bug: never crash the loop
-            self.dead_letter(message, exc)
-            return
+        except UndecodableBody as exc:
+            prepared = dead_letter_message(message, str(exc), exc.kind)
+        except Exception as exc:  # noqa: BLE001 - a bug: never crash the loop, never count it
+            logger.exception("raw message could not be prepared: dead-lettering it")
+            prepared = dead_letter_message(message, f"could not be prepared: {exc!r}", "failed")
         now = time.monotonic()
         self.batch.add(prepared, now)
         if self.batch.is_due(now):
@@ -371,47 +456,59 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         if self.batch.is_due(time.monotonic()):
             self.flush()
 
-    def dead_letter(self, message: Message, exc: Exception) -> None:
-        """Reject one message without requeue: RabbitMQ moves it to `pulses.dead`."""
-        logger.warning(
-            "raw message dead-lettered: %s",
-            exc if isinstance(exc, UndecodableBody) else repr(exc),
-            exc_info=not isinstance(exc, UndecodableBody),
-            extra={"queue": self.queue.name, "delivery_tag": message.delivery_tag},
-        )
-        reject(message, requeue=False)
+    def publish_dead_letters(self) -> None:
+        """Publish the batch's dead letters to `pulses.dead`, each one confirmed.
+
+        Raises `DeadLetterPublishFailed` at the first that is not: the batch stays
+        unacked, and the retry goes on from that one (the published ones are done).
+        """
+        pending = self.batch.unpublished_dead_letters
+        while pending:
+            message = pending[0]
+            handle, reason = message.handle, message.dead_letter or ""
+            self.dead_letters.publish(
+                body_bytes(handle.body, handle.properties.get("content_encoding")),
+                properties=handle.properties,
+                origin_queue=self.queue.name,
+                reason=reason,
+            )
+            pending.pop(0)
+            metrics.record_dead_letter("raw", message.dead_letter_kind)
+            logger.warning(
+                "raw message dead-lettered to pulses.dead: %s", reason,
+                extra={"queue": self.queue.name, "delivery_tag": handle.delivery_tag},
+            )  # fmt: skip
 
     def flush(self) -> bool:
-        """Count the batch, record its rejections, then ack it all; True if acked.
+        """Dead-letter what cannot count, count the batch, record its rejections, then
+        ack it all; True if acked.
 
-        A transient Redis/PostgreSQL error keeps the batch, unacked, for a retry with
-        backoff: the retry reuses the same dedupe keys, so it counts nothing twice. Any
-        other error dead-letters the batch's messages rather than retrying it forever.
-        Broker errors (the ack) propagate: Celery reconnects and RabbitMQ redelivers.
+        A transient Redis/PostgreSQL error, or `pulses.dead` not confirming a dead
+        letter, keeps the batch, unacked, for a retry with backoff: the retry reuses
+        the same dedupe keys, so it counts nothing twice. Any other error dead-letters
+        the batch's messages rather than retrying it forever. Broker errors (the ack)
+        propagate: Celery reconnects and RabbitMQ redelivers.
         """
         batch = self.batch
-        countable = batch.countable()
         self.memory.check()
         started = time.perf_counter()
         try:
+            self.publish_dead_letters()
+            countable = batch.countable()
             counted = self.counter.count(countable) if countable else 0
             record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
-        except TRANSIENT_ERRORS as exc:
-            delay = batch.postpone(time.monotonic())
-            if is_out_of_memory(exc):  # a capacity incident: said loudly, held as long as it lasts
-                self.memory.refused("raw", exc, held=f"raw batch of {len(batch)} message(s) held unacked",
-                                    retry_in=delay)  # fmt: skip
-            logger.warning(
-                "raw batch of %d message(s) not counted (%r): held unacked, retry %d in %.1fs",
-                len(batch), exc, batch.failures, delay,
-            )  # fmt: skip
+        except (*TRANSIENT_ERRORS, DeadLetterPublishFailed) as exc:
+            self._postpone(exc)
             return False
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - a bug: dead-letter the batch, never retry it forever
             logger.exception("raw batch of %d message(s) failed: dead-lettering them", len(batch))
-            for message in batch.messages:
-                reject(message.handle, requeue=False)
-            batch.clear()
-            return False
+            batch.dead_letter_all(f"its batch failed: {exc!r}", "failed")
+            try:
+                self.publish_dead_letters()
+            except Exception as failed:  # noqa: BLE001 - never crash the event loop: hold and retry
+                self._postpone(failed)
+                return False
+            countable, counted = [], 0
         ack_through(batch.last())
         messages, pulses = len(batch), batch.pulse_count
         batch.clear()  # acked: from here nothing of it may be rejected or requeued
@@ -436,6 +533,16 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             for message in self.batch.messages:
                 ignore_errors(parent.connection, reject, message.handle, requeue=True)
         self.batch.clear()
+
+    def _postpone(self, exc: Exception) -> None:
+        delay = self.batch.postpone(time.monotonic())
+        if is_out_of_memory(exc):  # a capacity incident: said loudly, held as long as it lasts
+            self.memory.refused("raw", exc, held=f"raw batch of {len(self.batch)} message(s) held unacked",
+                                retry_in=delay)  # fmt: skip
+        logger.warning(
+            "raw batch of %d message(s) not done (%r): held unacked, retry %d in %.1fs",
+            len(self.batch), exc, self.batch.failures, delay,
+        )  # fmt: skip
 
     def _cancel_tick(self, parent: Any) -> None:
         if self._tick is not None:

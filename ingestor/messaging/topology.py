@@ -5,7 +5,9 @@ Pulse tasks travel on the durable queue `pulses`, bound to the direct exchange
 fanout exchange `pulses.dead` and kept in the queue `pulses.dead` for an operator.
 The persist task has its own queue, so a flush never waits behind a million pulses.
 The first version's producers publish bare JSON pulses through the default exchange
-to the raw queue (`pulses.raw` unless RAW_QUEUE says otherwise), dead-lettering too.
+to the raw queue (`pulses.raw` unless RAW_QUEUE says otherwise), declared exactly as
+they declare it: durable, no arguments. Its dead letters are published to `pulses.dead`
+by the raw consumer itself (`messaging.raw_consumer`), not through a queue argument.
 A message published to an exchange with no matching queue is confirmed by RabbitMQ
 and silently dropped: these names must not change.
 """
@@ -43,18 +45,15 @@ populate_queue = Queue(POPULATE, populate_exchange, routing_key=POPULATE, durabl
 
 def raw_queue(name: str = RAW_PULSES) -> Queue:
     """The raw pulse queue `name`: durable, reached through the default exchange by
-    its name (RabbitMQ binds every queue there implicitly), dead-lettering like `pulses`.
+    its name (RabbitMQ binds every queue there implicitly), and no arguments.
 
+    No arguments because the first version's producers declare it before every
+    publish as durable with none, and RabbitMQ refuses (PRECONDITION_FAILED, closing
+    the producer's channel) any declaration that differs from the queue's own.
     The worker consumes it with its own consumer step (`messaging.raw_consumer`),
     not as a Celery task queue: its messages carry no Celery envelope.
     """
-    return Queue(
-        name,
-        Exchange(""),
-        routing_key=name,
-        durable=True,
-        queue_arguments={"x-dead-letter-exchange": DEAD_LETTERS},
-    )
+    return Queue(name, Exchange(""), routing_key=name, durable=True, auto_delete=False, exclusive=False)
 
 
 raw_pulses_queue = raw_queue()

@@ -62,6 +62,7 @@ class Instruments:
     accepted: Any
     deduplicated: Any
     rejected: Any
+    dead_lettered: Any
     batch_seconds: Any
     http_enqueued: Any
     persist_runs: Any
@@ -87,7 +88,14 @@ def instruments() -> Instruments:
             "ingestor_pulses_deduplicated", "Valid pulses not counted again: their dedupe key was seen", ["source"]
         ),
         rejected=Counter(
-            "ingestor_pulses_rejected", "Invalid pulses, by the field that failed validation", ["source", "field"]
+            "ingestor_pulses_rejected",
+            "Invalid pulses, by the field that failed validation and why",
+            ["source", "field", "reason"],
+        ),
+        dead_lettered=Counter(
+            "ingestor_messages_dead_lettered",
+            "Messages the ingestor published to pulses.dead itself, by kind of reason",
+            ["source", "reason"],
         ),
         batch_seconds=Histogram(
             "ingestor_batch_duration_seconds", "Time to count one batch of pulses", ["source"], buckets=BATCH_BUCKETS
@@ -118,9 +126,13 @@ def _field_of(reason: str) -> str:
     return reason if reason in PULSE_FIELDS else "pulse"
 
 
-def rejected_fields(errors: Iterable[dict[str, Any]]) -> Tally[str]:
-    """How many rejected pulses failed on each field (a pulse counts once per field)."""
-    return Tally(_field_of(field) for reasons in errors for field in reasons)
+def rejected_fields(reasons: Iterable[Iterable[tuple[str, str]]]) -> Tally[tuple[str, str]]:
+    """How many rejected pulses failed on each (field, reason code).
+
+    `reasons` holds each rejected pulse's (field, reason code) pairs; a pulse counts
+    once per pair. The codes come from a fixed set (the pulses schema's).
+    """
+    return Tally((_field_of(field), code) for pairs in reasons for field, code in set(pairs))
 
 
 def record_ingest(source: str, counted: int, duplicates: int, seconds: float) -> None:
@@ -133,20 +145,25 @@ def record_ingest(source: str, counted: int, duplicates: int, seconds: float) ->
     metrics.batch_seconds.labels(source).observe(seconds)
 
 
-def record_rejections(source: str, errors: Iterable[dict[str, Any]]) -> None:
-    """The rejections of one batch, by field: `errors` holds each rejected pulse's reasons."""
-    tally = rejected_fields(errors)
+def record_rejections(source: str, reasons: Iterable[Iterable[tuple[str, str]]]) -> None:
+    """The rejections of one batch, by field and reason: see `rejected_fields`."""
+    tally = rejected_fields(reasons)
     if tally:
         metrics = instruments()
-        for field, count in tally.items():
-            metrics.rejected.labels(source, field).inc(count)
+        for (field, code), count in tally.items():
+            metrics.rejected.labels(source, field, code).inc(count)
 
 
-def record_http_pulses(enqueued: int, errors: Iterable[dict[str, Any]]) -> None:
-    """One POST /api/v1/pulses: valid pulses enqueued, invalid ones by field."""
+def record_dead_letter(source: str, reason: str) -> None:
+    """One message published to pulses.dead and confirmed; `reason` is a fixed-set kind."""
+    instruments().dead_lettered.labels(source, reason).inc()
+
+
+def record_http_pulses(enqueued: int, reasons: Iterable[Iterable[tuple[str, str]]]) -> None:
+    """One POST /api/v1/pulses: valid pulses enqueued, invalid ones by field and reason."""
     if enqueued:
         instruments().http_enqueued.inc(enqueued)
-    record_rejections("http", errors)
+    record_rejections("http", reasons)
 
 
 def record_persist(report: Any, seconds: float, finished_at: float) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import click
 from flask.cli import AppGroup
 
@@ -26,8 +28,6 @@ def flush(wait: int) -> None:
 @pulses_cli.command("stats")
 def stats() -> None:
     """What waits in Redis for the next flush, the last flush, the rejected pulses."""
-    from datetime import datetime, timezone
-
     from ingestor.database import get_database
     from ingestor.pulses.stats import pending_groups, pending_windows, persisted_stats
     from ingestor.redis_store import get_redis
@@ -73,6 +73,39 @@ def populate(total: int, batch: int) -> None:
             raise click.ClickException(f"{exc}; {bar.pos} of {total} pulses were published") from None
     elapsed = max(time.monotonic() - started, 1e-9)
     click.echo(f"published {total} pulses in {-(-total // batch)} message(s) in {elapsed:.2f}s ({total / elapsed:,.0f} pulses/s)")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+@pulses_cli.command("replay-rejected")
+@click.option("--reason", help="Only pulses rejected on this field (used_amount) or for this reason (fraction_digits).")
+@click.option("--tenant", help="Only this tenant's pulses.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+              help="Only pulses rejected at or after this time (UTC without an offset).")  # fmt: skip
+@click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
+@click.option("--round-half-even", "round_amounts", is_flag=True,
+              help="Round amounts with more than 6 fractional digits to 6 (half to even) and count them.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Say what would be counted; change nothing.")
+def replay_rejected(
+    reason: str | None, tenant: str | None, since: datetime | None, limit: int | None, round_amounts: bool, dry_run: bool
+) -> None:
+    """Count quarantined pulses that are valid now (or once rounded); each row at most once."""
+    from ingestor.database import get_database
+    from ingestor.pulses.replay_rejected import ReplayFilter
+    from ingestor.pulses.replay_rejected import replay_rejected as replay
+
+    services = get_pulses()
+    selection = ReplayFilter(reason=reason, tenant=tenant, since=_aware(since), limit=limit)
+    report = replay(
+        get_database(), services.validator, services.counter, selection, round_amounts=round_amounts, dry_run=dry_run
+    )
+    verb = "would count" if dry_run else "counted"
+    click.echo(
+        f"{verb} {report.counted} pulse(s) ({report.rounded} rounded), {report.duplicates} already counted; "
+        f"left in rejected_pulse: {report.still_invalid} still invalid, {report.unreadable} unreadable (cut)"
+    )
 
 
 @pulses_cli.command("replay-dead-letters")

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from ingestor.database import Database
 from ingestor.observability import metrics
 from ingestor.pulses.models import RejectedPulse
+from ingestor.pulses.schema import rejection_reasons
 
 # A rejected pulse is kept for a human to read, not replayed: past this many
 # characters its payload is cut, so a hostile 100 MB string cannot bloat the table.
@@ -25,6 +26,11 @@ class Rejection:
     position: int
     payload: Any
     errors: dict[str, Any]
+
+    @property
+    def reasons(self) -> set[tuple[str, str]]:
+        """(field, reason code) pairs of its errors, for metrics."""
+        return rejection_reasons(self.errors)
 
 
 def payload_text(payload: Any) -> str:
@@ -85,4 +91,7 @@ def record_rejections_of_messages(
         session.execute(statement, rows)
     # Once the rows are stored (a redelivered message counts again here, though not in
     # the table: metrics are a rate, the table is the record).
-    metrics.record_rejections("raw" if source.startswith("raw:") else "task", (row["errors"] for row in rows))
+    metrics.record_rejections(
+        "raw" if source.startswith("raw:") else "task",
+        (rejection.reasons for _, rejections in messages for rejection in rejections),
+    )

@@ -25,7 +25,7 @@ MAX_AMOUNT = Decimal(2**63 - 1).scaleb(-MAX_FRACTION_DIGITS)
 # exponent. Stricter than Decimal(), which also takes "NaN", " 1", "1_000" and "+1".
 _ABSENT = object()
 
-_DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
+DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 
 
 class PrintableString(fields.String):
@@ -55,7 +55,7 @@ class Amount(fields.Field):
         if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
             raise ValidationError("Must be a number or a decimal string.")
         if isinstance(value, str):
-            if len(value) > 64 or not _DECIMAL_STRING.match(value):
+            if len(value) > 64 or not DECIMAL_STRING.match(value):
                 raise ValidationError("Not a valid decimal number.")
         try:
             amount = Decimal(value)
@@ -148,6 +148,46 @@ class PulseSchema(Schema):
     @cached_property
     def _plain_fields(self) -> list[tuple[str, fields.Field, bool]]:
         return [(name, field, field.required) for name, field in self.load_fields.items()]
+
+
+# Why a pulse was rejected, as a short code from a fixed set (a metric's label values):
+# the start of each message the schema (and marshmallow under it) can give.
+_REASON_CODES = (
+    ("Missing data for required field", "missing"),
+    ("Field may not be null", "null"),
+    ("Invalid input type", "type"),
+    ("Not a valid string", "type"),
+    ("Not a valid utf-8 string", "type"),
+    ("Must be a number or a decimal string", "type"),
+    ("Must be 1 to ", "length"),
+    ("Must hold printable characters only", "not_printable"),
+    ("Not a valid decimal number", "not_a_number"),
+    ("Must be a finite number", "not_finite"),
+    ("Must not be negative", "negative"),
+    ("Must have at most", "fraction_digits"),
+    ("Must be at most", "too_large"),
+    ("Not a valid datetime", "not_a_datetime"),
+    ("Not a valid aware datetime", "no_offset"),
+    ("Is older than the late limit", "too_old"),
+    ("Is more than", "future"),
+)
+
+
+def reason_code(message: str) -> str:
+    """The code of one validation message (`invalid` for any other)."""
+    for prefix, code in _REASON_CODES:
+        if message.startswith(prefix):
+            return code
+    return "invalid"
+
+
+def rejection_reasons(errors: dict[str, Any]) -> set[tuple[str, str]]:
+    """(field, reason code) of one rejected pulse's `errors` (marshmallow's messages)."""
+    reasons = set()
+    for field, messages in errors.items():
+        for message in messages if isinstance(messages, list) else [messages]:
+            reasons.add((field, reason_code(message) if isinstance(message, str) else "invalid"))
+    return reasons
 
 
 def to_micro_units(amount: Decimal) -> int:

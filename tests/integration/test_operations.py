@@ -12,6 +12,7 @@ import pytest
 from kombu import Connection
 
 from ingestor import create_app
+from ingestor.messaging.dead_letters import ORIGIN_QUEUE_HEADER, REASON_HEADER
 from ingestor.messaging.topology import DEAD_LETTERS, RAW_PULSES, dead_letter_exchange, dead_letter_queue
 from ingestor.pulses.ingest import ingest_batch
 from tests.support.api import PASSWORD
@@ -72,8 +73,9 @@ def test_metrics_are_public_and_count_http_pulses_by_batch(client, auth):
         return (metric_value(text, name, **labels) or 0) - (metric_value(before, name, **labels) or 0)
 
     assert grew("ingestor_http_pulses_enqueued_total") == 1
-    assert grew("ingestor_pulses_rejected_total", source="http", field="used_amount") == 2
-    assert grew("ingestor_pulses_rejected_total", source="http", field="tenant") == 1
+    assert grew("ingestor_pulses_rejected_total", source="http", field="used_amount", reason="negative") == 1
+    assert grew("ingestor_pulses_rejected_total", source="http", field="used_amount", reason="not_a_number") == 1
+    assert grew("ingestor_pulses_rejected_total", source="http", field="tenant", reason="length") == 1
     assert grew("ingestor_http_requests_total", method="POST", route="/api/v1/pulses", status="202") == 1
     assert metric_value(text, "ingestor_redis_up") == 1
     assert metric_value(text, "ingestor_redis_windows_pending") == 0
@@ -163,13 +165,15 @@ def test_replay_moves_dead_letters_back_where_they_died(app, settings, producer)
                        exchange="pulses", routing_key="pulses")  # fmt: skip
     with Connection(settings.broker_url) as connection:
         producer_ = connection.Producer()
-        producer_.publish(b'{"tenant": "raw"}', exchange="", routing_key=RAW_PULSES,
-                          content_type="application/json", message_id="raw-1")  # fmt: skip
+        # A raw message as the raw consumer dead-letters it (the raw queue has no
+        # dead-letter argument): its origin in a header of its own, no x-death.
+        producer_.publish(b'{"tenant": "raw"}', exchange=dead_letter_exchange, routing_key=DEAD_LETTERS,
+                          content_type="application/json", message_id="raw-1",
+                          headers={ORIGIN_QUEUE_HEADER: RAW_PULSES, REASON_HEADER: "its batch failed"})  # fmt: skip
         # Published straight to the dead-letter exchange: no x-death, no origin.
         producer_.publish(b"orphan", exchange=dead_letter_exchange, routing_key=DEAD_LETTERS,
                           declare=[dead_letter_queue])  # fmt: skip
     dead_letter_one(settings.broker_url, "pulses")
-    dead_letter_one(settings.broker_url, RAW_PULSES)
     assert queue_depth(settings.broker_url, DEAD_LETTERS) == 3
 
     result = app.test_cli_runner().invoke(args=["pulses", "replay-dead-letters"])
@@ -188,3 +192,4 @@ def test_replay_moves_dead_letters_back_where_they_died(app, settings, producer)
     assert json.loads(task.body)[0] == [[{"tenant": "t"}]]
     assert "x-death" not in task.headers
     assert raw.body == b'{"tenant": "raw"}' and raw.properties["message_id"] == "raw-1"
+    assert not {ORIGIN_QUEUE_HEADER, REASON_HEADER} & set(raw.headers or {})

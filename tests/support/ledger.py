@@ -28,6 +28,13 @@ class Ledger:
     def expected(self) -> dict[Group, tuple[Decimal, int]]:
         return {group: (amount, count) for group, (amount, count) in self.sums.items()}
 
+    def per_group(self) -> dict[tuple[str, str, str], Decimal]:
+        """Expected amounts per (tenant, sku, unit), whatever their hour."""
+        per_group: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
+        for (tenant, sku, unit, _), (amount, _) in self.sums.items():
+            per_group[(tenant, sku, unit)] += amount
+        return dict(per_group)
+
 
 def persisted_sums(database: Database) -> dict[Group, tuple[Decimal, int]]:
     """What PostgreSQL holds, in the ledger's shape."""

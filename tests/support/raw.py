@@ -48,12 +48,18 @@ def body_of(pulses: Any) -> bytes:
     return json.dumps(pulses).encode()
 
 
-def dead_letters(broker_url: str) -> list[bytes]:
-    """Drain `pulses.dead` and return the bodies it held."""
-    bodies = []
+def dead_letter_messages(broker_url: str) -> list[tuple[bytes, dict[str, Any], dict[str, Any]]]:
+    """Drain `pulses.dead`: (body, headers, properties) of each message it held."""
+    held = []
     with Connection(broker_url) as connection:
         queue = dead_letter_queue.bind(connection.default_channel)
         while (message := queue.get(no_ack=True)) is not None:
             body = message.body
-            bodies.append(body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass"))
-    return bodies
+            body = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+            held.append((body, dict(message.headers or {}), dict(message.properties)))
+    return held
+
+
+def dead_letters(broker_url: str) -> list[bytes]:
+    """Drain `pulses.dead` and return the bodies it held."""
+    return [body for body, _, _ in dead_letter_messages(broker_url)]
