@@ -14,6 +14,7 @@ from ingestor.api.parsing import ApiParser
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: the message and details name what is wrong",
     401: "Missing, malformed, expired or tampered bearer token, or wrong credentials",
+    403: "The user is disabled",
     404: "No such resource",
     413: "Request body larger than the limit",
     415: "Body is not application/json",

@@ -2,16 +2,22 @@
 
 Every API route but login, health, readiness and the OpenAPI document requires
 `Authorization: Bearer <token>`; every way a token can be wrong answers 401 JSON.
+The token's user is looked up on every request (no cache): a token stops working as
+soon as its user is deleted or disabled (`flask users delete|disable NAME`).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from typing import Any
+
 from flask import Flask
 from flask_jwt_extended import JWTManager
 
 from ingestor.api.errors import error_response
+from ingestor.auth.models import User
+from ingestor.database import get_database
 
 jwt = JWTManager()
 
@@ -28,6 +34,27 @@ def init_app(app: Flask) -> None:
     from ingestor.auth.cli import users_cli
 
     app.cli.add_command(users_cli)
+
+
+# The claim binding a token to one user row, not only to a name: a user deleted and
+# created again under the same name does not revive the old user's tokens.
+USER_ID_CLAIM = "uid"
+
+
+@jwt.user_lookup_loader
+def _token_user(_header: dict[str, Any], claims: dict[str, Any]) -> User | None:
+    """The active user the token was issued to; None (a 401) if deleted or disabled.
+
+    PostgreSQL unreachable raises, which ingestor.api.errors answers 503.
+    """
+    user_id = claims.get(USER_ID_CLAIM)
+    if not isinstance(user_id, int) or isinstance(user_id, bool):
+        return None
+    with get_database().session() as session:
+        user = session.get(User, user_id)
+    if user is None or not user.is_active or user.username != claims.get("sub"):
+        return None
+    return user
 
 
 def _unauthorized(message: str):
@@ -56,4 +83,4 @@ def _refuse(message: str):
 jwt.expired_token_loader(_refuse("The token has expired; log in again."))
 jwt.revoked_token_loader(_refuse("The token has been revoked."))
 jwt.needs_fresh_token_loader(_refuse("A fresh token is required."))
-jwt.user_lookup_error_loader(_refuse("The token's user no longer exists."))
+jwt.user_lookup_error_loader(_refuse("The token's user no longer exists or is disabled; log in again."))
