@@ -18,6 +18,7 @@ ERROR_DESCRIPTIONS = {
     404: "No such resource",
     413: "Request body larger than the limit",
     415: "Body is not application/json",
+    429: "Too many attempts; retry after Retry-After seconds",
     503: "A service the request needs (PostgreSQL, Redis or RabbitMQ) is unavailable; retry after Retry-After seconds",
 }
 

@@ -31,8 +31,10 @@ def init_app(app: Flask) -> None:
     app.config["JWT_ALGORITHM"] = "HS256"
     jwt.init_app(app)
 
+    from ingestor.auth import rate_limit, views
     from ingestor.auth.cli import users_cli
 
+    rate_limit.init_app(app, views.blueprint)
     app.cli.add_command(users_cli)
 
 

@@ -26,10 +26,10 @@ _DUMMY_HASH = generate_password_hash("no user has this password")
 @blueprint.post("/login")
 @blueprint.arguments(LoginSchema)
 @blueprint.response(200, TokenSchema)
-@blueprint.errors(400, 401, 403, 413, 503)
+@blueprint.errors(400, 401, 403, 413, 429, 503)
 @blueprint.doc(security=[])
 def login(credentials: dict[str, str]):
-    """Exchange a username and password for an access token."""
+    """Exchange a username and password for an access token (rate-limited per username and address)."""
     with get_database().session() as session:
         user = session.scalar(select(User).where(User.username == credentials["username"]))
     if user is None:
