@@ -22,7 +22,7 @@ MIN_JWT_SECRET_LENGTH = 32
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings for which 0 means "off" (every other one must be positive).
-ZERO_MEANS_OFF = frozenset({"metrics_port", "trusted_proxies"})
+ZERO_MEANS_OFF = frozenset({"metrics_port", "trusted_proxies", "user_lookup_grace_seconds"})
 
 # Variables a PaaS add-on sets, read when the ingestor's own variable is unset or
 # empty, in this order. BROKER_URL/REDIS_URL always win: an operator who sets them
@@ -82,6 +82,9 @@ class Settings:
     # Reverse proxies in front of the web (a PaaS router, a load balancer) whose
     # X-Forwarded-For is trusted for the client address; 0: the peer address is the client.
     trusted_proxies: int = 0
+    # A token's user is looked up on every request; while PostgreSQL is unreachable, a
+    # user found active at most this long ago is still taken as active (0: never).
+    user_lookup_grace_seconds: int = 300
     # POST /api/v1/pulses: pulses per request and request body size.
     max_pulses_per_request: int = 1000
     max_body_bytes: int = 2 * 1024 * 1024
@@ -133,9 +136,8 @@ class Settings:
                     values[field.name] = int(raw)
                 except ValueError:
                     raise SettingsError(f"{field.name.upper()} must be an integer, got {raw!r}") from None
-                if field.name in ZERO_MEANS_OFF and values[field.name] == 0:
-                    continue
-                if values[field.name] <= 0:
+                off = field.name in ZERO_MEANS_OFF and values[field.name] == 0
+                if values[field.name] <= 0 and not off:
                     raise SettingsError(f"{field.name.upper()} must be positive, got {raw!r}")
             else:
                 values[field.name] = raw

@@ -21,7 +21,7 @@ def init_app(app: Flask) -> IngestorApi:
     if settings.trusted_proxies:
         # The client address (logs, the login rate limit) from X-Forwarded-For, as set by
         # that many proxies in front; without them a client could choose its own address.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.json = ApiJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

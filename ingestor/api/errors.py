@@ -93,6 +93,7 @@ OUTAGE_ERRORS: dict[str, tuple[type[BaseException], ...]] = {
 # How long a client should wait before retrying after an outage: long enough for a
 # pooled connection to be re-established, short enough not to hold up a billing feed.
 RETRY_AFTER_SECONDS = 5
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class ServiceUnavailable(Exception):
@@ -102,9 +103,6 @@ class ServiceUnavailable(Exception):
         super().__init__(f"{service} unavailable")
         self.service = service
         self.hint = hint
-
-
-RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 def unavailable_response(service: str, hint: str = ""):

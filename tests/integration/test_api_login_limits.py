@@ -2,12 +2,16 @@
 
 Two apps built from the same settings stand for two gunicorn workers (or two web
 replicas): they share nothing but Redis, so a limit that holds across them holds
-across processes. Redis unreachable: login is refused with a 503 naming Redis, never
-let through uncounted.
+across processes; the Procfile's gunicorn, with curl as the client, shows the same.
+Redis unreachable: login is refused with a 503 naming Redis, never let through
+uncounted.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from dataclasses import replace
 from itertools import cycle
 
@@ -15,7 +19,10 @@ import pytest
 from flask import Flask
 
 from ingestor import create_app
+from tests.integration.test_procfile import get, process_env, wait_for
 from tests.support.api import PASSWORD
+from tests.support.faults import proxied
+from tests.support.procfile import ProcfileProcess, free_port
 
 
 @pytest.fixture
@@ -96,3 +103,44 @@ def test_limit_settings_are_validated(settings):
 
     with pytest.raises(SettingsError, match="LOGIN_RATE_LIMIT_PER_USERNAME"):
         replace(settings, login_rate_limit_per_username="ten a minute").validated()
+
+
+def curl(*args: str) -> tuple[int, dict[str, str], dict]:
+    """`curl` (someone else's HTTP client) -> status, headers (lower-case names), JSON body."""
+    out = subprocess.run(["curl", "-s", "-i", "--max-time", "30", *args], capture_output=True, check=True, text=True)
+    head, _, body = out.stdout.replace("\r\n", "\n").partition("\n\n")
+    status_line, *header_lines = head.splitlines()
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_gunicorn_workers_share_the_limit_and_answer_outages_503(settings, user):
+    """The Procfile's web line, two workers, curl as the client: 429 and 503 as documented."""
+    with proxied(settings) as proxies:
+        port = free_port()
+        env = process_env(proxies.settings, PORT=str(port), WEB_CONCURRENCY="2",
+                          GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
+                          LOGIN_RATE_LIMIT_PER_USERNAME="4/minute")  # fmt: skip
+        web = ProcfileProcess("web", env).start()
+        base = f"http://127.0.0.1:{port}"
+        login = ["-X", "POST", f"{base}/api/v1/login", "-H", "Content-Type: application/json", "-d"]
+        try:
+            wait_for(lambda: get(f"{base}/health")[0] == 200, 60, web, "answer on /health")
+            status, _, body = curl(*login, json.dumps({"username": user, "password": PASSWORD}))
+            assert status == 200, body
+            token = body["access_token"]
+            # One connection per attempt: the two workers take them as they come.
+            for _ in range(3):
+                assert curl(*login, json.dumps({"username": user, "password": "wrong"}))[0] == 401
+            status, headers, body = curl(*login, json.dumps({"username": user, "password": PASSWORD}))
+            assert status == 429 and headers["retry-after"].isdigit(), (status, headers, body)
+            assert "for this username" in body["error"]["message"]
+
+            with proxies.database.outage():
+                status, headers, body = curl(f"{base}/api/v1/pulses", "-H", f"Authorization: Bearer {token}")
+            assert status == 503 and headers["retry-after"].isdigit(), (status, body)
+            assert body["error"]["details"] == {"service": "postgresql"}
+            assert web.terminate(timeout=30), web.tail()
+        finally:
+            web.kill()
