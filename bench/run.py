@@ -411,10 +411,13 @@ def bench_queries(bench: Bench, report: Report) -> None:
     with bench.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE pulse_usage"))
     client = bench.app.test_client()
-    with bench.app.app_context():
-        from flask_jwt_extended import create_access_token
-
-        headers = {"Authorization": f"Bearer {create_access_token('bench')}"}
+    # A real user and a real login: every request looks its token's user up.
+    password = "bench password, not a secret"
+    created = bench.app.test_cli_runner().invoke(args=["users", "create", "bench", "--password", password])
+    assert created.exit_code == 0, created.output
+    login = client.post("/api/v1/login", json={"username": "bench", "password": password})
+    assert login.status_code == 200, login.get_json()
+    headers = {"Authorization": f"Bearer {login.get_json()['access_token']}"}
 
     def timed(url: str) -> tuple[float, dict]:
         started = time.perf_counter()

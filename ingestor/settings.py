@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from celery.schedules import crontab
+from limits import parse_many
 
 
 DEVELOPMENT = "development"
@@ -21,7 +22,7 @@ MIN_JWT_SECRET_LENGTH = 32
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings for which 0 means "off" (every other one must be positive).
-ZERO_MEANS_OFF = frozenset({"metrics_port"})
+ZERO_MEANS_OFF = frozenset({"metrics_port", "trusted_proxies", "user_lookup_grace_seconds"})
 
 # Variables a PaaS add-on sets, read when the ingestor's own variable is unset or
 # empty, in this order. BROKER_URL/REDIS_URL always win: an operator who sets them
@@ -73,6 +74,17 @@ class Settings:
     app_env: str = "development"
     jwt_secret_key: str = ""
     jwt_expires_seconds: int = 3600
+    # POST /api/v1/login attempts (any outcome), per username and per client address,
+    # counted in Redis (shared by every web worker and replica). Flask-Limiter's
+    # notation: "10/minute;100/hour" is both limits at once.
+    login_rate_limit_per_username: str = "10/minute;100/hour"
+    login_rate_limit_per_address: str = "30/minute;300/hour"
+    # Reverse proxies in front of the web (a PaaS router, a load balancer) whose
+    # X-Forwarded-For is trusted for the client address; 0: the peer address is the client.
+    trusted_proxies: int = 0
+    # A token's user is looked up on every request; while PostgreSQL is unreachable, a
+    # user found active at most this long ago is still taken as active (0: never).
+    user_lookup_grace_seconds: int = 300
     # POST /api/v1/pulses: pulses per request and request body size.
     max_pulses_per_request: int = 1000
     max_body_bytes: int = 2 * 1024 * 1024
@@ -129,9 +141,8 @@ class Settings:
                     values[field.name] = int(raw)
                 except ValueError:
                     raise SettingsError(f"{field.name.upper()} must be an integer, got {raw!r}") from None
-                if field.name in ZERO_MEANS_OFF and values[field.name] == 0:
-                    continue
-                if values[field.name] <= 0:
+                off = field.name in ZERO_MEANS_OFF and values[field.name] == 0
+                if values[field.name] <= 0 and not off:
                     raise SettingsError(f"{field.name.upper()} must be positive, got {raw!r}")
             else:
                 values[field.name] = raw
@@ -153,6 +164,13 @@ class Settings:
             raise SettingsError(
                 f"REDIS_MEMORY_WARN_PERCENT must be a percent of maxmemory (1-100), got {self.redis_memory_warn_percent}"
             )
+        for name in ("login_rate_limit_per_username", "login_rate_limit_per_address"):
+            try:
+                parse_many(getattr(self, name))
+            except ValueError:
+                raise SettingsError(
+                    f"{name.upper()} must be rate limits like '10/minute;100/hour', got {getattr(self, name)!r}"
+                ) from None
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"METRICS_PORT must be a TCP port (0: off), got {self.metrics_port}")
         if self.app_env != DEVELOPMENT:

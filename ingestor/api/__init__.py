@@ -7,6 +7,7 @@ OpenAPI document at /api/v1/openapi.json, and the blueprints of each domain.
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ingestor.api.errors import IngestorApi
 from ingestor.api.parsing import ApiJSONProvider
@@ -17,6 +18,10 @@ BEARER_AUTH = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
 def init_app(app: Flask) -> IngestorApi:
     """Register the API on `app`."""
     settings = app.config["SETTINGS"]
+    if settings.trusted_proxies:
+        # The client address (logs, the login rate limit) from X-Forwarded-For, as set by
+        # that many proxies in front; without them a client could choose its own address.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.json = ApiJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

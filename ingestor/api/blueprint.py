@@ -14,10 +14,12 @@ from ingestor.api.parsing import ApiParser
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: the message and details name what is wrong",
     401: "Missing, malformed, expired or tampered bearer token, or wrong credentials",
+    403: "The user is disabled",
     404: "No such resource",
     413: "Request body larger than the limit",
     415: "Body is not application/json",
-    503: "A service the request needs (RabbitMQ, Redis or PostgreSQL) is unreachable; retry",
+    429: "Too many attempts; retry after Retry-After seconds",
+    503: "A service the request needs (PostgreSQL, Redis or RabbitMQ) is unavailable; retry after Retry-After seconds",
 }
 
 

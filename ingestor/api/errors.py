@@ -2,6 +2,11 @@
 
 No HTML error page and no stack trace ever reaches a client: unknown routes, wrong
 methods, oversized bodies and unexpected exceptions go through the same handler.
+
+A dependency outage is answered here too, for every route at once: the errors of the
+PostgreSQL, Redis and RabbitMQ clients (raised by a view, by the token's user lookup or
+by the login rate limiter) are a 503 with `Retry-After` naming the service. The
+driver's text (hosts, ports) is logged, never sent.
 """
 
 from __future__ import annotations
@@ -9,10 +14,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kombu.exceptions
+import psycopg2
+import redis.exceptions
+import sqlalchemy.exc
 from flask import jsonify
 from flask_smorest import Api
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
+
+from ingestor.pulses.publishing import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +37,7 @@ ERROR_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",
+    429: "too_many_requests",
     500: "internal_error",
     503: "service_unavailable",
 }
@@ -44,13 +56,75 @@ class ErrorSchema(Schema):
 
 
 def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ):
-    """A Flask response tuple in the API's error format."""
+    """A Flask response tuple in the API's error format; `extra` adds top-level fields."""
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
-    return jsonify(error=body), status, headers or {}
+    return jsonify({**(extra or {}), "error": body}), status, headers or {}
+
+
+POSTGRESQL = "postgresql"
+REDIS = "redis"
+RABBITMQ = "rabbitmq"
+SERVICE_NAMES = {POSTGRESQL: "PostgreSQL", REDIS: "Redis", RABBITMQ: "RabbitMQ"}
+
+# What each client raises when its service is unreachable, refuses connections (a
+# database that does not exist) or answers too late. Not every error of a client: a
+# Redis script error or an SQL syntax error is a bug, answered 500 and logged.
+OUTAGE_ERRORS: dict[str, tuple[type[BaseException], ...]] = {
+    POSTGRESQL: (
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,  # no pooled connection came free
+        psycopg2.OperationalError,
+        psycopg2.InterfaceError,
+    ),
+    REDIS: (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError),
+    RABBITMQ: (BrokerUnavailable, kombu.exceptions.OperationalError),
+}
+
+# How long a client should wait before retrying after an outage: long enough for a
+# pooled connection to be re-established, short enough not to hold up a billing feed.
+RETRY_AFTER_SECONDS = 5
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+class ServiceUnavailable(Exception):
+    """A service the request needs is down; `hint` tells the client what it means for them."""
+
+    def __init__(self, service: str, hint: str = "") -> None:
+        super().__init__(f"{service} unavailable")
+        self.service = service
+        self.hint = hint
+
+
+def unavailable_response(service: str, hint: str = ""):
+    """The 503 naming `service` (in the message and as `details.service`), with `Retry-After`."""
+    message = f"{SERVICE_NAMES[service]} is unavailable; retry in {RETRY_AFTER_SECONDS} seconds."
+    if hint:
+        message = f"{message} {hint}"
+    return error_response(503, ERROR_CODES[503], message, {"service": service}, dict(RETRY_AFTER))
+
+
+def _outage_handler(service: str):
+    def handle(error: Exception):
+        # The detail (host, port, driver message) is for the operator only.
+        logger.warning("%s unavailable: %s: %s", service, type(error).__name__, error)
+        return unavailable_response(service)
+
+    return handle
+
+
+def _service_unavailable(error: ServiceUnavailable):
+    logger.warning("%s unavailable: %r", error.service, error.__cause__)
+    return unavailable_response(error.service, error.hint)
 
 
 class IngestorApi(Api):
@@ -58,8 +132,19 @@ class IngestorApi(Api):
 
     ERROR_SCHEMA = ErrorSchema
 
+    def _register_error_handlers(self) -> None:
+        """The HTTP errors (flask-smorest's), and the outages of each service as 503s."""
+        super()._register_error_handlers()
+        for service, errors in OUTAGE_ERRORS.items():
+            for error in errors:
+                self._app.register_error_handler(error, _outage_handler(service))
+        self._app.register_error_handler(ServiceUnavailable, _service_unavailable)
+
     def handle_http_exception(self, error: HTTPException):
         """Turn any HTTP error (and any unexpected exception, as a 500) into JSON."""
+        if getattr(error, "response", None) is not None:
+            # Already answered in this format by whoever raised it (the login rate limiter).
+            return error.response
         status = error.code or 500
         data = getattr(error, "data", None) or {}
         details = data.get("messages") or data.get("errors")

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 from flask import current_app, request
 from flask.views import MethodView
 from flask_smorest import abort
-from redis.exceptions import RedisError
 
 from ingestor.api.blueprint import ApiBlueprint
+from ingestor.api.errors import RABBITMQ, ServiceUnavailable
 from ingestor.api.parsing import BodyError, decode_json
 from ingestor.api.schemas import (
     IngestResultSchema,
@@ -47,15 +47,11 @@ PULSE_BODY = {
 }
 
 
-def _broker_unavailable(exc: BrokerUnavailable):
-    abort(503, message=f"{exc}. Nothing was accepted; retry (pulses with an id count once).")
-
-
 @blueprint.route("")
 class Pulses(MethodView):
     @blueprint.arguments(UsageQuerySchema, location="query")
     @blueprint.response(200, UsagePageSchema)
-    @blueprint.errors(400, 401)
+    @blueprint.errors(400, 401, 503)
     def get(self, query: dict):
         """List hourly sums, newest hour first: by `page`, or by `cursor` at any depth."""
         usage_filter = UsageFilter(
@@ -104,7 +100,7 @@ class Pulses(MethodView):
             try:
                 task_id = publish_pulse_batch(current_app.extensions["celery"], accepted)
             except BrokerUnavailable as exc:
-                _broker_unavailable(exc)
+                raise ServiceUnavailable(RABBITMQ, "Nothing was accepted; pulses with an id count once.") from exc
         metrics.record_http_pulses(len(accepted), (r.reasons for r in rejected))
         return {
             "accepted": len(accepted),
@@ -115,7 +111,7 @@ class Pulses(MethodView):
 
 @blueprint.get("/<int:usage_id>")
 @blueprint.response(200, UsageSchema)
-@blueprint.errors(401, 404)
+@blueprint.errors(401, 404, 503)
 def get_one(usage_id: int):
     """One hourly sum by id."""
     usage = None
@@ -134,27 +130,22 @@ def get_one(usage_id: int):
 def start_populate(job: dict):
     """Generate fake pulses with `workers_number` Celery tasks, in batches of `buffer_size`."""
     shares = [n for n in populate.split_evenly(job["total_messages"], job["workers_number"]) if n]
-    try:
-        job_id = populate.create_job(get_redis(), job["total_messages"], len(shares), job["buffer_size"])
-    except RedisError as exc:
-        abort(503, message=f"Redis is unreachable: {exc}.")
+    # A Redis or RabbitMQ outage is answered 503 by ingestor.api.errors.
+    job_id = populate.create_job(get_redis(), job["total_messages"], len(shares), job["buffer_size"])
     celery_app = current_app.extensions["celery"]
-    try:
-        for worker_index, count in enumerate(shares):
-            publish_task(
-                celery_app,
-                "ingestor.populate_pulses",
-                [job_id, worker_index, count, job["buffer_size"]],
-                topology.populate_queue,
-            )
-    except BrokerUnavailable as exc:
-        _broker_unavailable(exc)
+    for worker_index, count in enumerate(shares):
+        publish_task(
+            celery_app,
+            "ingestor.populate_pulses",
+            [job_id, worker_index, count, job["buffer_size"]],
+            topology.populate_queue,
+        )
     return _progress_or_404(job_id)
 
 
 @blueprint.get("/populate/<job_id>")
 @blueprint.response(200, PopulateJobSchema)
-@blueprint.errors(401, 404)
+@blueprint.errors(401, 404, 503)
 def populate_progress(job_id: str):
     """How many of a populate job's pulses have been published so far."""
     return _progress_or_404(job_id)

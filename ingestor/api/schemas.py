@@ -137,4 +137,5 @@ class HealthSchema(Schema):
 
 class ReadinessSchema(Schema):
     status = fields.String(required=True)
-    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    # Service name -> "ok", or its state when not ok ("unavailable").
+    services = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

@@ -30,3 +30,39 @@ def create_user(username: str, password: str) -> None:
         user.set_password(password)
         session.add(user)
     click.echo(f"user {username!r} created")
+
+
+def _find_user(session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise click.ClickException(f"no user {username!r}")
+    return user
+
+
+def _set_active(username: str, active: bool) -> None:
+    with get_database().session() as session, session.begin():
+        _find_user(session, username).is_active = active
+    click.echo(f"user {username!r} {'enabled' if active else 'disabled'}")
+
+
+@users_cli.command("disable")
+@click.argument("username")
+def disable_user(username: str) -> None:
+    """Disable USERNAME: it cannot log in, and its tokens are refused from the next request on."""
+    _set_active(username, False)
+
+
+@users_cli.command("enable")
+@click.argument("username")
+def enable_user(username: str) -> None:
+    """Enable USERNAME again (its unexpired tokens work again)."""
+    _set_active(username, True)
+
+
+@users_cli.command("delete")
+@click.argument("username")
+def delete_user(username: str) -> None:
+    """Delete USERNAME: its tokens are refused from the next request on, even if the name is reused."""
+    with get_database().session() as session, session.begin():
+        session.delete(_find_user(session, username))
+    click.echo(f"user {username!r} deleted")

@@ -12,6 +12,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from ingestor.api.blueprint import ApiBlueprint
 from ingestor.api.schemas import LoginSchema, TokenSchema
+from ingestor.auth import USER_ID_CLAIM
 from ingestor.auth.models import User
 from ingestor.database import get_database
 
@@ -25,10 +26,10 @@ _DUMMY_HASH = generate_password_hash("no user has this password")
 @blueprint.post("/login")
 @blueprint.arguments(LoginSchema)
 @blueprint.response(200, TokenSchema)
-@blueprint.errors(400, 401, 413)
+@blueprint.errors(400, 401, 403, 413, 429, 503)
 @blueprint.doc(security=[])
 def login(credentials: dict[str, str]):
-    """Exchange a username and password for an access token."""
+    """Exchange a username and password for an access token (rate-limited per username and address)."""
     with get_database().session() as session:
         user = session.scalar(select(User).where(User.username == credentials["username"]))
     if user is None:
@@ -36,9 +37,15 @@ def login(credentials: dict[str, str]):
         abort(401, message="Wrong username or password.")
     if not user.check_password(credentials["password"]):
         abort(401, message="Wrong username or password.")
+    if not user.is_active:
+        # Said only to whoever knows the password: it tells them who to ask.
+        abort(403, message=f"The user {user.username!r} is disabled; ask an administrator to enable it.")
     expires = current_app.config["JWT_ACCESS_TOKEN_EXPIRES"]
+    token = create_access_token(
+        identity=user.username, expires_delta=expires, additional_claims={USER_ID_CLAIM: user.id}
+    )
     return {
-        "access_token": create_access_token(identity=user.username, expires_delta=expires),
+        "access_token": token,
         "token_type": "Bearer",
         "expires_at": datetime.now(timezone.utc) + expires,
     }

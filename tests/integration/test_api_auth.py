@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import jwt as pyjwt
 import pytest
 from flask_jwt_extended import create_access_token
+from sqlalchemy import text
 
 from tests.support.api import PASSWORD
 
@@ -134,3 +135,68 @@ def test_public_routes_need_no_token(client):
     assert client.get("/health").status_code == 200
     assert client.get("/api/v1/openapi.json").status_code == 200
     assert client.get("/ready").status_code in (200, 503)
+
+
+def _users(app, *args: str):
+    return app.test_cli_runner().invoke(args=["users", *args])
+
+
+def _every_protected_route_answers(app, client, headers: dict[str, str]) -> set[int]:
+    """The statuses of every protected route called with `headers` (bodies that are invalid)."""
+    return {client.open(url, method=method, headers=headers, json={"junk": True}).status_code
+            for method, url in protected_routes(app)}  # fmt: skip
+
+
+def test_a_deleted_users_token_stops_working_at_once_even_if_the_name_is_reused(app, client, auth):
+    assert 401 not in _every_protected_route_answers(app, client, auth)
+
+    deleted = _users(app, "delete", "alice")
+    assert deleted.exit_code == 0, deleted.output
+
+    response = client.get("/api/v1/pulses", headers=auth)
+    assert response.status_code == 401
+    assert "no longer exists" in response.get_json()["error"]["message"]
+    assert _every_protected_route_answers(app, client, auth) == {401}
+    # A new user under the old name is another user: the old token stays refused.
+    assert _users(app, "create", "alice", "--password", PASSWORD).exit_code == 0
+    assert client.get("/api/v1/pulses", headers=auth).status_code == 401
+    fresh = client.post("/api/v1/login", json={"username": "alice", "password": PASSWORD}).get_json()
+    assert client.get("/api/v1/pulses", headers={"Authorization": f"Bearer {fresh['access_token']}"}).status_code == 200
+
+
+def test_a_disabled_user_cannot_log_in_and_its_tokens_stop_working_until_enabled(app, client, auth):
+    disabled = _users(app, "disable", "alice")
+    assert disabled.exit_code == 0, disabled.output
+
+    assert _every_protected_route_answers(app, client, auth) == {401}
+    login = client.post("/api/v1/login", json={"username": "alice", "password": PASSWORD})
+    assert login.status_code == 403 and "disabled" in login.get_json()["error"]["message"]
+    # A wrong password tells nothing about the account.
+    wrong = client.post("/api/v1/login", json={"username": "alice", "password": "wrong password"})
+    assert wrong.status_code == 401
+
+    assert _users(app, "enable", "alice").exit_code == 0
+    assert client.get("/api/v1/pulses", headers=auth).status_code == 200
+    assert client.post("/api/v1/login", json={"username": "alice", "password": PASSWORD}).status_code == 200
+
+
+def test_a_token_signed_for_a_user_that_never_existed_is_refused(app, client, user, database):
+    with database.engine.connect() as connection:
+        user_id = connection.execute(text("SELECT id FROM api_user WHERE username = :u"), {"u": user}).scalar_one()
+    with app.app_context():
+        nobody = create_access_token("nobody", additional_claims={"uid": 10**9})
+        no_user_id = create_access_token(user)  # the right name, but no user row named
+        wrong_name = create_access_token("mallory", additional_claims={"uid": user_id})
+        right = create_access_token(user, additional_claims={"uid": user_id})
+
+    assert client.get("/api/v1/pulses", headers={"Authorization": f"Bearer {right}"}).status_code == 200
+
+    for token in (nobody, no_user_id, wrong_name):
+        assert client.get("/api/v1/pulses", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+@pytest.mark.parametrize("command", ["disable", "enable", "delete"])
+def test_users_commands_name_an_unknown_user(app, user, command):
+    result = _users(app, command, "nobody")
+
+    assert result.exit_code != 0 and "no user 'nobody'" in result.output

@@ -110,9 +110,10 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
             web = create_app(settings).test_client()
             ready = web.get("/ready")
             assert ready.status_code == 503
-            error = ready.get_json()["error"]
-            assert error["details"]["redis"] == "out of memory"
-            assert "redis out of memory" in error["message"]
+            body = ready.get_json()
+            assert body["services"]["redis"] == "out of memory"
+            assert body["error"]["details"]["services"] == ["redis"]
+            assert "Redis out of memory" in body["error"]["message"]
 
             # A warm shutdown while batches are held: prompt, and they go back to the queue.
             stopping = time.monotonic()

@@ -196,3 +196,19 @@ def test_redis_memory_warn_percent_must_be_a_percent(value: str) -> None:
         Settings.from_env({"REDIS_MEMORY_WARN_PERCENT": value})
     assert Settings.from_env({}).redis_memory_warn_percent == 80
     assert Settings.from_env({"REDIS_MEMORY_WARN_PERCENT": "95"}).redis_memory_warn_percent == 95
+
+
+def test_login_settings_are_read_and_zero_turns_the_lookup_grace_off() -> None:
+    settings = Settings.from_env(
+        {"USER_LOOKUP_GRACE_SECONDS": "0", "TRUSTED_PROXIES": "2", "LOGIN_RATE_LIMIT_PER_ADDRESS": "5/minute"}
+    )
+
+    assert (settings.user_lookup_grace_seconds, settings.trusted_proxies) == (0, 2)
+    assert settings.login_rate_limit_per_address == "5/minute"
+    assert Settings.from_env({}).user_lookup_grace_seconds == 300
+
+
+@pytest.mark.parametrize("var", ["LOGIN_RATE_LIMIT_PER_USERNAME", "LOGIN_RATE_LIMIT_PER_ADDRESS"])
+def test_bad_login_rate_limits_raise_naming_the_variable(var: str) -> None:
+    with pytest.raises(SettingsError, match=var):
+        Settings.from_env({var: "ten a minute"})
