@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ingestor.api.bodies import ApiRequest
+from ingestor.api.blueprint import check_requests_outside_api_blueprints
 from ingestor.api.errors import IngestorApi
 from ingestor.api.parsing import ApiJSONProvider
+from ingestor.api.query_strings import QueryContract
 
 BEARER_AUTH = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
 
@@ -18,6 +21,8 @@ def init_app(app: Flask) -> IngestorApi:
     """Register the API on `app`."""
     settings = app.config["SETTINGS"]
     app.json = ApiJSONProvider(app)
+    # Bodies read whole or refused with a 413, whatever their framing.
+    app.request_class = ApiRequest
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_TITLE="Pulse Ingestor",
@@ -53,4 +58,7 @@ def init_app(app: Flask) -> IngestorApi:
     api.register_blueprint(metrics.blueprint)
     api.register_blueprint(auth_views.blueprint)
     api.register_blueprint(pulses.blueprint)
+    # Every route's query parameters, as the OpenAPI document states them.
+    app.extensions["query_contract"] = QueryContract(api.spec.to_dict())
+    check_requests_outside_api_blueprints(app)
     return api
