@@ -83,8 +83,8 @@ def check_body_framing(request: Request, max_bytes: int) -> None:
         # A chunked body through a server that does not mark its end would read as empty.
         if request.content_length is None and not (chunked and "wsgi.input_terminated" in request.environ):
             raise LengthRequired(
-                "Send the body with a Content-Length or with Transfer-Encoding: chunked"
-                f" (at most {describe_limit(max_bytes)}): without either, its end cannot be found."
+                "Send the body with a Content-Length or with Transfer-Encoding: chunked: without either,"
+                f" its end cannot be found. The limit is {describe_limit(max_bytes)}."
             )
     elif request.content_length or chunked:
         raise BadRequest(f"{request.method} {request.path} takes no body: send the request without one.")

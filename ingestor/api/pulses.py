@@ -106,7 +106,7 @@ class Pulses(MethodView):
             abort(
                 422,
                 message=(
-                    ("The pulse is" if len(pulses) == 1 else f"None of the {len(pulses)} pulses is")
+                    ("The pulse is not" if len(pulses) == 1 else f"None of the {len(pulses)} pulses is")
                     + " valid, so nothing was accepted; see details for the reasons."
                 ),
                 messages={"accepted": 0, "rejected": reasons},

@@ -315,6 +315,15 @@ def test_unknown_body_fields_are_400_naming_them_but_pulses_keep_theirs(client, 
     assert pulses.status_code == 202 and pulses.get_json()["accepted"] == 1
 
 
+def test_one_invalid_pulse_alone_is_422_saying_it_is_not_valid(client, auth, clean_state):
+    response = client.post("/api/v1/pulses", json={**PULSE, "used_amount": "-1"}, headers=auth)
+
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["message"].startswith("The pulse is not valid, so nothing was accepted")
+    assert error["details"] == {"accepted": 0, "rejected": [{"index": 0, "errors": {"used_amount": ["Must not be negative."]}}]}
+
+
 # --- messages a user can act on ------------------------------------------------------------
 
 

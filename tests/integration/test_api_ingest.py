@@ -108,7 +108,8 @@ def test_only_invalid_pulses_are_422_and_enqueue_nothing(client, auth, settings,
 
     assert response.status_code == 422
     error = response.get_json()["error"]
-    assert error["code"] == "unprocessable" and "nothing was accepted" in error["message"]
+    assert error["code"] == "unprocessable"
+    assert error["message"] == "None of the 2 pulses is valid, so nothing was accepted; see details for the reasons."
     assert error["details"]["accepted"] == 0
     assert [r["index"] for r in error["details"]["rejected"]] == [0, 1]
     assert all(r["errors"] for r in error["details"]["rejected"])
