@@ -260,6 +260,12 @@ def test_every_route_refuses_unknown_query_parameters_naming_them(app, client, a
         assert set(error["details"]["query"]) == {"tennant", "x y"}, (method, url, error)
 
 
+def test_a_bad_token_is_answered_before_the_query_string(client, clean_state):
+    response = client.get("/api/v1/pulses?tennant=acme&page=1&page=2", json={"body": "on a GET"})
+
+    assert response.status_code == 401, response.get_json()
+
+
 def documented_query_parameters(client) -> dict[tuple[str, str], dict[str, dict]]:
     spec = client.get("/api/v1/openapi.json").get_json()
     found = {}
