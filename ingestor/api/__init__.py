@@ -9,8 +9,11 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from ingestor.api.bodies import ApiRequest
+from ingestor.api.blueprint import check_requests_outside_api_blueprints
 from ingestor.api.errors import IngestorApi
 from ingestor.api.parsing import ApiJSONProvider
+from ingestor.api.query_strings import QueryContract
 
 BEARER_AUTH = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
 
@@ -23,6 +26,8 @@ def init_app(app: Flask) -> IngestorApi:
         # that many proxies in front; without them a client could choose its own address.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
     app.json = ApiJSONProvider(app)
+    # Bodies read whole or refused with a 413, whatever their framing.
+    app.request_class = ApiRequest
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_TITLE="Pulse Ingestor",
@@ -58,4 +63,7 @@ def init_app(app: Flask) -> IngestorApi:
     api.register_blueprint(metrics.blueprint)
     api.register_blueprint(auth_views.blueprint)
     api.register_blueprint(pulses.blueprint)
+    # Every route's query parameters, as the OpenAPI document states them.
+    app.extensions["query_contract"] = QueryContract(api.spec.to_dict())
+    check_requests_outside_api_blueprints(app)
     return api

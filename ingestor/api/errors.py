@@ -34,6 +34,7 @@ ERROR_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    411: "length_required",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",
@@ -154,7 +155,7 @@ class IngestorApi(Api):
             details = None
         else:
             message = data.get("message") or error.description or error.name
-            if details is not None and status == 400:
+            if details is not None and status == 400 and not data.get("message"):
                 message = "The request is invalid; see details."
         headers = dict(data.get("headers") or {})
         if status == 405 and error.get_headers():

@@ -55,9 +55,9 @@ class Pulses(MethodView):
     def get(self, query: dict):
         """List hourly sums, newest hour first: by `page`, or by `cursor` at any depth."""
         usage_filter = UsageFilter(
-            tenant=query.get("tenant"),
-            product_sku=query.get("product_sku"),
-            use_unity=query.get("use_unity"),
+            tenant=tuple(query.get("tenant", ())),
+            product_sku=tuple(query.get("product_sku", ())),
+            use_unity=tuple(query.get("use_unity", ())),
             window_from=query.get("window_from"),
             window_to=query.get("window_to"),
         )
@@ -78,7 +78,7 @@ class Pulses(MethodView):
         }
 
     @blueprint.response(202, IngestResultSchema)
-    @blueprint.errors(400, 401, 413, 415, 503)
+    @blueprint.errors(400, 401, 411, 413, 415, 422, 503)
     @blueprint.doc(requestBody=PULSE_BODY)
     def post(self):
         """Ingest one pulse or a list: the valid ones are enqueued as one task, the rest answered."""
@@ -95,18 +95,24 @@ class Pulses(MethodView):
         if len(pulses) > limit:
             abort(400, message=f"At most {limit} pulses per request, got {len(pulses)}.")
         accepted, rejected = get_pulses().validator.for_enqueue(pulses, datetime.now(timezone.utc))
-        task_id = None
-        if accepted:
-            try:
-                task_id = publish_pulse_batch(current_app.extensions["celery"], accepted)
-            except BrokerUnavailable as exc:
-                raise ServiceUnavailable(RABBITMQ, "Nothing was accepted; pulses with an id count once.") from exc
+        reasons = [{"index": r.position, "errors": r.errors} for r in rejected]
+        if not accepted:
+            metrics.record_http_pulses(0, (r.reasons for r in rejected))
+            # Nothing to enqueue: not a success, whatever the body's shape.
+            abort(
+                422,
+                message=(
+                    ("The pulse is not" if len(pulses) == 1 else f"None of the {len(pulses)} pulses is")
+                    + " valid, so nothing was accepted; see details for the reasons."
+                ),
+                messages={"accepted": 0, "rejected": reasons},
+            )
+        try:
+            task_id = publish_pulse_batch(current_app.extensions["celery"], accepted)
+        except BrokerUnavailable as exc:
+            raise ServiceUnavailable(RABBITMQ, "Nothing was accepted; pulses with an id count once.") from exc
         metrics.record_http_pulses(len(accepted), (r.reasons for r in rejected))
-        return {
-            "accepted": len(accepted),
-            "rejected": [{"index": r.position, "errors": r.errors} for r in rejected],
-            "task_id": task_id,
-        }
+        return {"accepted": len(accepted), "rejected": reasons, "task_id": task_id}
 
 
 @blueprint.get("/<int:usage_id>")
@@ -126,7 +132,7 @@ def get_one(usage_id: int):
 @blueprint.post("/populate")
 @blueprint.arguments(PopulateRequestSchema)
 @blueprint.response(202, PopulateJobSchema)
-@blueprint.errors(400, 401, 413, 503)
+@blueprint.errors(400, 401, 411, 413, 503)
 def start_populate(job: dict):
     """Generate fake pulses with `workers_number` Celery tasks, in batches of `buffer_size`."""
     shares = [n for n in populate.split_evenly(job["total_messages"], job["workers_number"]) if n]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timezone
 
-from marshmallow import RAISE, Schema, fields, pre_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
+from ingestor.api.query_strings import multi_value
 from ingestor.pulses.schema import PrintableString
 
 MAX_PAGE_LIMIT = 1000
@@ -35,6 +37,31 @@ class TokenSchema(Schema):
     expires_at = fields.DateTime(required=True, metadata={"description": "UTC, ISO-8601"})
 
 
+class QueryDateTime(fields.AwareDateTime):
+    """An ISO-8601 datetime in a query string; UTC without an offset.
+
+    In a query string a bare `+` means a space, so `from=...T00:00:00+01:00` arrives as
+    `...T00:00:00 01:00`: the error says how to send it.
+    """
+
+    _PLUS_SENT_BARE = re.compile(r" [0-9]{2}(:?[0-9]{2})?\Z")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(format="iso", default_timezone=timezone.utc, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return super()._deserialize(value, attr, data, **kwargs)
+        except ValidationError:
+            if isinstance(value, str) and self._PLUS_SENT_BARE.search(value):
+                encoded = value.replace(" ", "%2B")
+                raise ValidationError(
+                    "Not a valid datetime: a '+' in a query string arrives as a space; send the offset"
+                    f" percent-encoded as %2B ({encoded})."
+                ) from None
+            raise
+
+
 class UsageQuerySchema(Schema):
     """Query string of GET /api/v1/pulses."""
 
@@ -44,20 +71,17 @@ class UsageQuerySchema(Schema):
         200,
         metadata={"description": "next_cursor of a previous page; takes precedence over page"},
     )
-    tenant = PrintableString(128)
-    product_sku = PrintableString(128)
-    use_unity = PrintableString(32)
-    window_from = fields.AwareDateTime(
+    # Repeatable: tenant=a&tenant=b matches either.
+    tenant = multi_value(PrintableString(128))
+    product_sku = multi_value(PrintableString(128))
+    use_unity = multi_value(PrintableString(32))
+    window_from = QueryDateTime(
         data_key="from",
-        format="iso",
-        default_timezone=timezone.utc,
-        metadata={"description": "window_start >= from (ISO-8601; no offset means UTC)"},
+        metadata={"description": "window_start >= from (ISO-8601; no offset means UTC; `+` sent as %2B)"},
     )
-    window_to = fields.AwareDateTime(
+    window_to = QueryDateTime(
         data_key="to",
-        format="iso",
-        default_timezone=timezone.utc,
-        metadata={"description": "window_start < to (ISO-8601; no offset means UTC)"},
+        metadata={"description": "window_start < to (ISO-8601; no offset means UTC; `+` sent as %2B)"},
     )
 
 
@@ -94,7 +118,7 @@ class PulseRejectionSchema(Schema):
 class IngestResultSchema(Schema):
     accepted = fields.Integer(required=True)
     rejected = fields.List(fields.Nested(PulseRejectionSchema), required=True)
-    task_id = fields.String(allow_none=True, metadata={"description": "the ingest task, null if nothing was valid"})
+    task_id = fields.String(required=True, metadata={"description": "the ingest task"})
 
 
 class PopulateRequestSchema(Schema):

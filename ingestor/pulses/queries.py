@@ -31,28 +31,30 @@ class InvalidCursor(ValueError):
 
 @dataclass(frozen=True)
 class UsageFilter:
-    """Equality filters on the group, and a half-open range [window_from, window_to)."""
+    """Filters on the group (each: any of its values; empty: no filter), and a half-open
+    range [window_from, window_to)."""
 
-    tenant: str | None = None
-    product_sku: str | None = None
-    use_unity: str | None = None
+    tenant: tuple[str, ...] = ()
+    product_sku: tuple[str, ...] = ()
+    use_unity: tuple[str, ...] = ()
     window_from: datetime | None = None
     window_to: datetime | None = None
 
     def digest(self) -> str:
-        """A short name of this filter, for cache keys."""
-        raw = json.dumps([getattr(self, f.name) for f in fields(self)], default=str).encode()
+        """A short name of this filter, for cache keys (the order of values does not matter)."""
+        parts = [sorted(set(v)) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)]
+        raw = json.dumps(parts, default=str).encode()
         return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
     def apply(self, query: Select) -> Select:
         """Add the WHERE clauses of this filter to `query`."""
-        for column, value in (
+        for column, values in (
             (PulseUsage.tenant, self.tenant),
             (PulseUsage.product_sku, self.product_sku),
             (PulseUsage.use_unity, self.use_unity),
         ):
-            if value is not None:
-                query = query.where(column == value)
+            if values:
+                query = query.where(column.in_(values))
         if self.window_from is not None:
             query = query.where(PulseUsage.window_start >= self.window_from)
         if self.window_to is not None:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import humanize
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates
 
 # Amounts are summed in Redis as signed 64-bit integers of micro-units, so one pulse
@@ -108,11 +109,9 @@ class PulseSchema(Schema):
     def _timestamp_in_accepted_range(self, value: datetime, **_: Any) -> None:
         now = datetime.now(timezone.utc)
         if value < now - self.late_limit:
-            raise ValidationError(
-                f"Is older than the late limit of {self.late_limit}: that hour is closed."
-            )
+            raise ValidationError(f"Is older than the late limit of {_duration(self.late_limit)}: that hour is closed.")
         if value > now + self.future_limit:
-            raise ValidationError(f"Is more than {self.future_limit} in the future.")
+            raise ValidationError(f"Is more than {_duration(self.future_limit)} in the future.")
 
     def load_pulse(self, data: Any) -> dict[str, Any]:
         """`load` one pulse: the same result and the same errors, about 3 times faster.
@@ -148,6 +147,11 @@ class PulseSchema(Schema):
     @cached_property
     def _plain_fields(self) -> list[tuple[str, fields.Field, bool]]:
         return [(name, field, field.required) for name, field in self.load_fields.items()]
+
+
+def _duration(delta: timedelta) -> str:
+    """`35 days`, `5 minutes`: a limit as a producer reads it (str() gives `35 days, 0:00:00`)."""
+    return humanize.precisedelta(delta, suppress=["months", "years"])
 
 
 # Why a pulse was rejected, as a short code from a fixed set (a metric's label values):

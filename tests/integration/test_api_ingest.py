@@ -103,13 +103,16 @@ def test_bodies_that_are_not_pulses_are_4xx_and_enqueue_nothing(client, auth, se
         None,
     ],
 )
-def test_only_invalid_pulses_enqueue_nothing(client, auth, settings, junk):
-    response = client.post("/api/v1/pulses", json=[junk], headers=auth)
+def test_only_invalid_pulses_are_422_and_enqueue_nothing(client, auth, settings, junk):
+    response = client.post("/api/v1/pulses", json=[junk, junk], headers=auth)
 
-    assert response.status_code == 202
-    body = response.get_json()
-    assert body["accepted"] == 0 and body["task_id"] is None
-    assert [r["index"] for r in body["rejected"]] == [0]
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "unprocessable"
+    assert error["message"] == "None of the 2 pulses is valid, so nothing was accepted; see details for the reasons."
+    assert error["details"]["accepted"] == 0
+    assert [r["index"] for r in error["details"]["rejected"]] == [0, 1]
+    assert all(r["errors"] for r in error["details"]["rejected"])
     assert queue_depth(settings.broker_url, "pulses") == 0
 
 

@@ -120,6 +120,16 @@ def test_bad_parameters_are_400_naming_the_parameter(client, auth, usage_rows, q
     assert parameter in str(error.get("details")), error
 
 
+def test_a_repeated_filter_means_either_value(client, auth, usage_rows):
+    both = client.get("/api/v1/pulses?tenant=acme&tenant=initech+%E2%98%95&limit=100", headers=auth).get_json()
+    one_sku = client.get("/api/v1/pulses?tenant=acme&tenant=globex:eu&product_sku=storage&product_sku=storage",
+                         headers=auth).get_json()  # fmt: skip
+
+    assert both["total"] == 38 and {i["tenant"] for i in both["items"]} == {"acme", "initech ☕"}
+    expected = [r for r in usage_rows if r["tenant"] in ("acme", "globex:eu") and r["product_sku"] == "storage"]
+    assert one_sku["total"] == len(expected) > 0
+
+
 def test_injection_looking_filters_are_just_strings(client, auth, usage_rows, database):
     response = client.get("/api/v1/pulses", query_string={"tenant": "acme' OR '1'='1"}, headers=auth)
 

@@ -321,12 +321,12 @@ def test_invalid_timestamps_are_rejected_under_timestamp(schema: PulseSchema, te
 
 def test_late_timestamp_reason_names_the_late_limit(schema: PulseSchema) -> None:
     errors = errors_of(schema, pulse(timestamp=iso(-timedelta(days=36))))
-    assert errors["timestamp"] == ["Is older than the late limit of 35 days, 0:00:00: that hour is closed."]
+    assert errors["timestamp"] == ["Is older than the late limit of 35 days: that hour is closed."]
 
 
 def test_future_timestamp_reason_names_the_future_limit(schema: PulseSchema) -> None:
     errors = errors_of(schema, pulse(timestamp=iso(timedelta(minutes=10))))
-    assert errors["timestamp"] == ["Is more than 0:05:00 in the future."]
+    assert errors["timestamp"] == ["Is more than 5 minutes in the future."]
 
 
 def test_naive_timestamp_reason(schema: PulseSchema) -> None:
