@@ -17,7 +17,6 @@ from ingestor.messaging import topology
 from ingestor.messaging.amqp_transport import transport_for
 from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
-from ingestor.messaging.serialization import register_decimal_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
 from ingestor.settings import Settings
 
@@ -76,8 +75,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app of `app`, store it in `app.extensions["celery"]`."""
-    register_decimal_json()
-
     class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
             with app.app_context():
