@@ -113,6 +113,33 @@ def test_celery_inspect_answers_normally(settings, worker, command):
         assert reply["task_acks_late"] is True
 
 
+def test_a_pulse_task_in_hand_shows_in_inspect_and_still_sums_exactly(settings, producer, worker, database):
+    # A task the worker holds (here: until its countdown) is listed with its args by
+    # `inspect scheduled|active|reserved` and Flower: standard JSON, floats included.
+    hour = hour_ago()
+    pulse = {"id": "held", "tenant": "held", "product_sku": "vm", "use_unity": "h",
+             "used_amount": 0.1, "timestamp": hour.isoformat()}  # fmt: skip
+    task_id = producer.send_task(
+        "ingestor.ingest_pulses", args=[[pulse]], exchange="pulses", routing_key="pulses", countdown=15
+    ).id
+
+    deadline = time.monotonic() + 15
+    while True:
+        result = celery_cli(settings, "inspect", "scheduled", "-d", worker.name, "--timeout", "10", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        held = [entry["request"] for entry in json.loads(result.stdout)[worker.name]]
+        if held or time.monotonic() > deadline:
+            break
+    assert [request["id"] for request in held] == [task_id]
+    assert held[0]["args"] == [[pulse]]
+    assert type(held[0]["args"][0][0]["used_amount"]) is float
+
+    wait_until_idle(producer, worker, QUEUES)
+    producer.send_task("ingestor.persist_pulses", exchange="persist", routing_key="persist")
+    wait_until_idle(producer, worker, QUEUES)
+    assert persisted_sums(database) == {("held", "vm", "h", hour): (Decimal("0.1"), 1)}
+
+
 def test_celery_inspect_stats_prints_normally(settings, worker):
     # The plain (not --json) output: what an operator types first.
     result = celery_cli(settings, "inspect", "stats", "-d", worker.name, "--timeout", "10")
