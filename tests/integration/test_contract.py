@@ -21,7 +21,7 @@ from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
 from tests.support.ledger import persisted_sums, persisted_sums_per_group
 from tests.support.readme import readme_snippet, run_snippet
-from tests.support.worker import wait_until_idle
+from tests.support.worker import wait_until_idle, wait_until_settled
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
@@ -35,6 +35,23 @@ def test_the_readme_producer_snippet_reaches_the_sums(producer, worker, settings
     assert persisted_sums_per_group(database) == {
         ("acme", "vm.small", "vCPU-hour"): Decimal("2.5"),
         ("acme", "object-storage", "GB"): Decimal("0.000001"),
+    }
+
+
+def test_the_readme_walkthrough_counts_each_snippets_pulses(producer, worker, settings, app, database):
+    # In the README's order: the Celery snippet, the raw-queue snippet, then the flush
+    # the README tells a newcomer to run to see the sums now. Each pulse counts once.
+    run_snippet(readme_snippet("producer-snippet"), settings.broker_url)
+    run_snippet(readme_snippet("raw-producer-snippet"), settings.broker_url, absent=("ingestor", "celery"))
+    wait_until_idle(producer, worker, ("pulses",))
+    wait_until_settled(worker, settings.raw_queue)
+
+    result = app.test_cli_runner().invoke(args=["pulses", "flush"])
+
+    assert result.exit_code == 0, result.output
+    assert persisted_sums_per_group(database) == {
+        ("acme", "vm.small", "vCPU-hour"): Decimal("5.0"),
+        ("acme", "object-storage", "GB"): Decimal("0.000002"),
     }
 
 
