@@ -4,8 +4,9 @@ Celery producers send JSON. Decoded with the standard settings, `12345678.123456
 would become a float before the schema sees it, and a float cannot hold every decimal
 amount exactly. `loads_decimal` reads JSON numbers with a fraction as `Decimal`.
 
-It is used for pulse payloads alone: the raw queue's consumer calls it on each body,
-and the pulse tasks name `ExactJsonRequest` as their Celery request class. kombu's
+Exactness is for pulse payloads alone: the pulse tasks name `ExactJsonRequest` as
+their Celery request class (the raw queue's consumer reads its bodies exactly too,
+never through kombu's serializers). kombu's
 `json` serializer stays as kombu ships it for everything else in the process: worker
 events and control replies carry floats (timestamps, load averages, rusage, the args
 of tasks in hand), and Flower, `celery inspect` and `celery events` do arithmetic on
