@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import logging
+
 import click
+import sqlalchemy.exc
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from sqlalchemy import Engine, MetaData, create_engine
@@ -116,10 +119,29 @@ def create_command() -> None:
     click.echo("database created" if created else "database already exists")
 
 
+@contextmanager
+def _alembic_warnings_only() -> Iterator[None]:
+    # Alembic logs each plugin it loads and each step it takes at INFO, on every run:
+    # noise in an operator's terminal and in a deploy's release log. Its warnings and
+    # errors still show; the command says what it did in one line of its own.
+    alembic_logger = logging.getLogger("alembic")
+    level = alembic_logger.level
+    alembic_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        alembic_logger.setLevel(level)
+
+
 @db_cli.command("upgrade")
 def upgrade_command() -> None:
     """Create the database if needed, then migrate it to the latest revision."""
     url = current_app.config["SETTINGS"].database_url
-    create_database_if_missing(url)
-    upgrade_schema(url)
-    click.echo("database at the latest revision")
+    try:
+        created = create_database_if_missing(url)
+        with _alembic_warnings_only():
+            upgrade_schema(url)
+    except sqlalchemy.exc.OperationalError as exc:
+        # Unreachable server, refused login: say so in one line, not a traceback.
+        raise click.ClickException(f"PostgreSQL: {str(exc.orig).strip()}") from None
+    click.echo(("database created, " if created else "") + "database at the latest revision")

@@ -17,7 +17,7 @@ from ingestor.messaging import topology
 from ingestor.messaging.amqp_transport import transport_for
 from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
-from ingestor.messaging.serialization import register_decimal_json
+from ingestor.messaging.serialization import EXACT_JSON, register_exact_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
 from ingestor.settings import Settings
 
@@ -38,7 +38,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # instead of acked away.
         "task_acks_on_failure_or_timeout": False,
         "task_ignore_result": True,
-        "accept_content": ["json"],
+        # exact-json: the pulse tasks' bodies, relabelled for their pool process by
+        # their request class (see messaging/serialization.py); producers send json.
+        "accept_content": ["json", EXACT_JSON],
         "task_serializer": "json",
         "task_queues": topology.CONSUMED_QUEUES,
         "task_create_missing_queues": False,
@@ -76,7 +78,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app of `app`, store it in `app.extensions["celery"]`."""
-    register_decimal_json()
+    register_exact_json()
 
     class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:

@@ -30,6 +30,7 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
@@ -296,13 +297,20 @@ def build_registry(redis: Redis, memory_warn_percent: int) -> Any:
 def prepare_multiprocess_dir(role: str) -> str:
     """Point PROMETHEUS_MULTIPROC_DIR at a fresh directory for this process and its children.
 
-    Must run before prometheus-client is imported and before the process forks. A
+    Must run before any metric is built and before the process forks. A
     directory of its own, inside PROMETHEUS_MULTIPROC_DIR when the operator set one
     (e.g. a tmpfs): files left by an earlier run or by another process group would be
     summed into ours. Removed when the process that made it exits.
     """
     path = tempfile.mkdtemp(prefix=f"ingestor-{role}-metrics-", dir=os.environ.get(MULTIPROC_ENV) or None)
     os.environ[MULTIPROC_ENV] = path
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        # Imported already, by someone else: the `celery` command loads every installed
+        # plugin at start-up, and Flower's imports prometheus-client, before the worker
+        # gets here. Its value class was chosen then (in-process); choose it again, so
+        # the metrics built after this point write to the directory.
+        values.ValueClass = values.get_value_class()
     owner = os.getpid()
 
     def _remove() -> None:

@@ -20,6 +20,7 @@ from celery.exceptions import Reject, Retry
 from flask import current_app
 
 from ingestor.database import get_database
+from ingestor.messaging.serialization import ExactJsonRequest
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import get_memory_watch
 from ingestor.pulses import get_pulses
@@ -135,7 +136,8 @@ def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
     return report.__dict__
 
 
-@shared_task(name="ingestor.ingest_pulses", bind=True, **RETRY_POLICY)
+# The pulse tasks decode their messages with Decimal amounts (see messaging/serialization).
+@shared_task(name="ingestor.ingest_pulses", bind=True, Request=ExactJsonRequest, **RETRY_POLICY)
 def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     """Count a batch of pulses; invalid ones go to the rejected-pulses table."""
     if not isinstance(pulses, list):
@@ -145,7 +147,7 @@ def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     return _ingest(self, pulses)
 
 
-@shared_task(name="ingestor.ingest_pulse", bind=True, **RETRY_POLICY)
+@shared_task(name="ingestor.ingest_pulse", bind=True, Request=ExactJsonRequest, **RETRY_POLICY)
 def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
     """Count one pulse (the first version's one-pulse-per-message model)."""
     return _ingest(self, [pulse])
