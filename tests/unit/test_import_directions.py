@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import ast
 from collections import defaultdict
 from pathlib import Path
+
+from tests.support.imports import imported_modules
 
 PACKAGE = Path(__file__).resolve().parents[2] / "ingestor"
 PACKAGES = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()}
@@ -12,17 +13,6 @@ PACKAGES = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is
 # The circles issue 14's other part removes (messaging and observability around the
 # pulses); none may be added, and an entry goes once its circle is gone.
 KNOWN_CIRCLES = {frozenset({"messaging", "pulses"}), frozenset({"observability", "pulses"})}
-
-
-def imported_modules(path: Path) -> set[str]:
-    """The absolute modules `path` imports, at module level or inside a function."""
-    modules: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            modules.add(node.module)
-        elif isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-    return modules
 
 
 def package_imports() -> dict[str, set[str]]:
