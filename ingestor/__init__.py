@@ -12,7 +12,7 @@ from functools import cache
 from celery import Celery
 from flask import Flask
 
-from ingestor.settings import Settings
+from ingestor.settings import CONFIG_KEY, Settings
 
 __all__ = ["create_app"]
 
@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from ingestor.messaging.celery_app import celery_init_app
 
     app = Flask(__name__)
-    app.config["SETTINGS"] = settings or Settings.from_env()
+    app.config[CONFIG_KEY] = settings or Settings.from_env()
     database.init_app(app)
     redis_store.init_app(app)
     # Logging (LOG_FORMAT), request timing, the worker's metrics endpoint.

@@ -18,6 +18,8 @@ from flask.cli import AppGroup
 from sqlalchemy import Engine, MetaData, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from ingestor.settings import get_settings, settings_of
+
 # Named constraints, so Alembic revisions can refer to them by a stable name.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -56,7 +58,7 @@ class Database:
 
 def init_app(app: Flask) -> None:
     """Attach a `Database` built from the app's settings."""
-    app.extensions["database"] = Database(app.config["SETTINGS"].database_url)
+    app.extensions["database"] = Database(settings_of(app).database_url)
     app.cli.add_command(db_cli)
 
 
@@ -114,7 +116,7 @@ db_cli = AppGroup("db", help="Create and migrate the PostgreSQL database.")
 @db_cli.command("create")
 def create_command() -> None:
     """Create the database named by DATABASE_URL if it does not exist."""
-    url = current_app.config["SETTINGS"].database_url
+    url = get_settings().database_url
     created = create_database_if_missing(url)
     click.echo("database created" if created else "database already exists")
 
@@ -136,7 +138,7 @@ def _alembic_warnings_only() -> Iterator[None]:
 @db_cli.command("upgrade")
 def upgrade_command() -> None:
     """Create the database if needed, then migrate it to the latest revision."""
-    url = current_app.config["SETTINGS"].database_url
+    url = get_settings().database_url
     try:
         created = create_database_if_missing(url)
         with _alembic_warnings_only():

@@ -16,6 +16,8 @@ from flask import Flask, current_app
 from redis import Redis
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
+from ingestor.settings import settings_of
+
 # Redis's own wording, in the OOM reply to a command and, on Redis before 7, inside the
 # "ERR Error running script" reply a script gets when a command it calls is refused.
 OOM_REPLY_TEXT = "command not allowed when used memory > 'maxmemory'"
@@ -24,7 +26,7 @@ OOM_REPLY_TEXT = "command not allowed when used memory > 'maxmemory'"
 def init_app(app: Flask) -> None:
     """Attach a Redis client built from the app's settings."""
     # health_check_interval: pooled connections idle for an hour are checked first.
-    app.extensions["redis"] = Redis.from_url(app.config["SETTINGS"].redis_url, health_check_interval=30)
+    app.extensions["redis"] = Redis.from_url(settings_of(app).redis_url, health_check_interval=30)
 
 
 def get_redis() -> Redis:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Any, get_type_hints
 
 from celery.schedules import crontab
+from flask import Flask, current_app
 from limits import parse_many
 
 
@@ -44,6 +46,21 @@ def _lookup(environ: Mapping[str, str], name: str) -> str | None:
 
 class SettingsError(ValueError):
     """An environment variable holds a value the ingestor cannot use."""
+
+
+def _parse(name: str, kind: type, raw: str) -> Any:
+    """`raw`, the value of the variable for the setting `name`, as the setting's type."""
+    if kind is str:
+        return raw
+    if kind is not int:
+        raise TypeError(f"setting {name}: no parser for {kind!r}")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()} must be an integer, got {raw!r}") from None
+    if value <= 0 and not (value == 0 and name in ZERO_MEANS_OFF):
+        raise SettingsError(f"{name.upper()} must be positive, got {raw!r}")
+    return value
 
 
 def normalize_database_url(url: str) -> str:
@@ -131,33 +148,37 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: `os.environ`); bad values raise."""
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        # The real types, not the annotation strings `from __future__ import annotations` leaves.
+        kinds = get_type_hints(cls)
+        values: dict[str, Any] = {}
         for field in fields(cls):
             raw = _lookup(environ, field.name.upper())
-            if raw is None:
-                continue
-            if field.type == "int":
-                try:
-                    values[field.name] = int(raw)
-                except ValueError:
-                    raise SettingsError(f"{field.name.upper()} must be an integer, got {raw!r}") from None
-                off = field.name in ZERO_MEANS_OFF and values[field.name] == 0
-                if values[field.name] <= 0 and not off:
-                    raise SettingsError(f"{field.name.upper()} must be positive, got {raw!r}")
-            else:
-                values[field.name] = raw
-        settings = cls(**values)  # type: ignore[arg-type]
-        return settings.validated()
+            if raw is not None:
+                values[field.name] = _parse(field.name, kinds[field.name], raw)
+        return cls(**values).validated()
 
     def validated(self) -> Settings:
-        """Check the values that can be wrong in ways a type cannot express."""
-        object.__setattr__(self, "database_url", normalize_database_url(self.database_url))
+        """These settings with their derived defaults filled in, once checked.
+
+        A new instance (the dataclass is frozen): the database URL with its driver, the
+        log format for the environment, the log level in capitals, the development JWT key.
+        Raises SettingsError for values that can be wrong in ways a type cannot express.
+        """
+        development = self.app_env == DEVELOPMENT
+        settings = replace(
+            self,
+            database_url=normalize_database_url(self.database_url),
+            log_format=self.log_format or ("text" if development else "json"),
+            log_level=self.log_level.upper(),
+            jwt_secret_key=self.jwt_secret_key or (DEVELOPMENT_JWT_SECRET if development else ""),
+        )
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
         self.persist_crontab()
-        if not self.log_format:
-            object.__setattr__(self, "log_format", "text" if self.app_env == DEVELOPMENT else "json")
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
-        object.__setattr__(self, "log_level", self.log_level.upper())
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not 1 <= self.redis_memory_warn_percent <= 100:
@@ -173,15 +194,13 @@ class Settings:
                 ) from None
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"METRICS_PORT must be a TCP port (0: off), got {self.metrics_port}")
-        if self.app_env != DEVELOPMENT:
-            if len(self.jwt_secret_key) < MIN_JWT_SECRET_LENGTH or self.jwt_secret_key == DEVELOPMENT_JWT_SECRET:
-                raise SettingsError(
-                    f"JWT_SECRET_KEY must be set to a random string of at least {MIN_JWT_SECRET_LENGTH} "
-                    f"characters when APP_ENV is {self.app_env!r} (only 'development' runs without one)"
-                )
-        elif not self.jwt_secret_key:
-            object.__setattr__(self, "jwt_secret_key", DEVELOPMENT_JWT_SECRET)
-        return self
+        if self.app_env != DEVELOPMENT and (
+            len(self.jwt_secret_key) < MIN_JWT_SECRET_LENGTH or self.jwt_secret_key == DEVELOPMENT_JWT_SECRET
+        ):
+            raise SettingsError(
+                f"JWT_SECRET_KEY must be set to a random string of at least {MIN_JWT_SECRET_LENGTH} "
+                f"characters when APP_ENV is {self.app_env!r} (only 'development' runs without one)"
+            )
 
     def persist_crontab(self) -> crontab:
         """The persist schedule as a Celery crontab."""
@@ -191,3 +210,17 @@ class Settings:
             raise SettingsError(
                 f"PERSIST_SCHEDULE must be a cron expression like '0 * * * *': {exc}"
             ) from None
+
+
+# Where create_app() keeps the app's Settings; read it through settings_of/get_settings.
+CONFIG_KEY = "SETTINGS"
+
+
+def settings_of(app: Flask) -> Settings:
+    """The settings `app` was built with."""
+    return app.config[CONFIG_KEY]
+
+
+def get_settings() -> Settings:
+    """The settings of the current Flask app (inside an app context: a request, a task, a command)."""
+    return settings_of(current_app)

@@ -1,7 +1,8 @@
 """The HTTP API: a flask-smorest `Api` under /api/v1, JSON only, documented by OpenAPI.
 
-`init_app` wires the JSON handling (Decimal-safe decoding, JSON errors, size cap), the
-OpenAPI document at /api/v1/openapi.json, and the blueprints of each domain.
+`init_app` wires bearer tokens and the login's rate limits, the JSON handling
+(Decimal-safe decoding, JSON errors, size cap), the OpenAPI document at
+/api/v1/openapi.json, and the blueprints of each domain.
 """
 
 from __future__ import annotations
@@ -9,18 +10,23 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from ingestor.api import login, login_limits, tokens
 from ingestor.api.bodies import ApiRequest
 from ingestor.api.blueprint import check_requests_outside_api_blueprints
 from ingestor.api.errors import IngestorApi
 from ingestor.api.parsing import ApiJSONProvider
 from ingestor.api.query_strings import QueryContract
+from ingestor.settings import settings_of
 
 BEARER_AUTH = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
 
 
 def init_app(app: Flask) -> IngestorApi:
     """Register the API on `app`."""
-    settings = app.config["SETTINGS"]
+    settings = settings_of(app)
+    # Before the Api: the login limiter's request hook then runs before the API's checks.
+    tokens.init_app(app)
+    login_limits.init_app(app, login.blueprint)
     if settings.trusted_proxies:
         # The client address (logs, the login rate limit) from X-Forwarded-For, as set by
         # that many proxies in front; without them a client could choose its own address.
@@ -57,11 +63,10 @@ def init_app(app: Flask) -> IngestorApi:
     )
 
     from ingestor.api import health, metrics, pulses
-    from ingestor.auth import views as auth_views
 
     api.register_blueprint(health.blueprint)
     api.register_blueprint(metrics.blueprint)
-    api.register_blueprint(auth_views.blueprint)
+    api.register_blueprint(login.blueprint)
     api.register_blueprint(pulses.blueprint)
     # Every route's query parameters, as the OpenAPI document states them.
     app.extensions["query_contract"] = QueryContract(api.spec.to_dict())

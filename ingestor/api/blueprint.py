@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from ingestor.api.bodies import BODY_METHODS, check_body_framing
 from ingestor.api.errors import ErrorSchema
 from ingestor.api.parsing import ApiParser
+from ingestor.settings import get_settings
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid request: the message and details name what is wrong",
@@ -34,7 +35,7 @@ def check_request() -> None:
     if request.routing_exception is not None:
         return  # the 404 or 405 comes first
     current_app.extensions["query_contract"].check(request)
-    check_body_framing(request, current_app.config["SETTINGS"].max_body_bytes)
+    check_body_framing(request, get_settings().max_body_bytes)
 
 
 def check_requests_outside_api_blueprints(app: Flask) -> None:
@@ -90,6 +91,6 @@ class ApiBlueprint(Blueprint):
         """Every route of this blueprint needs a valid bearer token, checked before anything else."""
 
         def check_token() -> None:
-            verify_jwt_in_request()  # raises; flask-jwt-extended answers 401 (see ingestor.auth)
+            verify_jwt_in_request()  # raises; flask-jwt-extended answers 401 (see ingestor.api.tokens)
 
         self.before_request(check_token)

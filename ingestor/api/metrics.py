@@ -15,6 +15,7 @@ from flask import Response, current_app, request
 from ingestor.api.blueprint import ApiBlueprint
 from ingestor.api.errors import error_response
 from ingestor.observability.metrics import build_registry
+from ingestor.settings import get_settings
 
 blueprint = ApiBlueprint("metrics", __name__, description="Prometheus metrics")
 
@@ -34,7 +35,7 @@ def metrics():
     """Counters, histograms and gauges in the Prometheus text format; 401 without METRICS_TOKEN when one is set."""
     from prometheus_client import generate_latest
 
-    token = current_app.config["SETTINGS"].metrics_token
+    token = get_settings().metrics_token
     if token and not _authorized(token):
         return error_response(
             401, "unauthorized", "This endpoint needs the metrics bearer token.", headers={"WWW-Authenticate": "Bearer"}
@@ -44,6 +45,6 @@ def metrics():
         # Built on first scrape, in the serving process: by then the multiprocess
         # directory (if any) is in place.
         registry = current_app.extensions["metrics_registry"] = build_registry(
-            current_app.extensions["redis"], current_app.config["SETTINGS"].redis_memory_warn_percent
+            current_app.extensions["redis"], get_settings().redis_memory_warn_percent
         )
     return Response(generate_latest(registry), mimetype=None, content_type=PROMETHEUS_TEXT)

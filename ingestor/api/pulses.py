@@ -26,6 +26,7 @@ from ingestor.pulses import get_pulses, populate
 from ingestor.pulses.publishing import BrokerUnavailable, publish_pulse_batch, publish_task
 from ingestor.pulses.queries import InvalidCursor, UsageFilter, get_usage, list_usage
 from ingestor.redis_store import get_redis
+from ingestor.settings import get_settings
 
 blueprint = ApiBlueprint("pulses", __name__, url_prefix="/api/v1/pulses", description="Pulses and their hourly sums")
 blueprint.require_token()
@@ -91,7 +92,7 @@ class Pulses(MethodView):
         pulses = body if isinstance(body, list) else [body] if isinstance(body, dict) else None
         if not pulses:
             abort(400, message="The body must be a pulse object or a non-empty array of pulses.")
-        limit = current_app.config["SETTINGS"].max_pulses_per_request
+        limit = get_settings().max_pulses_per_request
         if len(pulses) > limit:
             abort(400, message=f"At most {limit} pulses per request, got {len(pulses)}.")
         accepted, rejected = get_pulses().validator.for_enqueue(pulses, datetime.now(timezone.utc))

@@ -19,7 +19,7 @@ from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
 from ingestor.messaging.serialization import EXACT_JSON, register_exact_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
-from ingestor.settings import Settings
+from ingestor.settings import Settings, settings_of
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def celery_init_app(app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
-    celery_app.config_from_object(celery_config(app.config["SETTINGS"]))
+    celery_app.config_from_object(celery_config(settings_of(app)))
     celery_app.steps["consumer"].add(DeclareTopology)
     # The first version's bare JSON pulses, in batches (see messaging/raw_consumer.py).
     celery_app.steps["consumer"].add(raw_pulse_consumer_step(app))

@@ -66,6 +66,7 @@ from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.rejections import Rejection, record_rejections_of_messages
 from ingestor.pulses.tasks import TRANSIENT_ERRORS
 from ingestor.redis_store import is_out_of_memory
+from ingestor.settings import settings_of
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         app = self.flask_app
-        settings = app.config["SETTINGS"]
+        settings = settings_of(app)
         services = app.extensions["pulses"]
         self.validator: PulseValidator = services.validator
         self.counter = services.counter

@@ -14,13 +14,14 @@ from flask import Flask, g, request
 
 from ingestor.observability import logs
 from ingestor.observability import metrics, redis_memory
+from ingestor.settings import settings_of
 
 logger = logging.getLogger("ingestor.http")
 
 
 def init_app(app: Flask) -> None:
     """Configure logging for `app`'s settings; log and time every request."""
-    settings = app.config["SETTINGS"]
+    settings = settings_of(app)
     logs.configure_logging(settings.log_format, settings.log_level)
     logs.connect_celery_signals(settings.log_format, settings.log_level)
     metrics.connect_worker_signals(app)

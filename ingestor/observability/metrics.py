@@ -44,6 +44,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from ingestor.redis_store import read_memory
+from ingestor.settings import settings_of
 
 logger = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ def start_metrics_server(host: str, port: int, redis: Redis, memory_warn_percent
 
 def connect_worker_signals(app: Flask) -> None:
     """In a Celery worker: a metrics directory for its processes, and the endpoint."""
-    settings = app.config["SETTINGS"]
+    settings = settings_of(app)
 
     def _on_worker_init(**_: object) -> None:
         prepare_multiprocess_dir("worker")

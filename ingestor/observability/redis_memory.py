@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from ingestor.observability import metrics
 from ingestor.redis_store import MemoryUsage, read_memory
+from ingestor.settings import settings_of
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class MemoryWatch:
 
 def init_app(app: Flask) -> None:
     """Build the process's MemoryWatch (after the Redis client)."""
-    settings = app.config["SETTINGS"]
+    settings = settings_of(app)
     app.extensions["redis_memory"] = MemoryWatch(
         app.extensions["redis"], settings.redis_memory_warn_percent, settings.redis_memory_check_seconds
     )

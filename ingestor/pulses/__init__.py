@@ -14,6 +14,7 @@ from ingestor.pulses.aggregation import PulseCounter
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.persistence import Persister
 from ingestor.pulses.queries import TotalCache
+from ingestor.settings import settings_of
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class PulseServices:
 
 def init_app(app: Flask) -> None:
     """Build the pulses services of `app` (after its database and Redis)."""
-    settings = app.config["SETTINGS"]
+    settings = settings_of(app)
     redis = app.extensions["redis"]
     app.extensions["pulses"] = PulseServices(
         validator=PulseValidator(settings),

@@ -112,11 +112,10 @@ def replay_rejected(
 @click.option("--limit", type=click.IntRange(1), help="At most this many messages (default: all there now).")
 def replay_dead_letters(limit: int | None) -> None:
     """Move messages from pulses.dead back to the queue they were dead-lettered from."""
-    from flask import current_app
-
     from ingestor.messaging.dead_letters import replay_dead_letters as replay
+    from ingestor.settings import get_settings
 
-    report = replay(current_app.config["SETTINGS"].broker_url, limit)
+    report = replay(get_settings().broker_url, limit)
     for queue, count in sorted(report.replayed.items()):
         click.echo(f"replayed {count} message(s) to {queue}")
     click.echo(f"replayed {sum(report.replayed.values())} in all; {report.left} without origin left in pulses.dead")

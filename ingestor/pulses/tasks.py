@@ -17,7 +17,6 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry
-from flask import current_app
 
 from ingestor.database import get_database
 from ingestor.messaging.serialization import ExactJsonRequest
@@ -29,6 +28,7 @@ from ingestor.pulses.persistence import LOCK_TIMEOUT_SECONDS
 from ingestor.pulses.populate import run_share
 from ingestor.pulses.publishing import BrokerUnavailable
 from ingestor.redis_store import get_redis, is_out_of_memory, wait_for_room
+from ingestor.settings import get_settings
 
 # Worth retrying: the service may be back in a moment. Every step being idempotent,
 # a retry can never count twice. Anything else is a bug or bad input, and goes to
@@ -91,7 +91,7 @@ def hold_for_memory(task: Task, exc: Exception) -> Retry:
     """
     request = task.request
     refusals = int(request.get(MEMORY_REFUSALS_HEADER) or 0) + 1
-    cap = min(MEMORY_HOLD_MAX_SECONDS, current_app.config["SETTINGS"].task_retry_backoff_max_seconds)
+    cap = min(MEMORY_HOLD_MAX_SECONDS, get_settings().task_retry_backoff_max_seconds)
     hold = memory_hold_seconds(refusals, cap)
     get_memory_watch().refused(
         task.name, exc, held=f"task {request.id} held unacked (refusal {refusals}, retries left unspent)", retry_in=hold

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from tests.support.ledger import Ledger
+from tests.support.pulses import pulse
 from tests.support.worker import wait_until_idle
 
 QUEUES = ("pulses", "persist", "populate")
@@ -36,11 +37,10 @@ def test_pulses_posted_over_http_come_back_as_exact_sums(client, auth, producer,
     batch = []
     for n in range(300):
         amount = f"{n % 13}.{(n * 7919) % 10**6:06d}"
-        pulse = {"id": f"http-{n}", "tenant": f"tenant:{n % 4}", "product_sku": "vm", "use_unity": "vCPU-hour",
-                 "used_amount": amount, "timestamp": (hour + timedelta(minutes=n % 60)).isoformat()}  # fmt: skip
-        batch.append(pulse)
-        ledger.add(pulse["tenant"], "vm", "vCPU-hour", hour, amount)
-    batch.append({"tenant": "x", "product_sku": "vm", "use_unity": "h", "used_amount": "-3"})
+        tenant, minute = f"tenant:{n % 4}", hour + timedelta(minutes=n % 60)
+        batch.append(pulse(id=f"http-{n}", tenant=tenant, product_sku="vm", used_amount=amount, timestamp=minute))
+        ledger.add(tenant, "vm", "vCPU-hour", hour, amount)
+    batch.append(pulse(used_amount="-3"))
 
     first = client.post("/api/v1/pulses", json=batch, headers=auth).get_json()
     # The client retries the whole request (say, after a timeout): ids make it harmless.

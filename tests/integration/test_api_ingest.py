@@ -14,10 +14,9 @@ from kombu import Connection
 from ingestor import create_app
 from ingestor.messaging.topology import populate_queue, pulses_queue
 from ingestor.messaging.serialization import loads_decimal
+from tests.support.pulses import pulse
 from tests.support.services import settings_for_tests
 from tests.support.worker import queue_depth
-
-VALID = {"tenant": "acme", "product_sku": "vm", "use_unity": "hour", "used_amount": "1.5"}
 
 
 def queued_task_args(broker_url: str, queue) -> list:
@@ -33,12 +32,12 @@ def queued_task_args(broker_url: str, queue) -> list:
 
 def test_a_list_is_enqueued_as_one_task_with_timestamps_stamped(client, auth, settings):
     pulses = [
-        {**VALID, "id": "a-1", "used_amount": 0.000001},
-        {**VALID, "used_amount": "12345678.123456", "timestamp": "2026-11-27T10:00:00+02:00"},
-        {**VALID, "used_amount": -1},
-        {**VALID, "tenant": "bad\x00"},
+        pulse(id="a-1", used_amount=0.000001),
+        # Its own timestamp, with an offset other than UTC: the instant is kept.
+        pulse(used_amount="12345678.123456", timestamp=datetime.now(timezone(timedelta(hours=2)))),
+        pulse(used_amount=-1),
+        pulse(tenant="bad\x00"),
     ]
-    pulses[1]["timestamp"] = datetime.now(timezone(timedelta(hours=2))).isoformat()
     before = datetime.now(timezone.utc)
 
     response = client.post("/api/v1/pulses", json=pulses, headers=auth)
@@ -58,7 +57,7 @@ def test_a_list_is_enqueued_as_one_task_with_timestamps_stamped(client, auth, se
 
 
 def test_a_single_pulse_object_is_accepted(client, auth, settings):
-    response = client.post("/api/v1/pulses", json=VALID, headers=auth)
+    response = client.post("/api/v1/pulses", json=pulse(), headers=auth)
 
     assert response.status_code == 202
     assert response.get_json()["accepted"] == 1
@@ -68,15 +67,15 @@ def test_a_single_pulse_object_is_accepted(client, auth, settings):
 @pytest.mark.parametrize(
     ("data", "content_type", "status"),
     [
-        (json.dumps(VALID), "text/plain", 415),
+        (json.dumps(pulse()), "text/plain", 415),
         ("not json", "application/json", 400),
         ("[]", "application/json", 400),
         ('"a string"', "application/json", 400),
         ("42", "application/json", 400),
         ("null", "application/json", 400),
         ("[" * 100_000 + "]" * 100_000, "application/json", 400),
-        (json.dumps([VALID] * 1001), "application/json", 400),
-        ("[" + ",".join([json.dumps(VALID)] * 40_000) + "]", "application/json", 413),
+        (json.dumps([pulse()] * 1001), "application/json", 400),
+        ("[" + ",".join([json.dumps(pulse())] * 40_000) + "]", "application/json", 413),
         (b"\xff\xfe{", "application/json", 400),
     ],
 )
@@ -92,13 +91,13 @@ def test_bodies_that_are_not_pulses_are_4xx_and_enqueue_nothing(client, auth, se
     "junk",
     [
         {},
-        {**VALID, "used_amount": "NaN"},
-        {**VALID, "used_amount": True},
-        {**VALID, "used_amount": [1]},
-        {**VALID, "tenant": "x" * 10_000},
-        {**VALID, "tenant": "'; DROP TABLE pulse_usage; --\n"},
-        {**VALID, "timestamp": "2026-11-27T10:00:00"},
-        [VALID],
+        pulse(used_amount="NaN"),
+        pulse(used_amount=True),
+        pulse(used_amount=[1]),
+        pulse(tenant="x" * 10_000),
+        pulse(tenant="'; DROP TABLE pulse_usage; --\n"),
+        pulse(timestamp="2026-11-27T10:00:00"),
+        [pulse()],
         "pulse",
         None,
     ],
@@ -118,7 +117,7 @@ def test_only_invalid_pulses_are_422_and_enqueue_nothing(client, auth, settings,
 
 def test_broker_unreachable_is_503_and_nothing_is_accepted(auth):
     app = create_app(settings_for_tests(broker_url="amqp://guest:guest@127.0.0.1:1//"))
-    response = app.test_client().post("/api/v1/pulses", json=[VALID], headers=auth)
+    response = app.test_client().post("/api/v1/pulses", json=[pulse()], headers=auth)
 
     assert response.status_code == 503 and response.headers["Retry-After"].isdigit()
     error = response.get_json()["error"]

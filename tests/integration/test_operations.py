@@ -17,6 +17,7 @@ from ingestor.messaging.topology import DEAD_LETTERS, RAW_PULSES, dead_letter_ex
 from ingestor.pulses.ingest import ingest_batch
 from tests.support.api import PASSWORD
 from tests.support.logs import json_lines_of
+from tests.support.pulses import pulse
 from tests.support.services import settings_for_tests
 from tests.support.worker import queue_depth
 
@@ -58,11 +59,7 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
 
 def test_metrics_are_public_and_count_http_pulses_by_batch(client, auth):
     before = client.get("/metrics").get_data(as_text=True)
-    pulses = [
-        {"tenant": "acme", "product_sku": "vm", "use_unity": "h", "used_amount": "1"},
-        {"tenant": "acme", "product_sku": "vm", "use_unity": "h", "used_amount": "-1"},
-        {"tenant": "", "product_sku": "vm", "use_unity": "h", "used_amount": "x"},
-    ]
+    pulses = [pulse(), pulse(used_amount="-1"), pulse(tenant="", used_amount="x")]
     assert client.post("/api/v1/pulses", json=pulses, headers=auth).status_code == 202
 
     response = client.get("/metrics")

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.ledger import Ledger, persisted_sums
+from tests.support.pulses import MISSING, pulse
 from tests.support.worker import wait_until_idle
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -42,20 +43,26 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
     colon_tenant, unicode_tenant = "acme:eu-west:1", "ação-租户-🚀"
     ledger = Ledger()
 
+    # Every pulse here is of vm.small in vCPU-hour (the builder's defaults) unless it says otherwise.
     first = [
-        {"id": "p-1", "tenant": colon_tenant, "product_sku": "vm.small", "use_unity": "vCPU-hour",
-         "used_amount": "0.000001", "timestamp": (hour_a + timedelta(minutes=5)).isoformat()},
-        {"id": "p-2", "tenant": unicode_tenant, "product_sku": "vm.small", "use_unity": "vCPU-hour",
-         "used_amount": "12345678.123456", "timestamp": (hour_a + timedelta(minutes=6)).isoformat()},
+        pulse(id="p-1", tenant=colon_tenant, used_amount="0.000001", timestamp=hour_a + timedelta(minutes=5)),
+        pulse(
+            id="p-2", tenant=unicode_tenant, used_amount="12345678.123456", timestamp=hour_a + timedelta(minutes=6)
+        ),
         # An offset other than UTC: 01:30+02:00 is 23:30Z of the previous day.
-        {"tenant": colon_tenant, "product_sku": "vm.small", "use_unity": "vCPU-hour", "used_amount": 2,
-         "timestamp": (hour_b + timedelta(minutes=30)).astimezone(timezone(timedelta(hours=2))).isoformat()},
+        pulse(
+            tenant=colon_tenant,
+            used_amount=2,
+            timestamp=(hour_b + timedelta(minutes=30)).astimezone(timezone(timedelta(hours=2))),
+        ),
         # A JSON number with a fraction: read as a decimal, never through a binary float.
-        {"tenant": colon_tenant, "product_sku": "vm.small", "use_unity": "vCPU-hour", "used_amount": 0.1,
-         "timestamp": (hour_b + timedelta(minutes=31)).isoformat(), "unknown_field": "ignored"},
+        pulse(
+            tenant=colon_tenant, used_amount=0.1, timestamp=hour_b + timedelta(minutes=31), unknown_field="ignored"
+        ),
         # A tenant that would collide with another if fields were joined with ':'.
-        {"tenant": "acme", "product_sku": "eu-west:1:vm.small", "use_unity": "vCPU-hour",
-         "used_amount": "7", "timestamp": (hour_a + timedelta(minutes=7)).isoformat()},
+        pulse(
+            tenant="acme", product_sku="eu-west:1:vm.small", used_amount="7", timestamp=hour_a + timedelta(minutes=7)
+        ),
     ]
     ledger.add(colon_tenant, "vm.small", "vCPU-hour", hour_a, "0.000001")
     ledger.add(unicode_tenant, "vm.small", "vCPU-hour", hour_a, "12345678.123456")
@@ -63,24 +70,23 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
     ledger.add(colon_tenant, "vm.small", "vCPU-hour", hour_b, "0.1")
     ledger.add("acme", "eu-west:1:vm.small", "vCPU-hour", hour_a, "7")
 
-    valid = {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "1"}
+    # Each wrong in one field, the one its rejection must name.
     invalid = [
-        ({**valid, "used_amount": "-1"}, "used_amount"),
-        ({**valid, "used_amount": "NaN"}, "used_amount"),
-        ({**valid, "used_amount": float("nan")}, "used_amount"),
-        ({**valid, "used_amount": "1.0000001"}, "used_amount"),
-        ({k: v for k, v in valid.items() if k != "tenant"}, "tenant"),
-        ({k: v for k, v in valid.items() if k != "used_amount"}, "used_amount"),
-        ({**valid, "timestamp": "yesterday"}, "timestamp"),
-        ({**valid, "timestamp": "2026-01-01T10:00:00"}, "timestamp"),  # no offset
-        ({**valid, "timestamp": (now - timedelta(days=40)).isoformat()}, "timestamp"),  # too late
-        ({**valid, "timestamp": (now + timedelta(hours=1)).isoformat()}, "timestamp"),  # future
-        ({**valid, "tenant": "bad\x00tenant"}, "tenant"),
+        (pulse(used_amount="-1"), "used_amount"),
+        (pulse(used_amount="NaN"), "used_amount"),
+        (pulse(used_amount=float("nan")), "used_amount"),
+        (pulse(used_amount="1.0000001"), "used_amount"),
+        (pulse(tenant=MISSING), "tenant"),
+        (pulse(used_amount=MISSING), "used_amount"),
+        (pulse(timestamp="yesterday"), "timestamp"),
+        (pulse(timestamp="2026-01-01T10:00:00"), "timestamp"),  # no offset
+        (pulse(timestamp=now - timedelta(days=40)), "timestamp"),  # too late
+        (pulse(timestamp=now + timedelta(hours=1)), "timestamp"),  # future
+        (pulse(tenant="bad\x00tenant"), "tenant"),
         ("not a pulse", "_schema"),
     ]
-    mixed = [pulse for pulse, _ in invalid] + [
-        {"id": "p-3", "tenant": unicode_tenant, "product_sku": "vm.small", "use_unity": "vCPU-hour",
-         "used_amount": "0.999999", "timestamp": (hour_a + timedelta(minutes=59)).isoformat()},
+    mixed = [bad for bad, _ in invalid] + [
+        pulse(id="p-3", tenant=unicode_tenant, used_amount="0.999999", timestamp=hour_a + timedelta(minutes=59)),
     ]
     ledger.add(unicode_tenant, "vm.small", "vCPU-hour", hour_a, "0.999999")
 
@@ -88,12 +94,8 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
     repeats = [{**first[0], "used_amount": "5"}, {**first[1]}]
 
     # The same message delivered twice (same task id, pulses without ids).
-    redelivered = [
-        {"tenant": unicode_tenant, "product_sku": "storage", "use_unity": "GB", "used_amount": "1.5",
-         "timestamp": (hour_b + timedelta(minutes=1)).isoformat()},
-        {"tenant": unicode_tenant, "product_sku": "storage", "use_unity": "GB", "used_amount": "1.5",
-         "timestamp": (hour_b + timedelta(minutes=2)).isoformat()},
-    ]
+    storage = {"tenant": unicode_tenant, "product_sku": "storage", "use_unity": "GB", "used_amount": "1.5"}
+    redelivered = [pulse(**storage, timestamp=hour_b + timedelta(minutes=minute)) for minute in (1, 2)]
     ledger.add(unicode_tenant, "storage", "GB", hour_b, "1.5")
     ledger.add(unicode_tenant, "storage", "GB", hour_b, "1.5")
     redelivered_id = str(uuid.uuid4())
@@ -119,11 +121,11 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
 
 def test_persist_adds_to_hours_already_persisted(producer, worker, database):
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
-    pulse = {"tenant": "late", "product_sku": "db", "use_unity": "GB", "timestamp": hour.isoformat()}
-    send_batch(producer, [{**pulse, "used_amount": "1.25"}])
+    late = {"tenant": "late", "product_sku": "db", "use_unity": "GB", "timestamp": hour}
+    send_batch(producer, [pulse(**late, used_amount="1.25")])
     persist_through_worker(producer, worker)
     # A late pulse for an hour already persisted is added to its row, not lost.
-    send_batch(producer, [{**pulse, "used_amount": "0.75"}])
+    send_batch(producer, [pulse(**late, used_amount="0.75")])
     persist_through_worker(producer, worker)
 
     assert persisted_sums(database) == {("late", "db", "GB", hour): (Decimal("2"), 2)}

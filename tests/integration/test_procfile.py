@@ -26,6 +26,7 @@ from ingestor.pulses import keys
 from tests.integration.test_operations import metric_value
 from tests.support.ledger import Ledger, make_pulses, persisted_sums
 from tests.support.procfile import ROOT, ProcfileProcess, free_port
+from tests.support.pulses import pulse
 from tests.support.services import recreate_database, settings_env
 from tests.support.worker import queue_counts, queue_depth
 
@@ -117,9 +118,8 @@ def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings,
     node = f"celery@{socket.gethostname()}"
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     ledger = Ledger()
-    small = [{"tenant": "t", "product_sku": "vm", "use_unity": "h", "used_amount": "0.5",
-              "timestamp": hour.isoformat()} for _ in range(10)]  # fmt: skip
-    small += [{"tenant": "t", "product_sku": "vm", "use_unity": "h", "used_amount": "-1"}] * 2
+    small = [pulse(tenant="t", product_sku="vm", use_unity="h", used_amount="0.5", timestamp=hour)] * 10
+    small += [pulse(tenant="t", product_sku="vm", use_unity="h", used_amount="-1")] * 2
     for _ in range(10):
         ledger.add("t", "vm", "h", hour, "0.5")
     big_hour = hour - timedelta(hours=1)

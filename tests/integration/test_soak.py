@@ -44,6 +44,7 @@ from ingestor.messaging.topology import PERSIST, PULSES, RAW_PULSES
 from tests.support.api import post_until_accepted
 from tests.support.faults import TASK_QUEUES, proxied
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
+from tests.support.pulses import MISSING, pulse
 from tests.support.raw import body_of, publish_raw
 from tests.support.worker import WorkerProcess, wait_until_idle, wait_until_settled
 
@@ -56,11 +57,11 @@ SOAK_SEED = int(os.environ.get("SOAK_SEED", "20261128"))
 
 # One of these is slipped into some batches: each breaks exactly one rule.
 INVALID = [
-    {"tenant": "bad", "product_sku": "vm", "use_unity": "hour", "used_amount": "-1"},
-    {"tenant": "bad", "product_sku": "vm", "use_unity": "hour", "used_amount": "0.0000001"},
-    {"tenant": "bad\x00nul", "product_sku": "vm", "use_unity": "hour", "used_amount": "1"},
-    {"product_sku": "vm", "use_unity": "hour", "used_amount": "1"},
-    {"tenant": "bad", "product_sku": "vm", "use_unity": "hour", "used_amount": "1", "timestamp": "yesterday"},
+    pulse(tenant="bad", used_amount="-1"),
+    pulse(tenant="bad", used_amount="0.0000001"),
+    pulse(tenant="bad\x00nul"),
+    pulse(tenant=MISSING),
+    pulse(tenant="bad", timestamp="yesterday"),
     "not a pulse",
 ]
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import text
 
 from ingestor.database import Database
+from tests.support.pulses import MISSING, pulse
 
 Group = tuple[str, str, str, datetime]
 
@@ -76,10 +77,9 @@ def make_pulses(
     for i in range(count):
         tenant = f"{prefix}:t{i % tenants}"
         amount = f"{i % 11}.{(i * 7919) % 10**6:06d}"
-        pulse = {"tenant": tenant, "product_sku": "vm", "use_unity": "hour",
-                 "used_amount": amount, "timestamp": hour.isoformat()}  # fmt: skip
-        if with_ids:
-            pulse["id"] = f"{prefix}-{i}"
-        pulses.append(pulse)
+        pulse_id = f"{prefix}-{i}" if with_ids else MISSING
+        pulses.append(
+            pulse(tenant=tenant, product_sku="vm", use_unity="hour", used_amount=amount, timestamp=hour, id=pulse_id)
+        )
         ledger.add(tenant, "vm", "hour", hour, amount)
     return pulses

@@ -16,25 +16,12 @@ from ingestor.pulses.schema import (
     from_micro_units,
     to_micro_units,
 )
-
-BASE = {"tenant": "acme", "product_sku": "vm.small", "use_unity": "vCPU-hour", "used_amount": "1"}
+from tests.support.pulses import MISSING, pulse
 
 
 @pytest.fixture
 def schema() -> PulseSchema:
     return PulseSchema(late_limit=timedelta(days=35), future_limit=timedelta(minutes=5))
-
-
-def pulse(**overrides: object) -> dict[str, object]:
-    data = dict(BASE)
-    data.update(overrides)
-    return data
-
-
-def without(field: str) -> dict[str, object]:
-    data = dict(BASE)
-    del data[field]
-    return data
 
 
 def iso(delta: timedelta, offset: timedelta = timedelta(0), z: bool = False) -> str:
@@ -93,7 +80,7 @@ def test_max_amount_is_two_to_the_63_minus_one_micro_units() -> None:
 
 
 def test_minimal_pulse_loads_without_id_or_timestamp(schema: PulseSchema) -> None:
-    assert schema.load(dict(BASE)) == {
+    assert schema.load(pulse()) == {
         "tenant": "acme",
         "product_sku": "vm.small",
         "use_unity": "vCPU-hour",
@@ -281,7 +268,7 @@ def test_printable_string_rejects_control_characters() -> None:
 
 @pytest.mark.parametrize("field", ["tenant", "product_sku", "use_unity", "used_amount"])
 def test_each_required_field_missing_is_reported(schema: PulseSchema, field: str) -> None:
-    assert errors_of(schema, without(field)) == {field: ["Missing data for required field."]}
+    assert errors_of(schema, pulse(**{field: MISSING})) == {field: ["Missing data for required field."]}
 
 
 def test_all_missing_fields_are_reported_at_once(schema: PulseSchema) -> None:
@@ -337,7 +324,7 @@ def test_naive_timestamp_reason(schema: PulseSchema) -> None:
 # --- not a pulse at all ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", ["a pulse", [dict(BASE)], None, 42, b"{}"])
+@pytest.mark.parametrize("data", ["a pulse", [pulse()], None, 42, b"{}"])
 def test_non_dict_pulse_is_rejected_under_schema(schema: PulseSchema, data: object) -> None:
     assert errors_of(schema, data) == {"_schema": ["Invalid input type."]}
 

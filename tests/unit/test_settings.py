@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from flask import Flask
 
-from ingestor.settings import Settings, SettingsError, normalize_database_url
+from ingestor.settings import (
+    CONFIG_KEY,
+    DEVELOPMENT_JWT_SECRET,
+    Settings,
+    SettingsError,
+    get_settings,
+    normalize_database_url,
+    settings_of,
+)
 
 INT_VARS = [
     ("DEDUPE_HORIZON_SECONDS", "dedupe_horizon_seconds"),
@@ -212,3 +221,30 @@ def test_login_settings_are_read_and_zero_turns_the_lookup_grace_off() -> None:
 def test_bad_login_rate_limits_raise_naming_the_variable(var: str) -> None:
     with pytest.raises(SettingsError, match=var):
         Settings.from_env({var: "ten a minute"})
+
+
+def test_validated_returns_a_new_instance_and_leaves_its_input_alone() -> None:
+    given = Settings(database_url="postgres://u@h/d", log_level="debug")
+    checked = given.validated()
+    assert (checked.database_url, checked.log_level, checked.log_format, checked.jwt_secret_key) == (
+        "postgresql+psycopg2://u@h/d",
+        "DEBUG",
+        "text",
+        DEVELOPMENT_JWT_SECRET,
+    )
+    # Frozen means frozen: what a caller holds does not change under it.
+    assert (given.database_url, given.log_level, given.log_format, given.jwt_secret_key) == (
+        "postgres://u@h/d",
+        "debug",
+        "",
+        "",
+    )
+
+
+def test_the_app_settings_are_read_typed_through_one_accessor() -> None:
+    settings = Settings.from_env({"REDIS_CHUNK_SIZE": "7"})
+    app = Flask(__name__)
+    app.config[CONFIG_KEY] = settings
+    assert settings_of(app) is settings
+    with app.app_context():
+        assert get_settings() is settings

@@ -14,12 +14,13 @@ import hashlib
 import math
 import time
 
-from flask import Blueprint, Flask, current_app, make_response, request
+from flask import Blueprint, Flask, make_response, request
 from flask_limiter import Limiter, RequestLimit
 from flask_limiter.util import get_remote_address
 
 from ingestor.api.errors import ERROR_CODES, error_response
 from ingestor.api.parsing import BodyError, decode_json
+from ingestor.settings import get_settings, settings_of
 
 MAX_USERNAME_LENGTH = 64
 
@@ -61,7 +62,7 @@ def _refusal(what: str):
 
 
 def _setting(name: str):
-    return lambda: getattr(current_app.config["SETTINGS"], name)
+    return lambda: getattr(get_settings(), name)
 
 
 def init_app(app: Flask, blueprint: Blueprint) -> Limiter:
@@ -69,7 +70,7 @@ def init_app(app: Flask, blueprint: Blueprint) -> Limiter:
     limiter = Limiter(
         key_func=_address_key,
         # The app's own connection pool: same server, db and options as the pulses.
-        storage_uri=app.config["SETTINGS"].redis_url,
+        storage_uri=settings_of(app).redis_url,
         storage_options={"connection_pool": app.extensions["redis"].connection_pool},
         # Exact over any window, not twice the limit across a window boundary.
         strategy="moving-window",
