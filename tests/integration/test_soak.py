@@ -39,7 +39,7 @@ from celery import Celery
 from sqlalchemy import text
 
 from ingestor import create_app
-from ingestor.messaging.raw_consumer import rejection_id_of
+from ingestor.pulses.raw_consumer import rejection_id_of
 from ingestor.messaging.topology import PERSIST, PULSES, RAW_PULSES
 from tests.support.api import post_until_accepted
 from tests.support.faults import TASK_QUEUES, proxied

@@ -16,9 +16,9 @@ from flask import Flask
 from ingestor.messaging import topology
 from ingestor.messaging.amqp_transport import transport_for
 from ingestor.messaging.consumer import DeclareTopology
-from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
 from ingestor.messaging.serialization import register_decimal_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
+from ingestor.pulses.raw_consumer import raw_pulse_consumer_step
 from ingestor.settings import Settings
 
 
@@ -86,7 +86,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(app.config["SETTINGS"]))
     celery_app.steps["consumer"].add(DeclareTopology)
-    # The first version's bare JSON pulses, in batches (see messaging/raw_consumer.py).
+    # The first version's bare JSON pulses, in batches (see pulses/raw_consumer.py).
     celery_app.steps["consumer"].add(raw_pulse_consumer_step(app))
     celery_app.set_default()
     app.extensions["celery"] = celery_app
