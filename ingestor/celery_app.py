@@ -18,6 +18,7 @@ from ingestor.messaging.amqp_transport import transport_for
 from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.serialization import register_decimal_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
+from ingestor.pulses import task_names
 from ingestor.pulses.raw_consumer import raw_pulse_consumer_step
 from ingestor.settings import Settings
 
@@ -46,20 +47,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_exchange": topology.PULSES,
         "task_default_routing_key": topology.PULSES,
         "task_routes": {
-            "ingestor.persist_pulses": {"queue": topology.PERSIST, "routing_key": topology.PERSIST},
-            "ingestor.populate_pulses": {"queue": topology.POPULATE, "routing_key": topology.POPULATE},
+            task_names.PERSIST_PULSES: {"queue": topology.PERSIST, "routing_key": topology.PERSIST},
+            task_names.POPULATE_PULSES: {"queue": topology.POPULATE, "routing_key": topology.POPULATE},
         },
         "task_annotations": {
             name: {
                 "max_retries": settings.task_max_retries,
                 "retry_backoff_max": settings.task_retry_backoff_max_seconds,
             }
-            for name in (
-                "ingestor.ingest_pulses",
-                "ingestor.ingest_pulse",
-                "ingestor.persist_pulses",
-                "ingestor.populate_pulses",
-            )
+            for name in task_names.ALL
         },
         "worker_consumer": "ingestor.messaging.consumer:DeadLetteringConsumer",
         "imports": ("ingestor.pulses.tasks",),
@@ -67,7 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": {
             "persist-pulses": {
-                "task": "ingestor.persist_pulses",
+                "task": task_names.PERSIST_PULSES,
                 "schedule": settings.persist_crontab(),
             },
         },

@@ -15,8 +15,7 @@ import kombu.exceptions
 from celery import Celery
 
 from ingestor.messaging import topology
-
-INGEST_PULSES = "ingestor.ingest_pulses"
+from ingestor.pulses.task_names import INGEST_PULSES
 
 # Fail fast: an HTTP client waiting on a dead broker is better told 503 in seconds.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}

@@ -1,7 +1,6 @@
 """The Celery tasks of the pulses domain: thin wrappers around plain functions.
 
-Task names are part of the producers' contract and never change:
-`ingestor.ingest_pulses`, `ingestor.ingest_pulse`, `ingestor.persist_pulses`.
+Task names are part of the producers' contract and never change (`task_names`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from flask import current_app
 from ingestor.database import get_database
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import get_memory_watch
-from ingestor.pulses import get_pulses
+from ingestor.pulses import get_pulses, task_names
 from ingestor.pulses.ingest import IngestReport, ingest_batch
 from ingestor.pulses.persistence import LOCK_TIMEOUT_SECONDS
 from ingestor.pulses.populate import run_share
@@ -135,7 +134,7 @@ def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
     return report.__dict__
 
 
-@shared_task(name="ingestor.ingest_pulses", bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.INGEST_PULSES, bind=True, **RETRY_POLICY)
 def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     """Count a batch of pulses; invalid ones go to the rejected-pulses table."""
     if not isinstance(pulses, list):
@@ -145,13 +144,13 @@ def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     return _ingest(self, pulses)
 
 
-@shared_task(name="ingestor.ingest_pulse", bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.INGEST_PULSE, bind=True, **RETRY_POLICY)
 def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
     """Count one pulse (the first version's one-pulse-per-message model)."""
     return _ingest(self, [pulse])
 
 
-@shared_task(name="ingestor.persist_pulses", bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.PERSIST_PULSES, bind=True, **RETRY_POLICY)
 def persist_pulses(self: Task) -> dict[str, Any]:
     """Flush the Redis hour windows into PostgreSQL (fired hourly by beat)."""
     # Wait out another run's lock rather than skip: when that run was killed, this
@@ -171,7 +170,7 @@ def persist_pulses(self: Task) -> dict[str, Any]:
     return report.__dict__
 
 
-@shared_task(name="ingestor.populate_pulses", bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.POPULATE_PULSES, bind=True, **RETRY_POLICY)
 def populate_pulses(self: Task, job_id: str, worker_index: int, count: int, buffer_size: int) -> int:
     """Publish one share of a populate job as fake pulse batches (see populate.py)."""
     return run_share(self.app, get_redis(), job_id, worker_index, count, buffer_size)
