@@ -60,11 +60,11 @@ from ingestor.messaging.dead_letters import DeadLetterPublisher, DeadLetterPubli
 from ingestor.messaging.topology import raw_queue
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import MemoryWatch
+from ingestor.outages import TRANSIENT_ERRORS
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.rejections import Rejection, record_rejections_of_messages
-from ingestor.pulses.tasks import TRANSIENT_ERRORS
 from ingestor.redis_store import is_out_of_memory
 
 logger = logging.getLogger(__name__)

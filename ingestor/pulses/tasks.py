@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg2
 import redis.exceptions
-import sqlalchemy.exc
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry
 from flask import current_app
@@ -21,30 +19,16 @@ from flask import current_app
 from ingestor.database import get_database
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import get_memory_watch
+from ingestor.outages import TRANSIENT_ERRORS
 from ingestor.pulses import get_pulses, task_names
 from ingestor.pulses.ingest import IngestReport, ingest_batch
 from ingestor.pulses.persistence import LOCK_TIMEOUT_SECONDS
 from ingestor.pulses.populate import run_share
-from ingestor.pulses.publishing import BrokerUnavailable
 from ingestor.redis_store import get_redis, is_out_of_memory, wait_for_room
 
-# Worth retrying: the service may be back in a moment. Every step being idempotent,
-# a retry can never count twice. Anything else is a bug or bad input, and goes to
-# the dead-letter queue instead of being retried forever.
-TRANSIENT_ERRORS = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    # The same from psycopg2 itself: the flush's COPY runs on the driver's cursor,
-    # outside SQLAlchemy (a canceled statement, a deadlock, a dropped connection).
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    BrokerUnavailable,
-)
+# Worth retrying (ingestor.outages): the service may be back in a moment, or Redis
+# was full (held first: see hold_for_memory). Anything else is a bug or bad input,
+# and goes to the dead-letter queue instead of being retried forever.
 # max_retries and retry_backoff_max come from the settings (see celery_config).
 RETRY_POLICY: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
