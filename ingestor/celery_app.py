@@ -19,7 +19,7 @@ from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.serialization import register_decimal_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
 from ingestor.pulses import task_names
-from ingestor.pulses.raw_consumer import raw_pulse_consumer_step
+from ingestor.pulses.raw_consumer import RawPulseConsumerStep
 from ingestor.settings import Settings
 
 
@@ -81,9 +81,12 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(app.config["SETTINGS"]))
+    # What the consumer steps read from their consumer (`c.app.flask_app`), as Celery's
+    # own steps read `c.app`: the Flask app whose services they use.
+    celery_app.flask_app = app
     celery_app.steps["consumer"].add(DeclareTopology)
     # The first version's bare JSON pulses, in batches (see pulses/raw_consumer.py).
-    celery_app.steps["consumer"].add(raw_pulse_consumer_step(app))
+    celery_app.steps["consumer"].add(RawPulseConsumerStep)
     celery_app.set_default()
     app.extensions["celery"] = celery_app
 

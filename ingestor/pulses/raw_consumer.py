@@ -321,19 +321,18 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
     """Consumes the raw pulse queue in batches, in the worker's main process.
 
     Runs on the consumer's event loop: the message callback and the flush timer never
-    run at the same time, so the batch needs no lock. Use `raw_pulse_consumer_step(app)`
-    to get the class bound to a Flask app (the step reads its services from it).
+    run at the same time, so the batch needs no lock. Like Celery's own steps, it reads
+    what it needs from the consumer it is given: the Flask app whose services it uses
+    is `parent.app.flask_app`, set on the Celery app by the wiring (`celery_init_app`).
     """
 
     requires = (
         "celery.worker.consumer.connection:Connection",
         "ingestor.messaging.consumer:DeclareTopology",
     )
-    flask_app: Flask  # set by raw_pulse_consumer_step
-
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        app = self.flask_app
+        app: Flask = parent.app.flask_app
         settings = app.config["SETTINGS"]
         services = app.extensions["pulses"]
         self.validator: PulseValidator = services.validator
@@ -549,7 +548,3 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             parent.timer.cancel(self._tick)
             self._tick = None
 
-
-def raw_pulse_consumer_step(app: Flask) -> type[RawPulseConsumerStep]:
-    """The raw consumer step bound to `app`, for `celery_app.steps["consumer"].add`."""
-    return type("RawPulseConsumerStep", (RawPulseConsumerStep,), {"flask_app": app, "__module__": __name__})
