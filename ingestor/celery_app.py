@@ -1,15 +1,19 @@
-"""The Celery app, bound to the Flask app (Flask's own Celery pattern).
+"""The Celery app, bound to the Flask app (Flask's own Celery pattern): the wiring.
 
 Every task runs inside `app.app_context()`, so it finds the settings, the database
-and Redis the same way a request does. The configuration here is what makes the
-delivery guarantees hold: late acks, reject on worker loss, publisher confirms.
+and Redis the same way a request does, and is timed and counted by outcome around
+its run (`FlaskTask`). The configuration here is what makes the delivery guarantees
+hold: late acks, reject on worker loss, publisher confirms. The consumer bootsteps
+(the topology, the raw pulse queue) are registered here too.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Retry
 from celery.signals import worker_process_init
 from flask import Flask
 
@@ -18,6 +22,7 @@ from ingestor.messaging.amqp_transport import transport_for
 from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.serialization import register_decimal_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
+from ingestor.observability import metrics
 from ingestor.pulses import task_names
 from ingestor.pulses.raw_consumer import RawPulseConsumerStep
 from ingestor.settings import Settings
@@ -75,9 +80,33 @@ def celery_init_app(app: Flask) -> Celery:
     register_decimal_json()
 
     class FlaskTask(Task):
+        """Runs the task in the app's context; times and counts every run by outcome.
+
+        The one place task metrics are recorded (as Warehouse's task base class does):
+        `ingestor_tasks_total{task, outcome}` and `ingestor_task_duration_seconds{task}`
+        for every task, then the task's own `record_run` (a task option, see
+        `pulses/tasks.py`), handed the outcome, what the run returned and how long it
+        took, so a task body only does its work and returns what happened.
+        """
+
+        def record_run(self, outcome: str, result: Any, seconds: float) -> None:
+            """What this task's own metrics make of a run (a task option overrides it)."""
+
         def __call__(self, *args: object, **kwargs: object) -> object:
             with app.app_context():
-                return self.run(*args, **kwargs)
+                started = time.perf_counter()
+                outcome, result = metrics.TASK_FAILURE, None
+                try:
+                    result = self.run(*args, **kwargs)
+                    outcome = metrics.TASK_SUCCESS
+                    return result
+                except Retry:  # raised by autoretry and by the hold for memory
+                    outcome = metrics.TASK_RETRY
+                    raise
+                finally:
+                    seconds = time.perf_counter() - started
+                    metrics.record_task(self.name, outcome, seconds)
+                    self.record_run(outcome, result, seconds)
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(app.config["SETTINGS"]))

@@ -24,6 +24,9 @@ time, on the web and on the worker alike, so they are right whoever scrapes. Thi
 module knows no domain: `RedisMemoryCollector` is its own, and a domain adds the
 collectors of its state with `add_scrape_collector` (the pulses domain adds its
 pending windows, see `ingestor.pulses.stats`).
+
+The metrics are recorded at the edges (the task base class of `ingestor.celery_app`,
+the raw consumer step, the API views) from what the domain returns.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PULSE_FIELDS = frozenset({"id", "tenant", "product_sku", "use_unity", "used_amount", "timestamp"})
 PERSIST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# How a task run ended (the `outcome` label of ingestor_tasks_total).
+TASK_SUCCESS = "success"
+TASK_RETRY = "retry"
+TASK_FAILURE = "failure"
 # The app extension holding the scrape-time collectors domains added.
 COLLECTORS_EXTENSION = "metrics_collectors"
 
@@ -81,6 +88,8 @@ class Instruments:
     request_seconds: Any
     requests: Any
     memory_refusals: Any
+    task_runs: Any
+    task_seconds: Any
 
 
 @cache
@@ -126,6 +135,10 @@ def instruments() -> Instruments:
             "ingestor_redis_memory_refusals",
             "Batches (and flushes) Redis refused for memory, held and retried",
             ["source"],
+        ),
+        task_runs=Counter("ingestor_tasks", "Celery task runs, by task and outcome", ["task", "outcome"]),
+        task_seconds=Histogram(
+            "ingestor_task_duration_seconds", "Duration of a Celery task run", ["task"], buckets=PERSIST_BUCKETS
         ),
     )
 
@@ -174,14 +187,21 @@ def record_http_pulses(enqueued: int, reasons: Iterable[Iterable[tuple[str, str]
     record_rejections("http", reasons)
 
 
-def record_persist(report: Any, seconds: float, finished_at: float) -> None:
-    """One persist run that returned its `PersistReport`."""
+def record_task(task: str, outcome: str, seconds: float) -> None:
+    """One Celery task run: `outcome` is TASK_SUCCESS, TASK_RETRY or TASK_FAILURE."""
     metrics = instruments()
-    metrics.persist_runs.labels("skipped" if report.skipped else "persisted").inc()
-    if report.skipped:
+    metrics.task_runs.labels(task, outcome).inc()
+    metrics.task_seconds.labels(task).observe(seconds)
+
+
+def record_persist(*, skipped: bool, rows: int, pulses: int, seconds: float, finished_at: float) -> None:
+    """One persist run that finished: skipped (another run held the lock), or `rows` sums of `pulses` added."""
+    metrics = instruments()
+    metrics.persist_runs.labels("skipped" if skipped else "persisted").inc()
+    if skipped:
         return
-    metrics.persist_rows.inc(report.groups)
-    metrics.persist_pulses.inc(report.pulses)
+    metrics.persist_rows.inc(rows)
+    metrics.persist_pulses.inc(pulses)
     metrics.persist_seconds.observe(seconds)
     metrics.persist_last_success.set(finished_at)
 

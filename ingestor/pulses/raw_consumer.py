@@ -495,7 +495,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             self.publish_dead_letters()
             countable = batch.countable()
             counted = self.counter.count(countable) if countable else 0
-            record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
+            reasons = record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
         except (*TRANSIENT_ERRORS, DeadLetterPublishFailed) as exc:
             self._postpone(exc)
             return False
@@ -507,10 +507,13 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             except Exception as failed:  # noqa: BLE001 - never crash the event loop: hold and retry
                 self._postpone(failed)
                 return False
-            countable, counted = [], 0
+            countable, counted, reasons = [], 0, []
         ack_through(batch.last())
         messages, pulses = len(batch), batch.pulse_count
         batch.clear()  # acked: from here nothing of it may be rejected or requeued
+        # Rejections count once stored, before the ack (a redelivered batch counts them
+        # again, though the table keeps them once: metrics are a rate, the table the record).
+        metrics.record_rejections("raw", reasons)
         metrics.record_ingest("raw", counted, len(countable) - counted, time.perf_counter() - started)
         logger.info(
             "raw batch acked: messages=%d pulses=%d counted=%d duplicates=%d rejected=%d",

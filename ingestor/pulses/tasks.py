@@ -1,6 +1,9 @@
 """The Celery tasks of the pulses domain: thin wrappers around plain functions.
 
 Task names are part of the producers' contract and never change (`task_names`).
+Each task body does its work and returns what happened; the task base class of the
+wiring (`ingestor.celery_app.FlaskTask`) times and counts every run, and hands the
+outcome to the task's `record_run` below, which turns it into the domain's metrics.
 """
 
 from __future__ import annotations
@@ -104,7 +107,6 @@ def patient_with_memory(task: Task) -> Iterator[None]:
 def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
     services = get_pulses()
     get_memory_watch().check()  # a clock reading; INFO memory every few seconds at most
-    started = time.perf_counter()
     with patient_with_memory(task):
         report: IngestReport = ingest_batch(
             pulses,
@@ -114,11 +116,32 @@ def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
             counter=services.counter,
             database=get_database(),
         )
-    metrics.record_ingest("task", report.counted, report.duplicates, time.perf_counter() - started)
-    return report.__dict__
+    # Once the rejections are stored (a redelivered message counts again here, though
+    # not in the table: metrics are a rate, the table is the record).
+    metrics.record_rejections("task", report.rejection_reasons)
+    return report.counts()
 
 
-@shared_task(name=task_names.INGEST_PULSES, bind=True, **RETRY_POLICY)
+def _record_ingest(task: Task, outcome: str, result: Any, seconds: float) -> None:
+    if outcome == metrics.TASK_SUCCESS:
+        metrics.record_ingest("task", result["counted"], result["duplicates"], seconds)
+
+
+def _record_persist(task: Task, outcome: str, result: Any, seconds: float) -> None:
+    if outcome != metrics.TASK_SUCCESS:
+        # Retried (its snapshots wait in Redis), or failed for good.
+        metrics.record_persist_failure(seconds)
+        return
+    metrics.record_persist(
+        skipped=result["skipped"],
+        rows=result["groups"],
+        pulses=result["pulses"],
+        seconds=seconds,
+        finished_at=time.time(),
+    )
+
+
+@shared_task(name=task_names.INGEST_PULSES, bind=True, record_run=_record_ingest, **RETRY_POLICY)
 def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     """Count a batch of pulses; invalid ones go to the rejected-pulses table."""
     if not isinstance(pulses, list):
@@ -128,13 +151,13 @@ def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     return _ingest(self, pulses)
 
 
-@shared_task(name=task_names.INGEST_PULSE, bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.INGEST_PULSE, bind=True, record_run=_record_ingest, **RETRY_POLICY)
 def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
     """Count one pulse (the first version's one-pulse-per-message model)."""
     return _ingest(self, [pulse])
 
 
-@shared_task(name=task_names.PERSIST_PULSES, bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.PERSIST_PULSES, bind=True, record_run=_record_persist, **RETRY_POLICY)
 def persist_pulses(self: Task) -> dict[str, Any]:
     """Flush the Redis hour windows into PostgreSQL (fired hourly by beat)."""
     # Wait out another run's lock rather than skip: when that run was killed, this
@@ -143,14 +166,8 @@ def persist_pulses(self: Task) -> dict[str, Any]:
     # A full Redis refuses the lock itself (SET NX), or a later write: each step is
     # idempotent, so the flush waits for memory like a batch does (every snapshot
     # taken stays in Redis, and the next run finishes it).
-    started = time.perf_counter()
-    try:
-        with patient_with_memory(self):
-            report = get_pulses().persister.persist_pending(wait_seconds=LOCK_TIMEOUT_SECONDS + 15)
-    except Exception:
-        metrics.record_persist_failure(time.perf_counter() - started)
-        raise
-    metrics.record_persist(report, time.perf_counter() - started, finished_at=time.time())
+    with patient_with_memory(self):
+        report = get_pulses().persister.persist_pending(wait_seconds=LOCK_TIMEOUT_SECONDS + 15)
     return report.__dict__
 
 

@@ -144,6 +144,9 @@ def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings,
         assert metric_value(metrics, "ingestor_pulses_rejected_total", source="task", field="used_amount",
                             reason="negative") == 2
         assert metric_value(metrics, "ingestor_batch_duration_seconds_count", source="task") == 1
+        # Every task run is timed and counted by outcome, around the task's body.
+        assert metric_value(metrics, "ingestor_tasks_total", task=INGEST_PULSES, outcome="success") == 1
+        assert metric_value(metrics, "ingestor_task_duration_seconds_count", task=INGEST_PULSES) == 1
         assert metric_value(metrics, "ingestor_redis_windows_pending") == 1
 
         producer.send_task(INGEST_PULSES, args=[big], exchange="pulses", routing_key="pulses")
