@@ -105,8 +105,9 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
             metrics = scrape(metrics_port)
             assert metrics['ingestor_redis_memory_refusals_total{source="ingestor.ingest_pulses"}'] > MAX_RETRIES
             assert metrics['ingestor_redis_memory_refusals_total{source="raw"}'] >= 1
-            # Each refusal ended its run as a retry: held, then sent again.
-            assert metrics[f'ingestor_tasks_total{{task="{INGEST_PULSES}",outcome="retry"}}'] > MAX_RETRIES
+            # Each refusal ended its run as a retry: held, then sent again (multiprocess
+            # mode writes the labels sorted by name).
+            assert metrics[f'ingestor_tasks_total{{outcome="retry",task="{INGEST_PULSES}"}}'] > MAX_RETRIES
             assert metrics["ingestor_redis_memory_headroom_ratio"] <= 0
             assert metrics["ingestor_redis_memory_low"] == 1
             assert metrics["ingestor_redis_maxmemory_bytes"] == int(client.config_get("maxmemory")["maxmemory"])
