@@ -42,6 +42,7 @@ from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue 
 from ingestor.pulses import keys  # noqa: E402
 from ingestor.pulses.aggregation import CountablePulse  # noqa: E402
 from ingestor.pulses.queries import encode_cursor  # noqa: E402
+from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings  # noqa: E402
 from tests.support.services import recreate_database, recreate_vhost, settings_env  # noqa: E402
 from tests.support.worker import WorkerProcess  # noqa: E402
@@ -182,9 +183,9 @@ def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
     bench.reset()
     for start in range(0, n, size):
         batch = [bench.pulse(i) for i in range(start, min(n, start + size))]
-        bench.producer.send_task("ingestor.ingest_pulses", args=[batch], exchange="pulses", routing_key="pulses")
+        bench.producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
     rate = bench.time_consumption(bench.worker("batches"), bench.dedupe_keys, n)
-    report.add(Row("ingestor.ingest_pulses (validated, deduped, late ack)", rate, "pulses/s",
+    report.add(Row(f"{INGEST_PULSES} (validated, deduped, late ack)", rate, "pulses/s",
                    "≥ 30,000", rate >= 30_000, f"{n:,} pulses in batches of {size}"))  # fmt: skip
     ratio = rate / baseline
     report.add(Row("  ratio to the baseline", ratio, "×", "≥ 25×", ratio >= 25))
@@ -194,7 +195,7 @@ def _ingest_pulse_rate(bench: Bench) -> float:
     n = bench.args.single_pulses
     bench.reset()
     for i in range(n):
-        bench.producer.send_task("ingestor.ingest_pulse", args=[bench.pulse(i)], exchange="pulses",
+        bench.producer.send_task(INGEST_PULSE, args=[bench.pulse(i)], exchange="pulses",
                                  routing_key="pulses")  # fmt: skip
     return bench.time_consumption(bench.worker("single"), bench.dedupe_keys, n)
 
@@ -226,7 +227,7 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
         if raw:
             raws.append(_raw_queue_rate(bench))
     single = statistics.median(singles)
-    report.add(Row("ingestor.ingest_pulse (one pulse per message)", single, "pulses/s",
+    report.add(Row(f"{INGEST_PULSE} (one pulse per message)", single, "pulses/s",
                    detail=f"{bench.args.single_pulses:,} messages, median of {rounds}, "
                           f"{single / baseline:.1f}× baseline"))  # fmt: skip
     if raw:

@@ -20,7 +20,7 @@ __all__ = ["create_app"]
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the application from `settings` (default: from the environment)."""
     from ingestor import api, auth, database, observability, pulses, redis_store
-    from ingestor.messaging.celery_app import celery_init_app
+    from ingestor.celery_app import celery_init_app
 
     app = Flask(__name__)
     app.config[CONFIG_KEY] = settings or Settings.from_env()

@@ -125,7 +125,7 @@ class Settings:
     # ...checked at most this often per process (INFO memory, off the per-batch path).
     redis_memory_check_seconds: int = 10
     # The raw pulse queue: bare JSON pulses (no Celery envelope) from the first
-    # version's producers, consumed in batches by the worker (messaging/raw_consumer.py).
+    # version's producers, consumed in batches by the worker (pulses/raw_consumer.py).
     raw_queue: str = "pulses.raw"
     # A batch is counted (one Lua call) and acked once it holds this many pulses...
     raw_batch_size: int = 500

@@ -14,16 +14,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import kombu.exceptions
-import psycopg2
-import redis.exceptions
-import sqlalchemy.exc
 from flask import jsonify
 from flask_smorest import Api
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
 
-from ingestor.pulses.publishing import BrokerUnavailable
+# The services and their outage errors are defined once, beside the plumbing they
+# name; imported here under the names the API's modules use.
+from ingestor.outages import OUTAGE_ERRORS, POSTGRESQL, RABBITMQ, REDIS, SERVICE_NAMES
+
+__all__ = [
+    "OUTAGE_ERRORS",
+    "POSTGRESQL",
+    "RABBITMQ",
+    "REDIS",
+    "SERVICE_NAMES",
+    "ServiceUnavailable",
+    "error_response",
+    "unavailable_response",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,25 +80,9 @@ def error_response(
     return jsonify({**(extra or {}), "error": body}), status, headers or {}
 
 
-POSTGRESQL = "postgresql"
-REDIS = "redis"
-RABBITMQ = "rabbitmq"
-SERVICE_NAMES = {POSTGRESQL: "PostgreSQL", REDIS: "Redis", RABBITMQ: "RabbitMQ"}
-
-# What each client raises when its service is unreachable, refuses connections (a
-# database that does not exist) or answers too late. Not every error of a client: a
-# Redis script error or an SQL syntax error is a bug, answered 500 and logged.
-OUTAGE_ERRORS: dict[str, tuple[type[BaseException], ...]] = {
-    POSTGRESQL: (
-        sqlalchemy.exc.OperationalError,
-        sqlalchemy.exc.InterfaceError,
-        sqlalchemy.exc.TimeoutError,  # no pooled connection came free
-        psycopg2.OperationalError,
-        psycopg2.InterfaceError,
-    ),
-    REDIS: (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError),
-    RABBITMQ: (BrokerUnavailable, kombu.exceptions.OperationalError),
-}
+# OUTAGE_ERRORS (ingestor.outages) are each a 503 naming its service. Redis refusing a
+# write for memory (outages.REDIS_FULL_ERRORS) is not among them: the tasks hold and
+# retry it, an API request that meets it is answered 500 and logged.
 
 # How long a client should wait before retrying after an outage: long enough for a
 # pooled connection to be re-established, short enough not to hold up a billing feed.

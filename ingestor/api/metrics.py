@@ -14,8 +14,7 @@ from flask import Response, current_app, request
 
 from ingestor.api.blueprint import ApiBlueprint
 from ingestor.api.errors import error_response
-from ingestor.observability.metrics import build_registry
-from ingestor.settings import get_settings
+from ingestor.observability.metrics import registry_of
 
 blueprint = ApiBlueprint("metrics", __name__, description="Prometheus metrics")
 
@@ -44,7 +43,5 @@ def metrics():
     if registry is None:
         # Built on first scrape, in the serving process: by then the multiprocess
         # directory (if any) is in place.
-        registry = current_app.extensions["metrics_registry"] = build_registry(
-            current_app.extensions["redis"], get_settings().redis_memory_warn_percent
-        )
+        registry = current_app.extensions["metrics_registry"] = registry_of(current_app)
     return Response(generate_latest(registry), mimetype=None, content_type=PROMETHEUS_TEXT)

@@ -25,6 +25,7 @@ from ingestor.observability import metrics
 from ingestor.pulses import get_pulses, populate
 from ingestor.pulses.publishing import BrokerUnavailable, publish_pulse_batch, publish_task
 from ingestor.pulses.queries import InvalidCursor, UsageFilter, get_usage, list_usage
+from ingestor.pulses.task_names import POPULATE_PULSES
 from ingestor.redis_store import get_redis
 from ingestor.settings import get_settings
 
@@ -143,7 +144,7 @@ def start_populate(job: dict):
     for worker_index, count in enumerate(shares):
         publish_task(
             celery_app,
-            "ingestor.populate_pulses",
+            POPULATE_PULSES,
             [job_id, worker_index, count, job["buffer_size"]],
             topology.populate_queue,
         )

@@ -7,7 +7,7 @@ The persist task has its own queue, so a flush never waits behind a million puls
 The first version's producers publish bare JSON pulses through the default exchange
 to the raw queue (`pulses.raw` unless RAW_QUEUE says otherwise), declared exactly as
 they declare it: durable, no arguments. Its dead letters are published to `pulses.dead`
-by the raw consumer itself (`messaging.raw_consumer`), not through a queue argument.
+by the raw consumer itself (`ingestor.pulses.raw_consumer`), not through a queue argument.
 A message published to an exchange with no matching queue is confirmed by RabbitMQ
 and silently dropped: these names must not change.
 """
@@ -50,7 +50,7 @@ def raw_queue(name: str = RAW_PULSES) -> Queue:
     No arguments because the first version's producers declare it before every
     publish as durable with none, and RabbitMQ refuses (PRECONDITION_FAILED, closing
     the producer's channel) any declaration that differs from the queue's own.
-    The worker consumes it with its own consumer step (`messaging.raw_consumer`),
+    The worker consumes it with its own consumer step (`ingestor.pulses.raw_consumer`),
     not as a Celery task queue: its messages carry no Celery envelope.
     """
     return Queue(name, Exchange(""), routing_key=name, durable=True, auto_delete=False, exclusive=False)

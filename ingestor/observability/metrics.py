@@ -19,9 +19,14 @@ directory is in place. Callers record once per batch or request; an update is a 
 memory-mapped writes, never a network call.
 
 The Redis gauges (pending windows and snapshots, age of the oldest pending hour, memory
-against maxmemory) are not counted anywhere: `PendingWindowsCollector` and
-`RedisMemoryCollector` read them from Redis at scrape time, on the web and on the
-worker alike, so they are right whoever scrapes.
+against maxmemory) are not counted anywhere: collectors read them from Redis at scrape
+time, on the web and on the worker alike, so they are right whoever scrapes. This
+module knows no domain: `RedisMemoryCollector` is its own, and a domain adds the
+collectors of its state with `add_scrape_collector` (the pulses domain adds its
+pending windows, see `ingestor.pulses.stats`).
+
+The metrics are recorded at the edges (the task base class of `ingestor.celery_app`,
+the raw consumer step, the API views) from what the domain returns.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter as Tally
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -55,6 +60,16 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PULSE_FIELDS = frozenset({"id", "tenant", "product_sku", "use_unity", "used_amount", "timestamp"})
 PERSIST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# How a task run ended (the `outcome` label of ingestor_tasks_total).
+TASK_SUCCESS = "success"
+TASK_RETRY = "retry"
+TASK_FAILURE = "failure"
+# The app extension holding the scrape-time collectors domains added.
+COLLECTORS_EXTENSION = "metrics_collectors"
+
+# A scrape-time collector, made from the app's Redis client: an object whose
+# `collect()` yields prometheus metric families.
+CollectorFactory = Callable[[Redis], Any]
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,8 @@ class Instruments:
     request_seconds: Any
     requests: Any
     memory_refusals: Any
+    task_runs: Any
+    task_seconds: Any
 
 
 @cache
@@ -120,6 +137,10 @@ def instruments() -> Instruments:
             "ingestor_redis_memory_refusals",
             "Batches (and flushes) Redis refused for memory, held and retried",
             ["source"],
+        ),
+        task_runs=Counter("ingestor_tasks", "Celery task runs, by task and outcome", ["task", "outcome"]),
+        task_seconds=Histogram(
+            "ingestor_task_duration_seconds", "Duration of a Celery task run", ["task"], buckets=PERSIST_BUCKETS
         ),
     )
 
@@ -168,14 +189,21 @@ def record_http_pulses(enqueued: int, reasons: Iterable[Iterable[tuple[str, str]
     record_rejections("http", reasons)
 
 
-def record_persist(report: Any, seconds: float, finished_at: float) -> None:
-    """One persist run that returned its `PersistReport`."""
+def record_task(task: str, outcome: str, seconds: float) -> None:
+    """One Celery task run: `outcome` is TASK_SUCCESS, TASK_RETRY or TASK_FAILURE."""
     metrics = instruments()
-    metrics.persist_runs.labels("skipped" if report.skipped else "persisted").inc()
-    if report.skipped:
+    metrics.task_runs.labels(task, outcome).inc()
+    metrics.task_seconds.labels(task).observe(seconds)
+
+
+def record_persist(*, skipped: bool, rows: int, pulses: int, seconds: float, finished_at: float) -> None:
+    """One persist run that finished: skipped (another run held the lock), or `rows` sums of `pulses` added."""
+    metrics = instruments()
+    metrics.persist_runs.labels("skipped" if skipped else "persisted").inc()
+    if skipped:
         return
-    metrics.persist_rows.inc(report.groups)
-    metrics.persist_pulses.inc(report.pulses)
+    metrics.persist_rows.inc(rows)
+    metrics.persist_pulses.inc(pulses)
     metrics.persist_seconds.observe(seconds)
     metrics.persist_last_success.set(finished_at)
 
@@ -197,41 +225,6 @@ def record_request(method: str, route: str, status: int, seconds: float) -> None
     metrics = instruments()
     metrics.request_seconds.labels(method, route).observe(seconds)
     metrics.requests.labels(method, route, str(status)).inc()
-
-
-class PendingWindowsCollector:
-    """Gauges read from Redis at scrape time: what waits for the next flush."""
-
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        from ingestor.pulses.stats import pending_windows  # the pulses domain imports this module
-
-        up = GaugeMetricFamily("ingestor_redis_up", "1 if Redis answered this scrape")
-        try:
-            pending = pending_windows(self._redis)
-        except RedisError:
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield GaugeMetricFamily(
-            "ingestor_redis_windows_pending", "Live hour windows waiting for a flush", value=len(pending.windows)
-        )
-        yield GaugeMetricFamily(
-            "ingestor_redis_snapshots_pending",
-            "Snapshots taken but not persisted yet (a flush in progress, or one that failed)",
-            value=len(pending.snapshots),
-        )
-        yield GaugeMetricFamily(
-            "ingestor_redis_oldest_pending_window_age_seconds",
-            "Seconds since the start of the oldest hour still waiting in Redis (0: none)",
-            value=pending.oldest_age_seconds(),
-        )
 
 
 class RedisMemoryCollector:
@@ -279,8 +272,22 @@ class _ProcessMetrics:
         yield from REGISTRY.collect()
 
 
-def build_registry(redis: Redis, memory_warn_percent: int) -> Any:
-    """A registry with every process's metrics (or this process's) and the Redis gauges."""
+def add_scrape_collector(app: Flask, factory: CollectorFactory) -> None:
+    """Have `app`'s metrics registries read `factory(redis)` at every scrape."""
+    app.extensions.setdefault(COLLECTORS_EXTENSION, []).append(factory)
+
+
+def registry_of(app: Flask) -> Any:
+    """`build_registry` for `app`: its Redis, its settings, the collectors added to it."""
+    return build_registry(
+        app.extensions["redis"],
+        settings_of(app).redis_memory_warn_percent,
+        app.extensions.get(COLLECTORS_EXTENSION, ()),
+    )
+
+
+def build_registry(redis: Redis, memory_warn_percent: int, collectors: Iterable[CollectorFactory] = ()) -> Any:
+    """A registry with every process's metrics (or this process's), the Redis gauges and `collectors`."""
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
@@ -290,7 +297,8 @@ def build_registry(redis: Redis, memory_warn_percent: int) -> Any:
         MultiProcessCollector(registry)
     else:
         registry.register(_ProcessMetrics())
-    registry.register(PendingWindowsCollector(redis))
+    for factory in collectors:
+        registry.register(factory(redis))
     registry.register(RedisMemoryCollector(redis, memory_warn_percent))
     return registry
 
@@ -322,12 +330,12 @@ def prepare_multiprocess_dir(role: str) -> str:
     return path
 
 
-def start_metrics_server(host: str, port: int, redis: Redis, memory_warn_percent: int) -> Any:
-    """Serve the metrics over HTTP from this process; None (logged) if the port is taken."""
+def start_metrics_server(host: str, port: int, registry: Any) -> Any:
+    """Serve `registry` over HTTP from this process; None (logged) if the port is taken."""
     from prometheus_client import start_http_server
 
     try:
-        server, _ = start_http_server(port, addr=host, registry=build_registry(redis, memory_warn_percent))
+        server, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         # Two workers on one machine: the second one's metrics are still counted, in
         # its own directory, but need another METRICS_PORT to be scraped.
@@ -349,8 +357,6 @@ def connect_worker_signals(app: Flask) -> None:
     def _on_worker_init(**_: object) -> None:
         prepare_multiprocess_dir("worker")
         if settings.metrics_port:
-            start_metrics_server(
-                settings.metrics_host, settings.metrics_port, app.extensions["redis"], settings.redis_memory_warn_percent
-            )
+            start_metrics_server(settings.metrics_host, settings.metrics_port, registry_of(app))
 
     worker_init.connect(_on_worker_init, weak=False, dispatch_uid="ingestor-worker-metrics")

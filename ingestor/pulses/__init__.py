@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from ingestor.observability import metrics
 from ingestor.pulses.aggregation import PulseCounter
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.persistence import Persister
 from ingestor.pulses.queries import TotalCache
+from ingestor.pulses.stats import PendingWindowsCollector
 from ingestor.settings import settings_of
 
 
@@ -37,6 +39,8 @@ def init_app(app: Flask) -> None:
         persister=Persister(redis, app.extensions["database"]),
         totals=TotalCache(redis),
     )
+    # What waits in Redis for the next flush, read at every scrape.
+    metrics.add_scrape_collector(app, PendingWindowsCollector)
     from ingestor.pulses.cli import pulses_cli
 
     app.cli.add_command(pulses_cli)

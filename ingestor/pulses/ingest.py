@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
@@ -34,6 +34,17 @@ class IngestReport:
     counted: int
     duplicates: int
     rejected: int
+    # The (field, reason code) pairs of each rejection stored, for the caller's metrics.
+    rejection_reasons: list[set[tuple[str, str]]] = field(default_factory=list, compare=False, repr=False)
+
+    def counts(self) -> dict[str, int]:
+        """The four counts, as a task returns them."""
+        return {
+            "received": self.received,
+            "counted": self.counted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+        }
 
 
 class PulseValidator:
@@ -113,17 +124,17 @@ def ingest_batch(
         pulses, fallback_key=partial(keys.dedupe_key_for_position, message_id), received_at=received_at
     )
     counted = counter.count(countable) if countable else 0
-    if rejected:
-        record_rejections(database, source=source, message_id=message_id, rejections=rejected)
+    reasons = record_rejections(database, source=source, message_id=message_id, rejections=rejected)
     report = IngestReport(
         received=len(pulses),
         counted=counted,
         duplicates=len(countable) - counted,
         rejected=len(rejected),
+        rejection_reasons=reasons,
     )
     logger.info(
         "batch ingested: message_id=%s received=%d counted=%d duplicates=%d rejected=%d",
         message_id, report.received, report.counted, report.duplicates, report.rejected,
-        extra={"message_id": message_id, "source": source, **report.__dict__},
+        extra={"message_id": message_id, "source": source, **report.counts()},
     )  # fmt: skip
     return report

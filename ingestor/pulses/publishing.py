@@ -15,8 +15,10 @@ import kombu.exceptions
 from celery import Celery
 
 from ingestor.messaging import topology
+from ingestor.outages import BrokerUnavailable
+from ingestor.pulses.task_names import INGEST_PULSES
 
-INGEST_PULSES = "ingestor.ingest_pulses"
+__all__ = ["BrokerUnavailable", "publish_pulse_batch", "publish_task"]
 
 # Fail fast: an HTTP client waiting on a dead broker is better told 503 in seconds.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
@@ -30,10 +32,6 @@ BROKER_ERRORS = (
     socket.timeout,
     OSError,
 )
-
-
-class BrokerUnavailable(Exception):
-    """RabbitMQ did not confirm the message: it may not be stored; publish again."""
 
 
 def publish_task(celery_app: Celery, name: str, args: list[Any], queue, task_id: str | None = None) -> str:

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert
 
 from ingestor.database import Database
-from ingestor.observability import metrics
 from ingestor.pulses.models import RejectedPulse
 from ingestor.pulses.schema import rejection_reasons
 
@@ -56,17 +55,22 @@ def _tenant_of(payload: Any) -> str | None:
 
 def record_rejections(
     database: Database, *, source: str, message_id: str, rejections: Sequence[Rejection]
-) -> None:
-    """Store the rejections of one message, once even if the message is redelivered."""
-    record_rejections_of_messages(database, source=source, messages=[(message_id, rejections)])
+) -> list[set[tuple[str, str]]]:
+    """Store the rejections of one message, once even if the message is redelivered.
+
+    Returns the (field, reason code) pairs of each rejection, for the caller's metrics.
+    """
+    return record_rejections_of_messages(database, source=source, messages=[(message_id, rejections)])
 
 
 def record_rejections_of_messages(
     database: Database, *, source: str, messages: Sequence[tuple[str, Sequence[Rejection]]]
-) -> None:
+) -> list[set[tuple[str, str]]]:
     """Store the rejections of several messages (id, rejections) in one transaction.
 
-    Idempotent per (message id, position), like `record_rejections`.
+    Idempotent per (message id, position), like `record_rejections`. Returns the
+    (field, reason code) pairs of each rejection stored (a redelivered message's
+    again, though the table keeps them once): what the caller's metrics count.
     """
     rows = [
         {
@@ -81,7 +85,7 @@ def record_rejections_of_messages(
         for rejection in rejections
     ]
     if not rows:
-        return
+        return []
     # Core insert of many rows in one executemany; a row already there (the same
     # message redelivered) is left alone.
     statement = insert(RejectedPulse.__table__).on_conflict_do_nothing(
@@ -89,9 +93,4 @@ def record_rejections_of_messages(
     )
     with database.session() as session, session.begin():
         session.execute(statement, rows)
-    # Once the rows are stored (a redelivered message counts again here, though not in
-    # the table: metrics are a rate, the table is the record).
-    metrics.record_rejections(
-        "raw" if source.startswith("raw:") else "task",
-        (rejection.reasons for _, rejections in messages for rejection in rejections),
-    )
+    return [rejection.reasons for _, rejections in messages for rejection in rejections]

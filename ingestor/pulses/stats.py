@@ -1,16 +1,19 @@
 """What is waiting in Redis for the next flush, and what the last flushes did.
 
-Read by `flask pulses stats` and by the metrics collector at scrape time. Cheap on
-purpose: the pending sets name the window hashes (a few per hour), so nothing here
+Read by `flask pulses stats` and at scrape time by `PendingWindowsCollector`, which
+`ingestor.pulses.init_app` adds to the app's metrics. Cheap on purpose: the pending sets name the window hashes (a few per hour), so nothing here
 scans the keyspace of millions of dedupe keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
 from ingestor.database import Database
@@ -49,6 +52,41 @@ def pending_windows(redis: Redis) -> PendingWindows:
         windows=sorted(member.decode() for member in windows),
         snapshots=sorted(member.decode() for member in snapshots),
     )
+
+
+class PendingWindowsCollector:
+    """Gauges read from Redis at scrape time: what waits for the next flush."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+
+    def collect(self) -> Iterator[Any]:
+        # Imported here: prometheus-client decides its multiprocess mode on first
+        # import (see ingestor.observability.metrics).
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("ingestor_redis_up", "1 if Redis answered this scrape")
+        try:
+            pending = pending_windows(self._redis)
+        except RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield GaugeMetricFamily(
+            "ingestor_redis_windows_pending", "Live hour windows waiting for a flush", value=len(pending.windows)
+        )
+        yield GaugeMetricFamily(
+            "ingestor_redis_snapshots_pending",
+            "Snapshots taken but not persisted yet (a flush in progress, or one that failed)",
+            value=len(pending.snapshots),
+        )
+        yield GaugeMetricFamily(
+            "ingestor_redis_oldest_pending_window_age_seconds",
+            "Seconds since the start of the oldest hour still waiting in Redis (0: none)",
+            value=pending.oldest_age_seconds(),
+        )
 
 
 def pending_groups(redis: Redis, hash_keys: list[str]) -> int:

@@ -1,7 +1,9 @@
 """The Celery tasks of the pulses domain: thin wrappers around plain functions.
 
-Task names are part of the producers' contract and never change:
-`ingestor.ingest_pulses`, `ingestor.ingest_pulse`, `ingestor.persist_pulses`.
+Task names are part of the producers' contract and never change (`task_names`).
+Each task body does its work and returns what happened; the task base class of the
+wiring (`ingestor.celery_app.FlaskTask`) times and counts every run, and hands the
+outcome to the task's `record_run` below, which turns it into the domain's metrics.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg2
 import redis.exceptions
-import sqlalchemy.exc
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry
 
@@ -22,31 +22,17 @@ from ingestor.database import get_database
 from ingestor.messaging.serialization import ExactJsonRequest
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import get_memory_watch
-from ingestor.pulses import get_pulses
+from ingestor.outages import TRANSIENT_ERRORS
+from ingestor.pulses import get_pulses, task_names
 from ingestor.pulses.ingest import IngestReport, ingest_batch
 from ingestor.pulses.persistence import LOCK_TIMEOUT_SECONDS
 from ingestor.pulses.populate import run_share
-from ingestor.pulses.publishing import BrokerUnavailable
 from ingestor.redis_store import get_redis, is_out_of_memory, wait_for_room
 from ingestor.settings import get_settings
 
-# Worth retrying: the service may be back in a moment. Every step being idempotent,
-# a retry can never count twice. Anything else is a bug or bad input, and goes to
-# the dead-letter queue instead of being retried forever.
-TRANSIENT_ERRORS = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    # The same from psycopg2 itself: the flush's COPY runs on the driver's cursor,
-    # outside SQLAlchemy (a canceled statement, a deadlock, a dropped connection).
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    BrokerUnavailable,
-)
+# Worth retrying (ingestor.outages): the service may be back in a moment, or Redis
+# was full (held first: see hold_for_memory). Anything else is a bug or bad input,
+# and goes to the dead-letter queue instead of being retried forever.
 # max_retries and retry_backoff_max come from the settings (see celery_config).
 RETRY_POLICY: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
@@ -122,7 +108,6 @@ def patient_with_memory(task: Task) -> Iterator[None]:
 def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
     services = get_pulses()
     get_memory_watch().check()  # a clock reading; INFO memory every few seconds at most
-    started = time.perf_counter()
     with patient_with_memory(task):
         report: IngestReport = ingest_batch(
             pulses,
@@ -132,12 +117,35 @@ def _ingest(task: Task, pulses: list[Any]) -> dict[str, int]:
             counter=services.counter,
             database=get_database(),
         )
-    metrics.record_ingest("task", report.counted, report.duplicates, time.perf_counter() - started)
-    return report.__dict__
+    # Once the rejections are stored (a redelivered message counts again here, though
+    # not in the table: metrics are a rate, the table is the record).
+    metrics.record_rejections("task", report.rejection_reasons)
+    return report.counts()
+
+
+def _record_ingest(task: Task, outcome: str, result: Any, seconds: float) -> None:
+    if outcome == metrics.TASK_SUCCESS:
+        metrics.record_ingest("task", result["counted"], result["duplicates"], seconds)
+
+
+def _record_persist(task: Task, outcome: str, result: Any, seconds: float) -> None:
+    if outcome != metrics.TASK_SUCCESS:
+        # Retried (its snapshots wait in Redis), or failed for good.
+        metrics.record_persist_failure(seconds)
+        return
+    metrics.record_persist(
+        skipped=result["skipped"],
+        rows=result["groups"],
+        pulses=result["pulses"],
+        seconds=seconds,
+        finished_at=time.time(),
+    )
 
 
 # The pulse tasks decode their messages with Decimal amounts (see messaging/serialization).
-@shared_task(name="ingestor.ingest_pulses", bind=True, Request=ExactJsonRequest, **RETRY_POLICY)
+@shared_task(
+    name=task_names.INGEST_PULSES, bind=True, Request=ExactJsonRequest, record_run=_record_ingest, **RETRY_POLICY
+)
 def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     """Count a batch of pulses; invalid ones go to the rejected-pulses table."""
     if not isinstance(pulses, list):
@@ -147,13 +155,15 @@ def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     return _ingest(self, pulses)
 
 
-@shared_task(name="ingestor.ingest_pulse", bind=True, Request=ExactJsonRequest, **RETRY_POLICY)
+@shared_task(
+    name=task_names.INGEST_PULSE, bind=True, Request=ExactJsonRequest, record_run=_record_ingest, **RETRY_POLICY
+)
 def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
     """Count one pulse (the first version's one-pulse-per-message model)."""
     return _ingest(self, [pulse])
 
 
-@shared_task(name="ingestor.persist_pulses", bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.PERSIST_PULSES, bind=True, record_run=_record_persist, **RETRY_POLICY)
 def persist_pulses(self: Task) -> dict[str, Any]:
     """Flush the Redis hour windows into PostgreSQL (fired hourly by beat)."""
     # Wait out another run's lock rather than skip: when that run was killed, this
@@ -162,18 +172,12 @@ def persist_pulses(self: Task) -> dict[str, Any]:
     # A full Redis refuses the lock itself (SET NX), or a later write: each step is
     # idempotent, so the flush waits for memory like a batch does (every snapshot
     # taken stays in Redis, and the next run finishes it).
-    started = time.perf_counter()
-    try:
-        with patient_with_memory(self):
-            report = get_pulses().persister.persist_pending(wait_seconds=LOCK_TIMEOUT_SECONDS + 15)
-    except Exception:
-        metrics.record_persist_failure(time.perf_counter() - started)
-        raise
-    metrics.record_persist(report, time.perf_counter() - started, finished_at=time.time())
+    with patient_with_memory(self):
+        report = get_pulses().persister.persist_pending(wait_seconds=LOCK_TIMEOUT_SECONDS + 15)
     return report.__dict__
 
 
-@shared_task(name="ingestor.populate_pulses", bind=True, **RETRY_POLICY)
+@shared_task(name=task_names.POPULATE_PULSES, bind=True, **RETRY_POLICY)
 def populate_pulses(self: Task, job_id: str, worker_index: int, count: int, buffer_size: int) -> int:
     """Publish one share of a populate job as fake pulse batches (see populate.py)."""
     return run_share(self.app, get_redis(), job_id, worker_index, count, buffer_size)

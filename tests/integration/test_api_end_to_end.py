@@ -6,6 +6,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+from ingestor.pulses.task_names import PERSIST_PULSES
 from tests.support.ledger import Ledger
 from tests.support.pulses import pulse
 from tests.support.worker import wait_until_idle
@@ -15,7 +16,7 @@ QUEUES = ("pulses", "persist", "populate")
 
 def persist(producer, worker):
     wait_until_idle(producer, worker, QUEUES)
-    producer.send_task("ingestor.persist_pulses", exchange="persist", routing_key="persist")
+    producer.send_task(PERSIST_PULSES, exchange="persist", routing_key="persist")
     wait_until_idle(producer, worker, QUEUES)
 
 

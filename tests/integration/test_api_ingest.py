@@ -14,6 +14,7 @@ from kombu import Connection
 from ingestor import create_app
 from ingestor.messaging.topology import populate_queue, pulses_queue
 from ingestor.messaging.serialization import loads_decimal
+from ingestor.pulses.task_names import INGEST_PULSES, POPULATE_PULSES
 from tests.support.pulses import pulse
 from tests.support.services import settings_for_tests
 from tests.support.worker import queue_depth
@@ -48,7 +49,7 @@ def test_a_list_is_enqueued_as_one_task_with_timestamps_stamped(client, auth, se
     assert [r["index"] for r in body["rejected"]] == [2, 3]
     assert "used_amount" in body["rejected"][0]["errors"] and "tenant" in body["rejected"][1]["errors"]
     [(task, args)] = queued_task_args(settings.broker_url, pulses_queue)
-    assert task == "ingestor.ingest_pulses"
+    assert task == INGEST_PULSES
     [enqueued] = args
     assert [p["used_amount"] for p in enqueued] == ["0.000001", "12345678.123456"]
     assert enqueued[0]["id"] == "a-1" and "id" not in enqueued[1]
@@ -153,7 +154,7 @@ def test_populate_enqueues_one_task_per_worker_and_reports_progress(client, auth
     job = response.get_json()
     assert (job["total"], job["published"], job["done"], job["workers"]) == (103, 0, False, 4)
     tasks = queued_task_args(settings.broker_url, populate_queue)
-    assert [name for name, _ in tasks] == ["ingestor.populate_pulses"] * 4
+    assert [name for name, _ in tasks] == [POPULATE_PULSES] * 4
     assert sorted(args[2] for _, args in tasks) == [25, 26, 26, 26]
     progress = client.get(f"/api/v1/pulses/populate/{job['job_id']}", headers=auth)
     assert progress.status_code == 200 and progress.get_json()["total"] == 103

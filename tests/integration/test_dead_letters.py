@@ -9,6 +9,7 @@ import pytest
 from kombu import Connection, Exchange
 
 from ingestor.messaging.topology import dead_letter_queue
+from ingestor.pulses.task_names import INGEST_PULSES
 
 from tests.support.worker import wait_until_idle
 
@@ -38,14 +39,14 @@ def dead_letters(broker_url: str) -> list[bytes]:
     return bodies
 
 
-def celery_headers(task: str = "ingestor.ingest_pulses") -> dict:
+def celery_headers(task: str = INGEST_PULSES) -> dict:
     return {"lang": "py", "task": task, "id": str(uuid.uuid4()), "root_id": None, "parent_id": None}
 
 
 def test_non_batches_are_dead_lettered_and_count_nothing(producer, worker, settings, redis_client, database):
-    producer.send_task("ingestor.ingest_pulses", args=[{"tenant": "a dict, not a list"}],
+    producer.send_task(INGEST_PULSES, args=[{"tenant": "a dict, not a list"}],
                        exchange="pulses", routing_key="pulses")  # fmt: skip
-    producer.send_task("ingestor.ingest_pulses", args=[], exchange="pulses", routing_key="pulses")
+    producer.send_task(INGEST_PULSES, args=[], exchange="pulses", routing_key="pulses")
     producer.send_task("ingestor.no_such_task", args=[[]], exchange="pulses", routing_key="pulses")
     publish_raw(settings.broker_url, b'[[{"tenant": "broken json', celery_headers())
     publish_raw(settings.broker_url, b"[" * 100_000 + b"]" * 100_000, celery_headers())

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from ingestor import create_app
+from ingestor.pulses.task_names import INGEST_PULSES
 from tests.support.api import post_until_accepted
 from tests.support.faults import TASK_QUEUES, counted_pulses, persist_through_worker, proxied, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
@@ -76,7 +77,7 @@ def test_worker_cut_from_the_broker_mid_batch_counts_the_redelivery_once(
         worker = WorkerProcess(proxies.settings, "broker-cut", concurrency=1)
         worker.start(producer)
         try:
-            producer.send_task("ingestor.ingest_pulses", args=[big], exchange="pulses", routing_key="pulses")
+            producer.send_task(INGEST_PULSES, args=[big], exchange="pulses", routing_key="pulses")
             wait_for(lambda: counted_pulses(redis_client, hour) > 1000, what="the batch half counted")
             with proxies.broker.outage():
                 counted_at_cut = counted_pulses(redis_client, hour)

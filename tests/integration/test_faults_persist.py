@@ -20,6 +20,7 @@ from sqlalchemy import text
 
 from ingestor.messaging.topology import PERSIST
 from ingestor.pulses import keys
+from ingestor.pulses.task_names import PERSIST_PULSES
 from tests.support.faults import TASK_QUEUES, pending_flush_keys, proxied, retries_logged, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.worker import WorkerProcess, wait_until_idle
@@ -43,7 +44,7 @@ def flush_batches(database) -> int:
 
 
 def send_persist(producer) -> None:
-    producer.send_task("ingestor.persist_pulses", exchange=PERSIST, routing_key=PERSIST)
+    producer.send_task(PERSIST_PULSES, exchange=PERSIST, routing_key=PERSIST)
 
 
 def test_postgresql_unreachable_during_a_persist_run_persists_everything_once(

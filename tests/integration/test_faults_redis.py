@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from ingestor.messaging.serialization import loads_decimal
 from ingestor.messaging.topology import PULSES
 from ingestor.pulses.persistence import Persister
+from ingestor.pulses.task_names import INGEST_PULSES
 from tests.support.faults import TASK_QUEUES, counted_pulses, proxied, retries_logged, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.private_redis import PrivateRedis
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("clean_state")]
 
 
 def send_batch(producer, pulses: list[dict]) -> None:
-    producer.send_task("ingestor.ingest_pulses", args=[pulses], exchange=PULSES, routing_key=PULSES)
+    producer.send_task(INGEST_PULSES, args=[pulses], exchange=PULSES, routing_key=PULSES)
 
 
 def test_redis_cut_mid_batch_retries_with_backoff_and_counts_once(producer, app, settings, database, redis_client):
@@ -110,7 +111,7 @@ def test_a_batch_failing_past_its_retries_is_dead_lettered_whole_never_acked_awa
                                   task_retry_backoff_max_seconds=1)  # fmt: skip
     ledger = Ledger()
     pulses = make_pulses(ledger, 10, prefix="stranded", hour=hour_ago(1))
-    task_id = producer.send_task("ingestor.ingest_pulses", args=[pulses], exchange="pulses", routing_key="pulses").id
+    task_id = producer.send_task(INGEST_PULSES, args=[pulses], exchange="pulses", routing_key="pulses").id
 
     worker = WorkerProcess(hopeless, "hopeless", concurrency=1)
     worker.start(producer)

@@ -23,6 +23,7 @@ from ingestor import create_app
 from ingestor.messaging.topology import PERSIST, PULSES, RAW_PULSES
 from ingestor.pulses import keys
 from ingestor.pulses.persistence import Persister
+from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
 from tests.support.faults import TASK_QUEUES, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.private_redis import PrivateRedis
@@ -72,7 +73,7 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
         client.config_set("maxmemory", int(client.info("memory")["used_memory"] / 0.85))
         try:
             first = make_pulses(ledger, 100, prefix="first", hour=hour)
-            producer.send_task("ingestor.ingest_pulses", args=[first], exchange=PULSES, routing_key=PULSES)
+            producer.send_task(INGEST_PULSES, args=[first], exchange=PULSES, routing_key=PULSES)
             wait_until_idle(producer, worker, TASK_QUEUES)
             assert WARNED_LINE in worker.log.read_text(), "warned before the first refusal"
             assert REFUSED_LINE not in worker.log.read_text()
@@ -80,11 +81,11 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
             # Fill it: far more pulses (each id held for the horizon) than there is room for.
             for n in range(8):
                 batch = make_pulses(ledger, 1000, prefix=f"fill-{n}", hour=hour)
-                producer.send_task("ingestor.ingest_pulses", args=[batch], exchange=PULSES, routing_key=PULSES)
+                producer.send_task(INGEST_PULSES, args=[batch], exchange=PULSES, routing_key=PULSES)
             raw = [body_of(pulse) for pulse in make_pulses(ledger, 200, prefix="raw", hour=hour)]
             publish_raw(settings.broker_url, raw)
             # The hourly flush comes while Redis is full: refused too (its lock is a write).
-            producer.send_task("ingestor.persist_pulses", exchange=PERSIST, routing_key=PERSIST)
+            producer.send_task(PERSIST_PULSES, exchange=PERSIST, routing_key=PERSIST)
 
             # Patient: batches refused several times over their retry budget, none dead.
             def dead() -> int:
@@ -104,6 +105,9 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
             metrics = scrape(metrics_port)
             assert metrics['ingestor_redis_memory_refusals_total{source="ingestor.ingest_pulses"}'] > MAX_RETRIES
             assert metrics['ingestor_redis_memory_refusals_total{source="raw"}'] >= 1
+            # Each refusal ended its run as a retry: held, then sent again (multiprocess
+            # mode writes the labels sorted by name).
+            assert metrics[f'ingestor_tasks_total{{outcome="retry",task="{INGEST_PULSES}"}}'] > MAX_RETRIES
             assert metrics["ingestor_redis_memory_headroom_ratio"] <= 0
             assert metrics["ingestor_redis_memory_low"] == 1
             assert metrics["ingestor_redis_maxmemory_bytes"] == int(client.config_get("maxmemory")["maxmemory"])

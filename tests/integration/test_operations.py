@@ -15,6 +15,7 @@ from ingestor import create_app
 from ingestor.messaging.dead_letters import ORIGIN_QUEUE_HEADER, REASON_HEADER
 from ingestor.messaging.topology import DEAD_LETTERS, RAW_PULSES, dead_letter_exchange, dead_letter_queue
 from ingestor.pulses.ingest import ingest_batch
+from ingestor.pulses.task_names import INGEST_PULSES
 from tests.support.api import PASSWORD
 from tests.support.logs import json_lines_of
 from tests.support.pulses import pulse
@@ -140,7 +141,7 @@ def test_populate_publishes_every_pulse_in_batches_with_a_rate(app, settings):
         channel = connection.default_channel
         for _ in range(11):
             message = channel.basic_get("pulses", no_ack=True)
-            assert message.headers["task"] == "ingestor.ingest_pulses"
+            assert message.headers["task"] == INGEST_PULSES
             (batch,), _, _ = json.loads(message.body)
             ids.update(p["id"] for p in batch)
             total += sum(Decimal(p["used_amount"]) for p in batch)
@@ -158,7 +159,7 @@ def dead_letter_one(broker_url: str, queue_name: str) -> None:
 
 def test_replay_moves_dead_letters_back_where_they_died(app, settings, producer):
     task_id = "replayed-task-1"
-    producer.send_task("ingestor.ingest_pulses", args=[[{"tenant": "t"}]], task_id=task_id,
+    producer.send_task(INGEST_PULSES, args=[[{"tenant": "t"}]], task_id=task_id,
                        exchange="pulses", routing_key="pulses")  # fmt: skip
     with Connection(settings.broker_url) as connection:
         producer_ = connection.Producer()
@@ -185,7 +186,7 @@ def test_replay_moves_dead_letters_back_where_they_died(app, settings, producer)
         task = channel.basic_get("pulses", no_ack=True)
         raw = channel.basic_get(RAW_PULSES, no_ack=True)
     # Unchanged: the same task id (so the same dedupe keys), the same raw message_id.
-    assert task.headers["id"] == task_id and task.headers["task"] == "ingestor.ingest_pulses"
+    assert task.headers["id"] == task_id and task.headers["task"] == INGEST_PULSES
     assert json.loads(task.body)[0] == [[{"tenant": "t"}]]
     assert "x-death" not in task.headers
     assert raw.body == b'{"tenant": "raw"}' and raw.properties["message_id"] == "raw-1"

@@ -14,6 +14,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
+from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES, PERSIST_PULSES
 from tests.support.ledger import Ledger, persisted_sums
 from tests.support.pulses import MISSING, pulse
 from tests.support.worker import wait_until_idle
@@ -26,13 +27,13 @@ QUEUES = ("pulses", "persist")
 def send_batch(producer, pulses, task_id=None):
     """Publish exactly as the README tells another service to."""
     return producer.send_task(
-        "ingestor.ingest_pulses", args=[pulses], exchange="pulses", routing_key="pulses", task_id=task_id
+        INGEST_PULSES, args=[pulses], exchange="pulses", routing_key="pulses", task_id=task_id
     ).id
 
 
 def persist_through_worker(producer, worker):
     wait_until_idle(producer, worker, QUEUES)
-    producer.send_task("ingestor.persist_pulses", exchange="persist", routing_key="persist")
+    producer.send_task(PERSIST_PULSES, exchange="persist", routing_key="persist")
     wait_until_idle(producer, worker, QUEUES)
 
 
@@ -136,7 +137,7 @@ def test_single_pulse_task(producer, worker, database):
     pulse = {"id": "one", "tenant": "solo", "product_sku": "fn", "use_unity": "call",
              "used_amount": "3", "timestamp": hour.isoformat()}
     for _ in range(2):
-        producer.send_task("ingestor.ingest_pulse", args=[pulse], exchange="pulses", routing_key="pulses")
+        producer.send_task(INGEST_PULSE, args=[pulse], exchange="pulses", routing_key="pulses")
     persist_through_worker(producer, worker)
 
     assert persisted_sums(database) == {("solo", "fn", "call", hour): (Decimal("3"), 1)}

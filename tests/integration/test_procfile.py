@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from ingestor.pulses import keys
+from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
 from tests.integration.test_operations import metric_value
 from tests.support.ledger import Ledger, make_pulses, persisted_sums
 from tests.support.procfile import ROOT, ProcfileProcess, free_port
@@ -133,7 +134,7 @@ def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings,
                               cwd=ROOT, env=env, capture_output=True, timeout=60)  # fmt: skip
         assert ping.returncode == 0, ping.stdout + ping.stderr
 
-        producer.send_task("ingestor.ingest_pulses", args=[small], exchange="pulses", routing_key="pulses")
+        producer.send_task(INGEST_PULSES, args=[small], exchange="pulses", routing_key="pulses")
 
         def task_metrics():
             text = get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
@@ -143,9 +144,12 @@ def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings,
         assert metric_value(metrics, "ingestor_pulses_rejected_total", source="task", field="used_amount",
                             reason="negative") == 2
         assert metric_value(metrics, "ingestor_batch_duration_seconds_count", source="task") == 1
+        # Every task run is timed and counted by outcome, around the task's body.
+        assert metric_value(metrics, "ingestor_tasks_total", task=INGEST_PULSES, outcome="success") == 1
+        assert metric_value(metrics, "ingestor_task_duration_seconds_count", task=INGEST_PULSES) == 1
         assert metric_value(metrics, "ingestor_redis_windows_pending") == 1
 
-        producer.send_task("ingestor.ingest_pulses", args=[big], exchange="pulses", routing_key="pulses")
+        producer.send_task(INGEST_PULSES, args=[big], exchange="pulses", routing_key="pulses")
         wait_for(lambda: window_count(redis_client, big_hour) > 0, 60, worker, "the big batch starting")
         counted_at_signal = window_count(redis_client, big_hour)
         assert worker.terminate(timeout=90), worker.tail()
@@ -164,7 +168,7 @@ def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings,
     assert "worker: Warm shutdown (MainProcess)" in worker.output()
     ingested = [line for line in lines if line.get("logger") == "ingestor.pulses.ingest"]
     assert {line["counted"] for line in ingested} == {10, len(big)}
-    assert all(line["task_name"] == "ingestor.ingest_pulses" and line["task_id"] for line in ingested)
+    assert all(line["task_name"] == INGEST_PULSES and line["task_id"] for line in ingested)
     # No task was cut off. (A pool process that never ran a task still dies on the
     # group's SIGTERM, which billiard logs as an error: harmless, it held nothing.)
     assert "WorkerLostError" not in worker.output()
@@ -183,6 +187,6 @@ def test_beat_sends_the_persist_task_on_schedule(settings, tmp_path):
         beat.kill()
     with Connection(settings.broker_url) as connection:
         message = connection.default_channel.basic_get("persist", no_ack=True)
-    assert message.headers["task"] == "ingestor.persist_pulses"
+    assert message.headers["task"] == PERSIST_PULSES
     lines = beat.json_lines()
     assert any("Sending due task" in line["message"] for line in lines), beat.tail()

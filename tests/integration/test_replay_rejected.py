@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import pytest
 from sqlalchemy import text
 
-from ingestor.messaging.raw_consumer import decode_body
+from ingestor.pulses.raw_consumer import decode_body
 from ingestor.pulses.ingest import ingest_batch
 from tests.support.go_producer import go_pulse_body
 from tests.support.ledger import persisted_sums_per_group

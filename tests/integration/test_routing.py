@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES, PERSIST_PULSES
 from tests.support.worker import queue_depth
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -12,9 +13,9 @@ pytestmark = pytest.mark.usefixtures("clean_state")
 def test_tasks_are_routed_to_their_queues(app, settings):
     celery_app = app.extensions["celery"]
     celery_app.loader.import_default_modules()
-    celery_app.tasks["ingestor.ingest_pulses"].delay([])
-    celery_app.tasks["ingestor.ingest_pulse"].delay({})
-    celery_app.tasks["ingestor.persist_pulses"].delay()
+    celery_app.tasks[INGEST_PULSES].delay([])
+    celery_app.tasks[INGEST_PULSE].delay({})
+    celery_app.tasks[PERSIST_PULSES].delay()
 
     assert queue_depth(settings.broker_url, "pulses") == 2
     assert queue_depth(settings.broker_url, "persist") == 1
@@ -22,5 +23,5 @@ def test_tasks_are_routed_to_their_queues(app, settings):
 
 def test_beat_schedules_the_persist_task_from_the_setting(app):
     schedule = app.extensions["celery"].conf.beat_schedule["persist-pulses"]
-    assert schedule["task"] == "ingestor.persist_pulses"
+    assert schedule["task"] == PERSIST_PULSES
     assert schedule["schedule"] == app.config["SETTINGS"].persist_crontab()

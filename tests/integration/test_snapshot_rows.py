@@ -29,7 +29,7 @@ from ingestor.pulses.snapshot_rows import (
     server_side_chunks,
     snapshot_chunks,
 )
-from ingestor.pulses.tasks import TRANSIENT_ERRORS
+from ingestor.outages import TRANSIENT_ERRORS
 from tests.support.ledger import persisted_sums
 
 pytestmark = pytest.mark.usefixtures("clean_state")

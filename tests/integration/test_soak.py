@@ -39,8 +39,9 @@ from celery import Celery
 from sqlalchemy import text
 
 from ingestor import create_app
-from ingestor.messaging.raw_consumer import rejection_id_of
+from ingestor.pulses.raw_consumer import rejection_id_of
 from ingestor.messaging.topology import PERSIST, PULSES, RAW_PULSES
+from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
 from tests.support.api import post_until_accepted
 from tests.support.faults import TASK_QUEUES, proxied
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
@@ -126,7 +127,7 @@ def test_soak_under_chaos_sums_exactly_and_quarantines_exactly(settings, produce
         def celery_step(rng: random.Random) -> None:
             batch, invalid = soak.pulses("celery", 100, rng)
             task_id = str(uuid.uuid4())
-            producer.send_task("ingestor.ingest_pulses", args=[batch], exchange=PULSES, routing_key=PULSES,
+            producer.send_task(INGEST_PULSES, args=[batch], exchange=PULSES, routing_key=PULSES,
                                task_id=task_id)  # fmt: skip
             soak.expect_rejected(task_id, invalid)
             time.sleep(0.1)
@@ -161,7 +162,7 @@ def test_soak_under_chaos_sums_exactly_and_quarantines_exactly(settings, produce
                 worker_box[0] = WorkerProcess(proxies.settings, f"soak-{len(chaos_log)}")
                 worker_box[0].start(control)
             elif action == "persist":
-                control.send_task("ingestor.persist_pulses", exchange=PERSIST, routing_key=PERSIST)
+                control.send_task(PERSIST_PULSES, exchange=PERSIST, routing_key=PERSIST)
             else:
                 with getattr(proxies, action).outage():
                     time.sleep(rng.uniform(0.2, 1.5))

@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 
 from ingestor.pulses import keys
+from ingestor.pulses.task_names import INGEST_PULSES
 from tests.support.faults import counted_pulses, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.services import settings_for_tests
@@ -35,7 +36,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_once(producer, redis_c
     hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     ledger = Ledger()
     batch = make_pulses(ledger, 20_000, prefix="doomed", hour=hour, with_ids=False)
-    producer.send_task("ingestor.ingest_pulses", args=[batch], exchange="pulses", routing_key="pulses")
+    producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
 
     doomed = WorkerProcess(settings, "doomed", concurrency=1)
     doomed.start(producer)
@@ -66,7 +67,7 @@ def test_worker_killed_again_and_again_loses_nothing_and_counts_once(producer, r
     batches = [make_pulses(ledger, 10_000, prefix=f"b{n}", hour=hour, with_ids=n % 2 == 0) for n in range(8)]
     total = sum(len(batch) for batch in batches)
     for batch in batches:
-        producer.send_task("ingestor.ingest_pulses", args=[batch], exchange="pulses", routing_key="pulses")
+        producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
 
     rng = random.Random(42)
     kills_mid_batch = 0

@@ -16,6 +16,7 @@ from redis import Redis
 
 from ingestor.messaging.topology import PERSIST, PULSES
 from ingestor.pulses import keys
+from ingestor.pulses.task_names import PERSIST_PULSES
 from ingestor.settings import Settings
 from tests.support.proxy import TcpProxy
 from tests.support.worker import WorkerProcess, wait_until_idle
@@ -55,7 +56,7 @@ def retries_logged(worker: WorkerProcess) -> int:
 def persist_through_worker(control: Celery, worker: WorkerProcess, timeout: float = 90) -> None:
     """Let `worker` finish its queues, send it the persist task, wait until it ran."""
     wait_until_idle(control, worker, TASK_QUEUES, timeout)
-    control.send_task("ingestor.persist_pulses", exchange=PERSIST, routing_key=PERSIST)
+    control.send_task(PERSIST_PULSES, exchange=PERSIST, routing_key=PERSIST)
     wait_until_idle(control, worker, TASK_QUEUES, timeout)
 
 

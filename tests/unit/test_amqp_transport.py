@@ -16,7 +16,7 @@ from ingestor.messaging.amqp_transport import (
     holds_a_frame,
     transport_for,
 )
-from ingestor.messaging.celery_app import celery_config
+from ingestor.celery_app import celery_config
 from ingestor.settings import Settings
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from marshmallow import ValidationError
 
 from ingestor.api.parsing import BodyError, decode_json
-from ingestor.messaging.raw_consumer import UndecodableBody, decode_body
+from ingestor.pulses.raw_consumer import UndecodableBody, decode_body
 from ingestor.pulses.schema import PulseSchema, from_micro_units, to_micro_units
 from tests.support.strategies import amount_forms, broken_pulses, junk_bodies, not_pulses, valid_pulses
 

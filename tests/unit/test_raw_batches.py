@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from ingestor.messaging.raw_consumer import (
+from ingestor.pulses.raw_consumer import (
     RETRY_BACKOFF_MAX_SECONDS,
     PendingBatch,
     UndecodableBody,

@@ -1,24 +1,30 @@
-"""The Celery app, bound to the Flask app (Flask's own Celery pattern).
+"""The Celery app, bound to the Flask app (Flask's own Celery pattern): the wiring.
 
 Every task runs inside `app.app_context()`, so it finds the settings, the database
-and Redis the same way a request does. The configuration here is what makes the
-delivery guarantees hold: late acks, reject on worker loss, publisher confirms.
+and Redis the same way a request does, and is timed and counted by outcome around
+its run (`FlaskTask`). The configuration here is what makes the delivery guarantees
+hold: late acks, reject on worker loss, publisher confirms. The consumer bootsteps
+(the topology, the raw pulse queue) are registered here too.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Retry
 from celery.signals import worker_process_init
 from flask import Flask
 
 from ingestor.messaging import topology
 from ingestor.messaging.amqp_transport import transport_for
 from ingestor.messaging.consumer import DeclareTopology
-from ingestor.messaging.raw_consumer import raw_pulse_consumer_step
 from ingestor.messaging.serialization import EXACT_JSON, register_exact_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
+from ingestor.observability import metrics
+from ingestor.pulses import task_names
+from ingestor.pulses.raw_consumer import RawPulseConsumerStep
 from ingestor.settings import Settings, settings_of
 
 
@@ -48,20 +54,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_exchange": topology.PULSES,
         "task_default_routing_key": topology.PULSES,
         "task_routes": {
-            "ingestor.persist_pulses": {"queue": topology.PERSIST, "routing_key": topology.PERSIST},
-            "ingestor.populate_pulses": {"queue": topology.POPULATE, "routing_key": topology.POPULATE},
+            task_names.PERSIST_PULSES: {"queue": topology.PERSIST, "routing_key": topology.PERSIST},
+            task_names.POPULATE_PULSES: {"queue": topology.POPULATE, "routing_key": topology.POPULATE},
         },
         "task_annotations": {
             name: {
                 "max_retries": settings.task_max_retries,
                 "retry_backoff_max": settings.task_retry_backoff_max_seconds,
             }
-            for name in (
-                "ingestor.ingest_pulses",
-                "ingestor.ingest_pulse",
-                "ingestor.persist_pulses",
-                "ingestor.populate_pulses",
-            )
+            for name in task_names.ALL
         },
         "worker_consumer": "ingestor.messaging.consumer:DeadLetteringConsumer",
         "imports": ("ingestor.pulses.tasks",),
@@ -69,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": {
             "persist-pulses": {
-                "task": "ingestor.persist_pulses",
+                "task": task_names.PERSIST_PULSES,
                 "schedule": settings.persist_crontab(),
             },
         },
@@ -81,15 +82,42 @@ def celery_init_app(app: Flask) -> Celery:
     register_exact_json()
 
     class FlaskTask(Task):
+        """Runs the task in the app's context; times and counts every run by outcome.
+
+        The one place task metrics are recorded (as Warehouse's task base class does):
+        `ingestor_tasks_total{task, outcome}` and `ingestor_task_duration_seconds{task}`
+        for every task, then the task's own `record_run` (a task option, see
+        `pulses/tasks.py`), handed the outcome, what the run returned and how long it
+        took, so a task body only does its work and returns what happened.
+        """
+
+        def record_run(self, outcome: str, result: Any, seconds: float) -> None:
+            """What this task's own metrics make of a run (a task option overrides it)."""
+
         def __call__(self, *args: object, **kwargs: object) -> object:
             with app.app_context():
-                return self.run(*args, **kwargs)
+                started = time.perf_counter()
+                outcome, result = metrics.TASK_FAILURE, None
+                try:
+                    result = self.run(*args, **kwargs)
+                    outcome = metrics.TASK_SUCCESS
+                    return result
+                except Retry:  # raised by autoretry and by the hold for memory
+                    outcome = metrics.TASK_RETRY
+                    raise
+                finally:
+                    seconds = time.perf_counter() - started
+                    metrics.record_task(self.name, outcome, seconds)
+                    self.record_run(outcome, result, seconds)
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(settings_of(app)))
+    # What the consumer steps read from their consumer (`c.app.flask_app`), as Celery's
+    # own steps read `c.app`: the Flask app whose services they use.
+    celery_app.flask_app = app
     celery_app.steps["consumer"].add(DeclareTopology)
-    # The first version's bare JSON pulses, in batches (see messaging/raw_consumer.py).
-    celery_app.steps["consumer"].add(raw_pulse_consumer_step(app))
+    # The first version's bare JSON pulses, in batches (see pulses/raw_consumer.py).
+    celery_app.steps["consumer"].add(RawPulseConsumerStep)
     celery_app.set_default()
     app.extensions["celery"] = celery_app
 

@@ -60,11 +60,11 @@ from ingestor.messaging.dead_letters import DeadLetterPublisher, DeadLetterPubli
 from ingestor.messaging.topology import raw_queue
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import MemoryWatch
+from ingestor.outages import TRANSIENT_ERRORS
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.rejections import Rejection, record_rejections_of_messages
-from ingestor.pulses.tasks import TRANSIENT_ERRORS
 from ingestor.redis_store import is_out_of_memory
 from ingestor.settings import settings_of
 
@@ -322,19 +322,18 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
     """Consumes the raw pulse queue in batches, in the worker's main process.
 
     Runs on the consumer's event loop: the message callback and the flush timer never
-    run at the same time, so the batch needs no lock. Use `raw_pulse_consumer_step(app)`
-    to get the class bound to a Flask app (the step reads its services from it).
+    run at the same time, so the batch needs no lock. Like Celery's own steps, it reads
+    what it needs from the consumer it is given: the Flask app whose services it uses
+    is `parent.app.flask_app`, set on the Celery app by the wiring (`celery_init_app`).
     """
 
     requires = (
         "celery.worker.consumer.connection:Connection",
         "ingestor.messaging.consumer:DeclareTopology",
     )
-    flask_app: Flask  # set by raw_pulse_consumer_step
-
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        app = self.flask_app
+        app: Flask = parent.app.flask_app
         settings = settings_of(app)
         services = app.extensions["pulses"]
         self.validator: PulseValidator = services.validator
@@ -497,7 +496,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             self.publish_dead_letters()
             countable = batch.countable()
             counted = self.counter.count(countable) if countable else 0
-            record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
+            reasons = record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
         except (*TRANSIENT_ERRORS, DeadLetterPublishFailed) as exc:
             self._postpone(exc)
             return False
@@ -509,10 +508,13 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             except Exception as failed:  # noqa: BLE001 - never crash the event loop: hold and retry
                 self._postpone(failed)
                 return False
-            countable, counted = [], 0
+            countable, counted, reasons = [], 0, []
         ack_through(batch.last())
         messages, pulses = len(batch), batch.pulse_count
         batch.clear()  # acked: from here nothing of it may be rejected or requeued
+        # Rejections count once stored, before the ack (a redelivered batch counts them
+        # again, though the table keeps them once: metrics are a rate, the table the record).
+        metrics.record_rejections("raw", reasons)
         metrics.record_ingest("raw", counted, len(countable) - counted, time.perf_counter() - started)
         logger.info(
             "raw batch acked: messages=%d pulses=%d counted=%d duplicates=%d rejected=%d",
@@ -550,7 +552,3 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             parent.timer.cancel(self._tick)
             self._tick = None
 
-
-def raw_pulse_consumer_step(app: Flask) -> type[RawPulseConsumerStep]:
-    """The raw consumer step bound to `app`, for `celery_app.steps["consumer"].add`."""
-    return type("RawPulseConsumerStep", (RawPulseConsumerStep,), {"flask_app": app, "__module__": __name__})
