@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES, PERSIST_PULSES
+from ingestor.settings import settings_of
 from tests.support.worker import queue_depth
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -24,4 +25,4 @@ def test_tasks_are_routed_to_their_queues(app, settings):
 def test_beat_schedules_the_persist_task_from_the_setting(app):
     schedule = app.extensions["celery"].conf.beat_schedule["persist-pulses"]
     assert schedule["task"] == PERSIST_PULSES
-    assert schedule["schedule"] == app.config["SETTINGS"].persist_crontab()
+    assert schedule["schedule"] == settings_of(app).persist_crontab()
