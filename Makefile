@@ -46,5 +46,5 @@ lock:  ## re-pin constraints.txt from a fresh resolution of setup.cfg
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-bench: install services  ## measure the real system on this machine (bench/run.py --help for sizes)
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+bench: install services  ## measure the real system on this machine (python -m bench.run --help for sizes)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

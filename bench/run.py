@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -32,24 +32,22 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ingestor import create_app  # noqa: E402
-from ingestor.auth.models import User  # noqa: E402
-from ingestor.database import upgrade_schema  # noqa: E402
-from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue  # noqa: E402
-from ingestor.pulses import keys  # noqa: E402
-from ingestor.pulses.aggregation import CountablePulse  # noqa: E402
-from ingestor.pulses.queries import encode_cursor  # noqa: E402
+from ingestor import create_app
+from ingestor.auth.models import User
+from ingestor.database import upgrade_schema
+from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue
+from ingestor.pulses import keys
+from ingestor.pulses.aggregation import CountablePulse
+from ingestor.pulses.queries import encode_cursor
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
-from ingestor.settings import Settings  # noqa: E402
-from tests.support.services import recreate_database, recreate_vhost, settings_env  # noqa: E402
-from tests.support.worker import WorkerProcess  # noqa: E402
+from ingestor.settings import Settings
+from tests.support.services import recreate_database, recreate_vhost, settings_env
+from tests.support.worker import WorkerProcess
 
 DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor_bench"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 VHOST = "pulse_ingestor_bench"
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -90,7 +88,7 @@ class Report:
 
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Bench:
@@ -102,13 +100,14 @@ class Bench:
         recreate_database(DATABASE_URL)
         upgrade_schema(DATABASE_URL)
         # Warnings only: the query measurements make thousands of requests.
-        self.settings = Settings(database_url=DATABASE_URL, redis_url=REDIS_URL, broker_url=broker_url,
-                                 log_level="WARNING").validated()  # fmt: skip
+        self.settings = Settings(
+            database_url=DATABASE_URL, redis_url=REDIS_URL, broker_url=broker_url, log_level="WARNING"
+        ).validated()
         self.app = create_app(self.settings)
         self.redis = self.app.extensions["redis"]
         self.database = self.app.extensions["database"]
         self.producer = Celery("bench-producer", broker=broker_url, set_as_current=False)
-        self.hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        self.hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         with Connection(broker_url) as connection:
             declare_topology(connection)
         self.reset()
@@ -134,8 +133,13 @@ class Bench:
         }
 
     def worker(self, name: str, app: str = "ingestor") -> WorkerProcess:
-        return WorkerProcess(self.settings, f"bench-{name}", concurrency=os.cpu_count() or 2, app=app,
-                             extra_env={"REDIS_URL": REDIS_URL})  # fmt: skip
+        return WorkerProcess(
+            self.settings,
+            f"bench-{name}",
+            concurrency=os.cpu_count() or 2,
+            app=app,
+            extra_env={"REDIS_URL": REDIS_URL},
+        )
 
     def time_consumption(self, worker: WorkerProcess, counted: Callable[[], int], total: int) -> float:
         """Start `worker` on the queued messages; pulses/s from the first counted to the last."""
@@ -173,8 +177,9 @@ def bench_baseline(bench: Bench, report: Report) -> float:
         return sum(int(v) for v in bench.redis.hvals("naive:window"))
 
     rate = bench.time_consumption(bench.worker("naive", app="bench.naive"), counted, n)
-    report.add(Row("baseline: naive task per pulse (HINCRBY, late ack)", rate, "pulses/s",
-                   detail=f"{n:,} pulses"))  # fmt: skip
+    report.add(
+        Row("baseline: naive task per pulse (HINCRBY, late ack)", rate, "pulses/s", detail=f"{n:,} pulses")
+    )
     return rate
 
 
@@ -185,8 +190,16 @@ def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
         batch = [bench.pulse(i) for i in range(start, min(n, start + size))]
         bench.producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
     rate = bench.time_consumption(bench.worker("batches"), bench.dedupe_keys, n)
-    report.add(Row(f"{INGEST_PULSES} (validated, deduped, late ack)", rate, "pulses/s",
-                   "≥ 30,000", rate >= 30_000, f"{n:,} pulses in batches of {size}"))  # fmt: skip
+    report.add(
+        Row(
+            f"{INGEST_PULSES} (validated, deduped, late ack)",
+            rate,
+            "pulses/s",
+            "≥ 30,000",
+            rate >= 30_000,
+            f"{n:,} pulses in batches of {size}",
+        )
+    )
     ratio = rate / baseline
     report.add(Row("  ratio to the baseline", ratio, "×", "≥ 25×", ratio >= 25))
 
@@ -195,8 +208,7 @@ def _ingest_pulse_rate(bench: Bench) -> float:
     n = bench.args.single_pulses
     bench.reset()
     for i in range(n):
-        bench.producer.send_task(INGEST_PULSE, args=[bench.pulse(i)], exchange="pulses",
-                                 routing_key="pulses")  # fmt: skip
+        bench.producer.send_task(INGEST_PULSE, args=[bench.pulse(i)], exchange="pulses", routing_key="pulses")
     return bench.time_consumption(bench.worker("single"), bench.dedupe_keys, n)
 
 
@@ -207,9 +219,14 @@ def _raw_queue_rate(bench: Bench) -> float:
     with Connection(bench.settings.broker_url) as connection:
         producer = connection.Producer()
         for i in range(n):
-            producer.publish(json.dumps(bench.pulse(i)), exchange="", routing_key=queue.name,
-                             content_type="application/json", delivery_mode=2,
-                             declare=[queue] if i == 0 else [])  # fmt: skip
+            producer.publish(
+                json.dumps(bench.pulse(i)),
+                exchange="",
+                routing_key=queue.name,
+                content_type="application/json",
+                delivery_mode=2,
+                declare=[queue] if i == 0 else [],
+            )
     return bench.time_consumption(bench.worker("raw"), bench.dedupe_keys, n)
 
 
@@ -227,15 +244,28 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
         if raw:
             raws.append(_raw_queue_rate(bench))
     single = statistics.median(singles)
-    report.add(Row(f"{INGEST_PULSE} (one pulse per message)", single, "pulses/s",
-                   detail=f"{bench.args.single_pulses:,} messages, median of {rounds}, "
-                          f"{single / baseline:.1f}× baseline"))  # fmt: skip
+    report.add(
+        Row(
+            f"{INGEST_PULSE} (one pulse per message)",
+            single,
+            "pulses/s",
+            detail=f"{bench.args.single_pulses:,} messages, median of {rounds}, "
+            f"{single / baseline:.1f}× baseline",
+        )
+    )
     if raw:
         rate = statistics.median(raws)
         ratio = rate / single
-        report.add(Row("raw queue pulses.raw (one pulse per message)", rate, "pulses/s", "≥ 10× ingest_pulse",
-                       ratio >= 10, f"{bench.args.raw_pulses:,} messages, median of {rounds}, "
-                                    f"{ratio:.1f}× ingest_pulse"))  # fmt: skip
+        report.add(
+            Row(
+                "raw queue pulses.raw (one pulse per message)",
+                rate,
+                "pulses/s",
+                "≥ 10× ingest_pulse",
+                ratio >= 10,
+                f"{bench.args.raw_pulses:,} messages, median of {rounds}, {ratio:.1f}× ingest_pulse",
+            )
+        )
 
 
 def bench_http(bench: Bench, report: Report) -> None:
@@ -254,10 +284,22 @@ def bench_http(bench: Bench, report: Report) -> None:
         port = probe.getsockname()[1]
     env = {**os.environ, **settings_env(bench.settings), "REDIS_URL": REDIS_URL}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(os.cpu_count() or 2),
-         "ingestor:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(os.cpu_count() or 2),
+            "ingestor:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -268,8 +310,10 @@ def bench_http(bench: Bench, report: Report) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        bodies = [json.dumps([{**bench.pulse(i), "id": f"http-{r}-{i}"} for i in range(1000)]).encode()
-                  for r in range(bench.args.http_clients)]  # fmt: skip
+        bodies = [
+            json.dumps([{**bench.pulse(i), "id": f"http-{r}-{i}"} for i in range(1000)]).encode()
+            for r in range(bench.args.http_clients)
+        ]
         latencies: list[float] = []
         accepted = [0]
         lock = threading.Lock()
@@ -299,16 +343,26 @@ def bench_http(bench: Bench, report: Report) -> None:
     finally:
         server.terminate()
         server.wait(30)
-    report.add(Row("POST /api/v1/pulses (gunicorn, 1000-pulse bodies)", accepted[0] / wall, "pulses/s",
-                   detail=f"{len(latencies)} requests, {bench.args.http_clients} clients, "
-                          f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
-                          f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms"))  # fmt: skip
+    report.add(
+        Row(
+            "POST /api/v1/pulses (gunicorn, 1000-pulse bodies)",
+            accepted[0] / wall,
+            "pulses/s",
+            detail=f"{len(latencies)} requests, {bench.args.http_clients} clients, "
+            f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
+            f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms",
+        )
+    )
 
 
 def _login(port: int) -> str:
     connection = HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("POST", "/api/v1/login", body=json.dumps({"username": "bench", "password":
-                       "bench-password-long-enough"}), headers={"Content-Type": "application/json"})  # fmt: skip
+    connection.request(
+        "POST",
+        "/api/v1/login",
+        body=json.dumps({"username": "bench", "password": "bench-password-long-enough"}),
+        headers={"Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     body = json.loads(response.read())
     if response.status != 200:
@@ -328,9 +382,15 @@ def _persist_once(bench: Bench, groups: int) -> float:
     """Seconds our flush takes to move `groups` groups of one window from Redis to PostgreSQL."""
     services = bench.app.extensions["pulses"]
     window = keys.window_key(keys.hour_of(bench.hour))
-    pulses = [CountablePulse(keys.dedupe_key_for_position(f"persist-{uuid.uuid4()}", g), window,
-                             keys.group_field(f"tenant-{g}", "vm.small", "vCPU-hour"), 1_000_000 + g)
-              for g in range(groups)]  # fmt: skip
+    pulses = [
+        CountablePulse(
+            keys.dedupe_key_for_position(f"persist-{uuid.uuid4()}", g),
+            window,
+            keys.group_field(f"tenant-{g}", "vm.small", "vCPU-hour"),
+            1_000_000 + g,
+        )
+        for g in range(groups)
+    ]
     for start in range(0, groups, 5000):
         services.counter.count(pulses[start : start + 5000])
     started = time.perf_counter()
@@ -347,16 +407,20 @@ def _reference_once(bench: Bench, groups: int) -> float:
     In an arbitrary order, as any hash-keyed store hands groups out: PostgreSQL writes
     rows already in index order ~30% faster, an order no flush is ever given.
     """
-    rows = [f"tenant-{g}\tvm.small\tvCPU-hour\t{bench.hour.isoformat()}\t{(1_000_000 + g) / 10**6:.6f}\t1\n"
-            for g in range(groups)]  # fmt: skip
+    rows = [
+        f"tenant-{g}\tvm.small\tvCPU-hour\t{bench.hour.isoformat()}\t{(1_000_000 + g) / 10**6:.6f}\t1\n"
+        for g in range(groups)
+    ]
     random.Random(groups).shuffle(rows)
     buffer = "".join(rows)
     raw = bench.database.engine.raw_connection()
     try:
         started = time.perf_counter()
         cursor = raw.cursor()
-        cursor.execute("CREATE TEMP TABLE incoming (tenant text, product_sku text, use_unity text, "
-                       "window_start timestamptz, used_amount numeric(38,6), pulse_count bigint) ON COMMIT DROP")  # fmt: skip
+        cursor.execute(
+            "CREATE TEMP TABLE incoming (tenant text, product_sku text, use_unity text, "
+            "window_start timestamptz, used_amount numeric(38,6), pulse_count bigint) ON COMMIT DROP"
+        )
         cursor.copy_expert("COPY incoming FROM STDIN", io.StringIO(buffer))
         cursor.execute(REFERENCE_UPSERT)
         raw.commit()
@@ -392,11 +456,26 @@ def bench_persist(bench: Bench, report: Report) -> None:
         # The 40,000 rows/s target is the issue's, for a window's first flush. Updating
         # rows that exist costs PostgreSQL itself about twice as much: only the ratio.
         target = ("≥ 40,000", ours >= 40_000) if path == "first" else ("", None)
-        report.add(Row(f"persist: Redis → PostgreSQL, {label}", ours, "rows/s", *target,
-                       f"{groups:,} groups of one window, median of {rounds}"))  # fmt: skip
+        report.add(
+            Row(
+                f"persist: Redis → PostgreSQL, {label}",
+                ours,
+                "rows/s",
+                *target,
+                f"{groups:,} groups of one window, median of {rounds}",
+            )
+        )
         ratio = ours / reference
-        report.add(Row("  ratio to plain COPY + INSERT…SELECT…ON CONFLICT", ratio, "×", "≥ 0.8", ratio >= 0.8,
-                       f"reference {reference:,.0f} rows/s, rows in arbitrary order"))  # fmt: skip
+        report.add(
+            Row(
+                "  ratio to plain COPY + INSERT…SELECT…ON CONFLICT",
+                ratio,
+                "×",
+                "≥ 0.8",
+                ratio >= 0.8,
+                f"reference {reference:,.0f} rows/s, rows in arbitrary order",
+            )
+        )
 
 
 def bench_queries(bench: Bench, report: Report) -> None:
@@ -404,11 +483,15 @@ def bench_queries(bench: Bench, report: Report) -> None:
     bench.reset()
     with bench.database.engine.begin() as connection:
         connection.execute(text("DELETE FROM api_user"))
-        connection.execute(text(
-            "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count) "
-            "SELECT 'tenant-' || (g % 1000), 'sku-' || (g / 1000 % 10), 'GB', "
-            "timestamptz '2026-01-01 00:00+00' + make_interval(hours => g / 10000), (g % 100000) / 1000.0, "
-            "1 + g % 7 FROM generate_series(0, :rows - 1) g"), {"rows": rows})  # fmt: skip
+        connection.execute(
+            text(
+                "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count) "
+                "SELECT 'tenant-' || (g % 1000), 'sku-' || (g / 1000 % 10), 'GB', "
+                "timestamptz '2026-01-01 00:00+00' + make_interval(hours => g / 10000), (g % 100000) / 1000.0, "
+                "1 + g % 7 FROM generate_series(0, :rows - 1) g"
+            ),
+            {"rows": rows},
+        )
     with bench.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE pulse_usage"))
     client = bench.app.test_client()
@@ -430,8 +513,16 @@ def bench_queries(bench: Bench, report: Report) -> None:
     def measure(name: str, urls: list[str], target: bool = True) -> None:
         samples = [timed(url)[0] for url in urls]
         p99 = percentile(samples, 0.99) * 1000
-        report.add(Row(name, p99, "ms p99", "< 50 ms" if target else "", (p99 < 50) if target else None,
-                       f"p50 {percentile(samples, 0.5) * 1000:.1f} ms, {len(samples)} requests"))  # fmt: skip
+        report.add(
+            Row(
+                name,
+                p99,
+                "ms p99",
+                "< 50 ms" if target else "",
+                (p99 < 50) if target else None,
+                f"p50 {percentile(samples, 0.5) * 1000:.1f} ms, {len(samples)} requests",
+            )
+        )
 
     repeats = bench.args.query_repeats
     measure(f"GET /api/v1/pulses first page ({rows:,} rows)", ["/api/v1/pulses"] * repeats)
@@ -445,20 +536,36 @@ def bench_queries(bench: Bench, report: Report) -> None:
             walk.append(elapsed)
             url = f"/api/v1/pulses?limit=100&cursor={body['next_cursor']}"
     p99 = percentile(walk, 0.99) * 1000
-    report.add(Row("GET /api/v1/pulses cursor walk (limit 100, top and 90% deep)", p99, "ms p99", "< 50 ms",
-                   p99 < 50, f"p50 {percentile(walk, 0.5) * 1000:.1f} ms, {len(walk)} pages"))  # fmt: skip
+    report.add(
+        Row(
+            "GET /api/v1/pulses cursor walk (limit 100, top and 90% deep)",
+            p99,
+            "ms p99",
+            "< 50 ms",
+            p99 < 50,
+            f"p50 {percentile(walk, 0.5) * 1000:.1f} ms, {len(walk)} pages",
+        )
+    )
     deep_page = rows * 9 // 10 // 100
-    measure(f"GET /api/v1/pulses?page={deep_page}&limit=100 (OFFSET, for contrast)",
-            [f"/api/v1/pulses?page={deep_page}&limit=100"] * max(5, repeats // 10), target=False)  # fmt: skip
+    measure(
+        f"GET /api/v1/pulses?page={deep_page}&limit=100 (OFFSET, for contrast)",
+        [f"/api/v1/pulses?page={deep_page}&limit=100"] * max(5, repeats // 10),
+        target=False,
+    )
 
 
 def _deep_cursor(bench: Bench, offset: int) -> str:
-    from ingestor.pulses.models import PulseUsage
     from sqlalchemy import select
 
+    from ingestor.pulses.models import PulseUsage
+
     with bench.database.session() as session:
-        row = session.scalars(select(PulseUsage).order_by(PulseUsage.window_start.desc(), PulseUsage.id.desc())
-                              .offset(offset).limit(1)).one()  # fmt: skip
+        row = session.scalars(
+            select(PulseUsage)
+            .order_by(PulseUsage.window_start.desc(), PulseUsage.id.desc())
+            .offset(offset)
+            .limit(1)
+        ).one()
         return encode_cursor(row)
 
 
@@ -469,35 +576,65 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
     bench.reset()
     before = bench.redis.info("memory")["used_memory"]
     group = keys.group_field("tenant", "vm.small", "vCPU-hour")
-    pulses = [CountablePulse(keys.dedupe_key_for_id("tenant", f"id-{uuid.uuid4()}"), window, group, 1)
-              for _ in range(n)]  # fmt: skip
+    pulses = [
+        CountablePulse(keys.dedupe_key_for_id("tenant", f"id-{uuid.uuid4()}"), window, group, 1)
+        for _ in range(n)
+    ]
     services.counter.count(pulses)
     per_id = (bench.redis.info("memory")["used_memory"] - before) / n
-    report.add(Row("Redis memory per dedupe id held", per_id, "bytes", "≤ 100", per_id <= 100,
-                   f"{n:,} ids, used_memory delta (key tables ~99% full)"))  # fmt: skip
+    report.add(
+        Row(
+            "Redis memory per dedupe id held",
+            per_id,
+            "bytes",
+            "≤ 100",
+            per_id <= 100,
+            f"{n:,} ids, used_memory delta (key tables ~99% full)",
+        )
+    )
     bench.reset()
-    groups = [CountablePulse(keys.dedupe_key_for_position("m", g), window,
-                             keys.group_field(f"tenant-{g:06d}", "vm.small", "vCPU-hour"), 1234567)
-              for g in range(n)]  # fmt: skip
+    groups = [
+        CountablePulse(
+            keys.dedupe_key_for_position("m", g),
+            window,
+            keys.group_field(f"tenant-{g:06d}", "vm.small", "vCPU-hour"),
+            1234567,
+        )
+        for g in range(n)
+    ]
     services.counter.count(groups)
     per_group = bench.redis.memory_usage(window, samples=0) / n
-    report.add(Row("Redis memory per aggregated group", per_group, "bytes",
-                   detail=f"{n:,} groups, MEMORY USAGE of the window hash"))  # fmt: skip
+    report.add(
+        Row(
+            "Redis memory per aggregated group",
+            per_group,
+            "bytes",
+            detail=f"{n:,} groups, MEMORY USAGE of the window hash",
+        )
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pulses", type=int, default=200_000, help="pulses for ingest_pulses")
     parser.add_argument("--batch-size", type=int, default=1000, help="pulses per ingest_pulses message")
     parser.add_argument("--baseline-pulses", type=int, default=5_000)
     parser.add_argument("--single-pulses", type=int, default=10_000, help="messages for ingest_pulse")
     parser.add_argument("--raw-pulses", type=int, default=100_000, help="messages for the raw queue")
-    parser.add_argument("--worker-rounds", type=int, default=3,
-                        help="interleaved rounds of ingest_pulse and the raw queue; medians are reported")
+    parser.add_argument(
+        "--worker-rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of ingest_pulse and the raw queue; medians are reported",
+    )
     parser.add_argument("--http-requests", type=int, default=120)
     parser.add_argument("--http-clients", type=int, default=4)
     parser.add_argument("--persist-groups", type=int, default=100_000)
-    parser.add_argument("--persist-rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument(
+        "--persist-rounds", type=int, default=3, help="interleaved rounds; the median is reported"
+    )
     parser.add_argument("--query-rows", type=int, default=1_000_000)
     parser.add_argument("--query-repeats", type=int, default=200, help="requests per query measurement")
     # Just under 2**17: Redis's key tables are then nearly full, as they are most of
@@ -505,9 +642,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-pulses", type=int, default=130_000)
     parser.add_argument("--timeout", type=float, default=300, help="seconds any one measurement may take")
     parser.add_argument(
-        "--only", nargs="*", default=[],
-        choices=["ingest", "raw", "http", "persist", "queries", "memory"], help="run only these parts",
-    )  # fmt: skip
+        "--only",
+        nargs="*",
+        default=[],
+        choices=["ingest", "raw", "http", "persist", "queries", "memory"],
+        help="run only these parts",
+    )
     return parser.parse_args(argv)
 
 
@@ -516,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.only) or {"ingest", "raw", "http", "persist", "queries", "memory"}
     bench = Bench(args)
     report = Report()
-    print(f"benchmark on {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    print(f"benchmark on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
     started = time.monotonic()
     if wanted & {"ingest", "raw"}:
         baseline = bench_baseline(bench, report)
@@ -535,9 +675,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.table())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"bench-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps({"cores": os.cpu_count(), "args": vars(args), "seconds": time.monotonic() - started,
-                                "rows": [asdict(row) for row in report.rows]}, indent=2))  # fmt: skip
+    path = RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "cores": os.cpu_count(),
+                "args": vars(args),
+                "seconds": time.monotonic() - started,
+                "rows": [asdict(row) for row in report.rows],
+            },
+            indent=2,
+        )
+    )
     print(f"\nwritten to {path.relative_to(ROOT)} in {time.monotonic() - started:.0f} s")
     return 0 if all(row.met is not False for row in report.rows) else 1
 

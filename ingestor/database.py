@@ -5,11 +5,10 @@ The schema itself belongs to Alembic (`migrations/`); nothing here creates table
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import logging
 
 import click
 import sqlalchemy.exc

@@ -36,7 +36,9 @@ def get_redis() -> Redis:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is Redis refusing a write because it reached `maxmemory`."""
-    return isinstance(exc, OutOfMemoryError) or (isinstance(exc, ResponseError) and OOM_REPLY_TEXT in str(exc))
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and OOM_REPLY_TEXT in str(exc)
+    )
 
 
 @dataclass(frozen=True)

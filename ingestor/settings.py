@@ -16,7 +16,6 @@ from celery.schedules import crontab
 from flask import Flask, current_app
 from limits import parse_many
 
-
 DEVELOPMENT = "development"
 # Signs tokens in development only: validated() refuses it anywhere else.
 DEVELOPMENT_JWT_SECRET = "development-only-insecure-jwt-secret-key"
@@ -178,12 +177,15 @@ class Settings:
     def _check(self) -> None:
         self.persist_crontab()
         if self.log_format not in LOG_FORMATS:
-            raise SettingsError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+            raise SettingsError(
+                f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if not 1 <= self.redis_memory_warn_percent <= 100:
             raise SettingsError(
-                f"REDIS_MEMORY_WARN_PERCENT must be a percent of maxmemory (1-100), got {self.redis_memory_warn_percent}"
+                "REDIS_MEMORY_WARN_PERCENT must be a percent of maxmemory (1-100), "
+                f"got {self.redis_memory_warn_percent}"
             )
         for name in ("login_rate_limit_per_username", "login_rate_limit_per_address"):
             try:

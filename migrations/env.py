@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine
 
-import ingestor.auth.models  # noqa: F401 - registers the tables on the metadata
+import ingestor.auth.models
 import ingestor.pulses.models  # noqa: F401
 from ingestor.database import Base
 from ingestor.settings import Settings

@@ -262,9 +262,21 @@ def debian_command(target: Target) -> list[str]:
         # A scratch Redis for development: no persistence, logs beside the package's own.
         return [
             "redis-server",
-            "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", str(target.port),
-            "--save", "", "--appendonly", "no",
-            "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            str(target.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
         ]
     return ["rabbitmq-server", "-detached"]
 
@@ -276,8 +288,15 @@ def compose_command(target: Target) -> list[str]:
     docker-compose.yml) is started as it is, never replaced.
     """
     return [
-        "docker", "compose", "--file", str(COMPOSE_FILE),
-        "up", "--detach", "--wait", "--no-recreate", target.service.compose_service,
+        "docker",
+        "compose",
+        "--file",
+        str(COMPOSE_FILE),
+        "up",
+        "--detach",
+        "--wait",
+        "--no-recreate",
+        target.service.compose_service,
     ]
 
 

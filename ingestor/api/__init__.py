@@ -11,8 +11,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ingestor.api import login, login_limits, tokens
-from ingestor.api.bodies import ApiRequest
 from ingestor.api.blueprint import check_requests_outside_api_blueprints
+from ingestor.api.bodies import ApiRequest
 from ingestor.api.errors import IngestorApi
 from ingestor.api.parsing import ApiJSONProvider
 from ingestor.api.query_strings import QueryContract

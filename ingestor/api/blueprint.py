@@ -54,8 +54,9 @@ class ApiBlueprint(Blueprint):
 
     ARGUMENTS_PARSER = ApiParser()
 
-    def add_url_rule(self, rule: str, endpoint: str | None = None, view_func: Any = None, *args: Any,
-                     **options: Any) -> None:  # fmt: skip
+    def add_url_rule(
+        self, rule: str, endpoint: str | None = None, view_func: Any = None, *args: Any, **options: Any
+    ) -> None:
         """flask-smorest's, documenting what `check_request` answers on every operation."""
         if isinstance(view_func, type) and issubclass(view_func, MethodView):
             for method in view_func.methods or ():

@@ -73,6 +73,7 @@ class ApiRequest(Request):
                 return _BodyUpToTheLimit(self.environ["wsgi.input"], limit)
         return super().stream
 
+
 def check_body_framing(request: Request, max_bytes: int) -> None:
     """411 for a body without framing, 400 for a body where the method takes none.
 

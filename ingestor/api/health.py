@@ -47,7 +47,7 @@ def health():
 def _check(service: str, probe: Callable[[], object]) -> str:
     try:
         state = probe()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the detail is logged
+    except Exception as exc:  # any failure means "not ready"; the detail is logged
         logger.warning("readiness: %s unavailable: %s: %s", service, type(exc).__name__, exc)
         return UNAVAILABLE
     return state if isinstance(state, str) else OK

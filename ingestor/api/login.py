@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import current_app
 from flask_jwt_extended import create_access_token
@@ -37,5 +37,5 @@ def login(credentials: dict[str, str]):
     return {
         "access_token": token,
         "token_type": "Bearer",
-        "expires_at": datetime.now(timezone.utc) + expires,
+        "expires_at": datetime.now(UTC) + expires,
     }

@@ -83,8 +83,11 @@ def init_app(app: Flask, blueprint: Blueprint) -> Limiter:
         in_memory_fallback_enabled=False,
     )
     limiter.init_app(app)
-    limiter.limit(_setting("login_rate_limit_per_address"), key_func=_address_key,
-                  on_breach=_refusal("from this address"))(blueprint)  # fmt: skip
+    limiter.limit(
+        _setting("login_rate_limit_per_address"),
+        key_func=_address_key,
+        on_breach=_refusal("from this address"),
+    )(blueprint)
     limiter.limit(
         _setting("login_rate_limit_per_username"),
         key_func=_username_key,

@@ -15,6 +15,7 @@ from flask import Response, current_app, request
 from ingestor.api.blueprint import ApiBlueprint
 from ingestor.api.errors import error_response
 from ingestor.observability.metrics import registry_of
+from ingestor.settings import get_settings
 
 blueprint = ApiBlueprint("metrics", __name__, description="Prometheus metrics")
 
@@ -27,7 +28,9 @@ def _authorized(token: str) -> bool:
 
 
 @blueprint.get("/metrics")
-@blueprint.response(200, {"type": "string"}, content_type=PROMETHEUS_TEXT, description="Prometheus text format")
+@blueprint.response(
+    200, {"type": "string"}, content_type=PROMETHEUS_TEXT, description="Prometheus text format"
+)
 @blueprint.errors(401)
 @blueprint.doc(security=[])
 def metrics():
@@ -37,7 +40,10 @@ def metrics():
     token = get_settings().metrics_token
     if token and not _authorized(token):
         return error_response(
-            401, "unauthorized", "This endpoint needs the metrics bearer token.", headers={"WWW-Authenticate": "Bearer"}
+            401,
+            "unauthorized",
+            "This endpoint needs the metrics bearer token.",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     registry = current_app.extensions.get("metrics_registry")
     if registry is None:

@@ -18,7 +18,6 @@ from flask.json.provider import DefaultJSONProvider
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
-
 # No field of the API needs a number longer than this (an amount has at most 19
 # significant digits); Python's own limit for integers is 4300 digits.
 MAX_NUMBER_LENGTH = 100
@@ -105,7 +104,7 @@ class ApiParser(FlaskParser):
 
     DEFAULT_VALIDATION_STATUS = 400
 
-    def _raw_load_json(self, req):  # noqa: ANN001, ANN202 - webargs hook
+    def _raw_load_json(self, req):  # webargs hook
         if not is_json_request(req):
             return core.missing
         data = req.get_data(cache=True)
@@ -117,12 +116,12 @@ class ApiParser(FlaskParser):
             # webargs turns JSONDecodeError into its 400 "Invalid JSON body." answer.
             raise json.JSONDecodeError(str(exc), "x", 0) from None
 
-    def _handle_invalid_json_error(self, error, req, *args, **kwargs):  # noqa: ANN001
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         from flask_smorest import abort
 
         abort(400, message=error.msg, messages={"json": [error.msg]})
 
-    def handle_error(self, error, req, schema, *, error_status_code, error_headers):  # noqa: ANN001
+    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
         """webargs' 400, with a message that names what is wrong (not only the details)."""
         from flask_smorest import abort
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import current_app, request
 from flask.views import MethodView
@@ -29,7 +29,9 @@ from ingestor.pulses.task_names import POPULATE_PULSES
 from ingestor.redis_store import get_redis
 from ingestor.settings import get_settings
 
-blueprint = ApiBlueprint("pulses", __name__, url_prefix="/api/v1/pulses", description="Pulses and their hourly sums")
+blueprint = ApiBlueprint(
+    "pulses", __name__, url_prefix="/api/v1/pulses", description="Pulses and their hourly sums"
+)
 blueprint.require_token()
 
 MAX_ROW_ID = 2**63 - 1
@@ -96,7 +98,7 @@ class Pulses(MethodView):
         limit = get_settings().max_pulses_per_request
         if len(pulses) > limit:
             abort(400, message=f"At most {limit} pulses per request, got {len(pulses)}.")
-        accepted, rejected = get_pulses().validator.for_enqueue(pulses, datetime.now(timezone.utc))
+        accepted, rejected = get_pulses().validator.for_enqueue(pulses, datetime.now(UTC))
         reasons = [{"index": r.position, "errors": r.errors} for r in rejected]
         if not accepted:
             metrics.record_http_pulses(0, (r.reasons for r in rejected))

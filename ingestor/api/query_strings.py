@@ -65,18 +65,23 @@ class QueryContract:
         allowed = self._operations.get((path, method), {})
         unknown = [name for name in request.args if name not in allowed]
         if unknown:
-            raise QueryParameterError(_unknown_message(request, unknown, allowed),
-                                      {name: ["Unknown parameter."] for name in unknown})  # fmt: skip
+            raise QueryParameterError(
+                _unknown_message(request, unknown, allowed),
+                {name: ["Unknown parameter."] for name in unknown},
+            )
         repeated = {
             name: len(values)
             for name, values in request.args.lists()
             if len(values) > 1 and not allowed[name]
         }
         if repeated:
-            reasons = {name: [f"Given {count} times; it takes one value."] for name, count in repeated.items()}
+            reasons = {
+                name: [f"Given {count} times; it takes one value."] for name, count in repeated.items()
+            }
             listed = ", ".join(f"'{name}' ({count} times)" for name, count in repeated.items())
-            raise QueryParameterError(f"Query parameters given more than once, each takes one value: {listed}.",
-                                      reasons)  # fmt: skip
+            raise QueryParameterError(
+                f"Query parameters given more than once, each takes one value: {listed}.", reasons
+            )
 
 
 def _unknown_message(request: Request, unknown: list[str], allowed: Mapping[str, bool]) -> str:

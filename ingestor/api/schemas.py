@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import timezone
+from datetime import UTC
+from typing import ClassVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
@@ -47,7 +48,7 @@ class QueryDateTime(fields.AwareDateTime):
     _PLUS_SENT_BARE = re.compile(r" [0-9]{2}(:?[0-9]{2})?\Z")
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(format="iso", default_timezone=timezone.utc, **kwargs)
+        super().__init__(format="iso", default_timezone=UTC, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         try:
@@ -131,7 +132,7 @@ class PopulateRequestSchema(Schema):
     workers_number = JsonInteger(load_default=5, validate=validate.Range(1, 50))
     buffer_size = JsonInteger(load_default=50, validate=validate.Range(1, 1000))
 
-    DEFAULTS = {"total_messages": 100, "workers_number": 5, "buffer_size": 50}
+    DEFAULTS: ClassVar[dict[str, int]] = {"total_messages": 100, "workers_number": 5, "buffer_size": 50}
 
     @pre_load
     def _defaults_for_non_positive(self, data, **_):

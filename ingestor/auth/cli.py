@@ -22,7 +22,9 @@ def create_user(username: str, password: str) -> None:
     if not 1 <= len(username) <= 64 or not username.isprintable():
         raise click.BadParameter("must be 1 to 64 printable characters", param_hint="USERNAME")
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise click.BadParameter(f"must be at least {MIN_PASSWORD_LENGTH} characters", param_hint="--password")
+        raise click.BadParameter(
+            f"must be at least {MIN_PASSWORD_LENGTH} characters", param_hint="--password"
+        )
     with get_database().session() as session, session.begin():
         if session.scalar(select(User.id).where(User.username == username)) is not None:
             raise click.ClickException(f"user {username!r} already exists")

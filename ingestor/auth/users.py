@@ -64,8 +64,11 @@ class ActiveUsers:
             user, found_at = self._seen.get(user_id, (None, 0.0))
             if user is None or time.monotonic() - found_at > self.grace_seconds or user.username != username:
                 raise
-            logger.info("PostgreSQL unreachable: user %s taken as active, as seen %.0f s ago",
-                        user.username, time.monotonic() - found_at)  # fmt: skip
+            logger.info(
+                "PostgreSQL unreachable: user %s taken as active, as seen %.0f s ago",
+                user.username,
+                time.monotonic() - found_at,
+            )
             return user
         if user is None or not user.is_active or user.username != username:
             self._seen.pop(user_id, None)

@@ -35,7 +35,9 @@ PLAIN_SCHEMES = ("amqp", "pyamqp")
 class ReadAheadTCPTransport(TCPTransport):
     """py-amqp's TCP transport, with `_read` asking the socket for a buffer's worth."""
 
-    def _read(self, n: int, initial: bool = False, _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)) -> bytes:
+    def _read(
+        self, n: int, initial: bool = False, _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)
+    ) -> bytes:
         """Exactly `n` bytes: from the buffer, topped up by reads of at least READ_AHEAD_BYTES."""
         # py-amqp's TCPTransport._read with one change: recv(max(missing, READ_AHEAD_BYTES)).
         recv = self._quick_recv
@@ -47,13 +49,13 @@ class ReadAheadTCPTransport(TCPTransport):
                 except OSError as exc:
                     if exc.errno in _errnos:
                         if initial and self.raise_on_initial_eintr:
-                            raise socket.timeout() from exc
+                            raise TimeoutError() from exc
                         continue
                     raise
                 if not s:
                     raise OSError("Server unexpectedly closed connection")
                 rbuf += s
-        except:  # noqa: E722 - as py-amqp: keep what was read for the next attempt, whatever happened
+        except:
             self._read_buffer = rbuf
             raise
         result, self._read_buffer = rbuf[:n], rbuf[n:]
@@ -84,7 +86,7 @@ class Connection(pyamqp.Connection):
             return self.on_inbound_frame(transport.read_frame())
         return super().blocking_read(timeout)
 
-    def Transport(  # noqa: N802 - py-amqp's name
+    def Transport(  # py-amqp's name
         self,
         host: str,
         connect_timeout: float | None,
@@ -95,7 +97,11 @@ class Connection(pyamqp.Connection):
         **kwargs: Any,
     ) -> Any:
         """The socket transport py-amqp connects with (py-amqp's own for SSL)."""
-        timeouts = {"read_timeout": read_timeout, "write_timeout": write_timeout, "socket_settings": socket_settings}
+        timeouts = {
+            "read_timeout": read_timeout,
+            "write_timeout": write_timeout,
+            "socket_settings": socket_settings,
+        }
         if ssl:
             return super().Transport(host, connect_timeout, ssl, **timeouts, **kwargs)
         return ReadAheadTCPTransport(host, connect_timeout=connect_timeout, **timeouts, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from celery import bootsteps
 from celery.worker.consumer import Consumer
@@ -19,7 +20,7 @@ class DeadLetteringConsumer(Consumer):
     RabbitMQ moves it to `pulses.dead` where an operator can read and replay it.
     """
 
-    def on_decode_error(self, message, exc):  # noqa: ANN001 - Celery's signature
+    def on_decode_error(self, message, exc):  # Celery's signature
         logger.error(
             "undecodable message dead-lettered",
             extra={
@@ -34,7 +35,7 @@ class DeadLetteringConsumer(Consumer):
 class DeclareTopology(bootsteps.StartStopStep):
     """Declare the exchanges and queues (the dead-letter ones too) on every connect."""
 
-    requires = {"celery.worker.consumer.connection:Connection"}
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.connection:Connection"}
 
     def start(self, parent: Consumer) -> None:
         # The raw queue is declared by the raw consumer step, under its configured name.

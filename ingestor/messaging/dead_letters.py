@@ -41,7 +41,17 @@ MAX_REASON_CHARS = 500
 CONFIRM_TIMEOUT_SECONDS = 10.0
 
 # Properties kombu's Producer.publish takes by keyword, as AMQP names them.
-_KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "expiration", "message_id", "timestamp", "type", "user_id", "app_id")
+_KEPT_PROPERTIES = (
+    "correlation_id",
+    "reply_to",
+    "priority",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+)
 # Not on a dead letter: an expiration would let it vanish from pulses.dead, and
 # RabbitMQ refuses a user_id other than the publishing connection's (forever).
 _DEAD_LETTER_PROPERTIES = tuple(k for k in _KEPT_PROPERTIES if k not in ("expiration", "user_id"))
@@ -103,12 +113,16 @@ class DeadLetterPublisher:
                 timeout=CONFIRM_TIMEOUT_SECONDS,
                 **kept,
             )
-        except Exception as exc:  # noqa: BLE001 - whatever failed, the dead letter is not stored
+        except Exception as exc:  # whatever failed, the dead letter is not stored
             self.close()
-            raise DeadLetterPublishFailed(f"publish to {dead_letter_exchange.name} failed: {exc!r:.300}") from exc
+            raise DeadLetterPublishFailed(
+                f"publish to {dead_letter_exchange.name} failed: {exc!r:.300}"
+            ) from exc
         if self._returned:
             self.close()
-            raise DeadLetterPublishFailed(f"{dead_letter_exchange.name} routed it nowhere: {self._returned[0]}")
+            raise DeadLetterPublishFailed(
+                f"{dead_letter_exchange.name} routed it nowhere: {self._returned[0]}"
+            )
 
     def close(self) -> None:
         """Drop the connection (the next publish opens a new one)."""
@@ -116,13 +130,15 @@ class DeadLetterPublisher:
         if connection is not None:
             try:
                 connection.release()
-            except Exception:  # noqa: BLE001 - it is being thrown away
+            except Exception:  # it is being thrown away
                 logger.debug("dead-letter connection did not close cleanly", exc_info=True)
 
     def _ready_producer(self) -> Any:
         if self._producer is None:
             connection = Connection(
-                self.broker_url, connect_timeout=CONFIRM_TIMEOUT_SECONDS, transport_options={"confirm_publish": True}
+                self.broker_url,
+                connect_timeout=CONFIRM_TIMEOUT_SECONDS,
+                transport_options={"confirm_publish": True},
             )
             self._connection = connection
             channel = connection.channel()
@@ -196,9 +212,11 @@ def replay_dead_letters(broker_url: str, limit: int | None = None) -> ReplayRepo
             report.left = len(held)
             channel.close()
     logger.info(
-        "dead letters replayed: %d (left %d)", sum(report.replayed.values()), report.left,
+        "dead letters replayed: %d (left %d)",
+        sum(report.replayed.values()),
+        report.left,
         extra={"replayed": dict(report.replayed), "left": report.left},
-    )  # fmt: skip
+    )
     return report
 
 

@@ -12,8 +12,7 @@ import time
 
 from flask import Flask, g, request
 
-from ingestor.observability import logs
-from ingestor.observability import metrics, redis_memory
+from ingestor.observability import logs, metrics, redis_memory
 from ingestor.settings import settings_of
 
 logger = logging.getLogger("ingestor.http")
@@ -32,7 +31,7 @@ def init_app(app: Flask) -> None:
         g.request_started = time.perf_counter()
 
     @app.after_request
-    def _log_request(response):  # noqa: ANN001, ANN202 - Flask hook
+    def _log_request(response):  # Flask hook
         started = g.pop("request_started", None)
         if started is None:
             return response
@@ -42,12 +41,15 @@ def init_app(app: Flask) -> None:
         metrics.record_request(request.method, route, response.status_code, duration)
         logger.info(
             "%s %s %d %.1fms",
-            request.method, route, response.status_code, duration * 1000,
+            request.method,
+            route,
+            response.status_code,
+            duration * 1000,
             extra={
                 "method": request.method,
                 "route": route,
                 "status": response.status_code,
                 "duration_ms": round(duration * 1000, 3),
             },
-        )  # fmt: skip
+        )
         return response

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.signals import after_setup_logger, after_setup_task_logger
@@ -74,9 +74,11 @@ class IngestorJsonFormatter(JsonFormatter):
             json_ensure_ascii=False,
         )
 
-    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
         # Time first, so a line reads naturally; UTC, millisecond precision.
-        log_data["time"] = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         super().add_fields(log_data, record, message_dict)
         data = log_data.get("data")
         if isinstance(data, dict):

@@ -104,7 +104,9 @@ def instruments() -> Instruments:
             "ingestor_pulses_accepted", "Valid pulses counted into the Redis hour windows", ["source"]
         ),
         deduplicated=Counter(
-            "ingestor_pulses_deduplicated", "Valid pulses not counted again: their dedupe key was seen", ["source"]
+            "ingestor_pulses_deduplicated",
+            "Valid pulses not counted again: their dedupe key was seen",
+            ["source"],
         ),
         rejected=Counter(
             "ingestor_pulses_rejected",
@@ -117,7 +119,10 @@ def instruments() -> Instruments:
             ["source", "reason"],
         ),
         batch_seconds=Histogram(
-            "ingestor_batch_duration_seconds", "Time to count one batch of pulses", ["source"], buckets=BATCH_BUCKETS
+            "ingestor_batch_duration_seconds",
+            "Time to count one batch of pulses",
+            ["source"],
+            buckets=BATCH_BUCKETS,
         ),
         http_enqueued=Counter("ingestor_http_pulses_enqueued", "Valid pulses POST /api/v1/pulses enqueued"),
         persist_runs=Counter("ingestor_persist_runs", "Persist (flush) runs, by outcome", ["outcome"]),
@@ -131,7 +136,9 @@ def instruments() -> Instruments:
             "When a persist run last finished without error (Unix time)",
             multiprocess_mode="max",
         ),
-        request_seconds=Histogram("ingestor_http_request_duration_seconds", "API latency", ["method", "route"]),
+        request_seconds=Histogram(
+            "ingestor_http_request_duration_seconds", "API latency", ["method", "route"]
+        ),
         requests=Counter("ingestor_http_requests", "API responses", ["method", "route", "status"]),
         memory_refusals=Counter(
             "ingestor_redis_memory_refusals",
@@ -140,7 +147,10 @@ def instruments() -> Instruments:
         ),
         task_runs=Counter("ingestor_tasks", "Celery task runs, by task and outcome", ["task", "outcome"]),
         task_seconds=Histogram(
-            "ingestor_task_duration_seconds", "Duration of a Celery task run", ["task"], buckets=PERSIST_BUCKETS
+            "ingestor_task_duration_seconds",
+            "Duration of a Celery task run",
+            ["task"],
+            buckets=PERSIST_BUCKETS,
         ),
     )
 
@@ -286,7 +296,9 @@ def registry_of(app: Flask) -> Any:
     )
 
 
-def build_registry(redis: Redis, memory_warn_percent: int, collectors: Iterable[CollectorFactory] = ()) -> Any:
+def build_registry(
+    redis: Redis, memory_warn_percent: int, collectors: Iterable[CollectorFactory] = ()
+) -> Any:
     """A registry with every process's metrics (or this process's), the Redis gauges and `collectors`."""
     from prometheus_client import CollectorRegistry
 
@@ -340,12 +352,18 @@ def start_metrics_server(host: str, port: int, registry: Any) -> Any:
         # Two workers on one machine: the second one's metrics are still counted, in
         # its own directory, but need another METRICS_PORT to be scraped.
         logger.warning(
-            "metrics endpoint not started on %s:%d: %s", host, port, exc,
+            "metrics endpoint not started on %s:%d: %s",
+            host,
+            port,
+            exc,
             extra={"metrics_host": host, "metrics_port": port},
-        )  # fmt: skip
+        )
         return None
     logger.info(
-        "metrics served on http://%s:%d/metrics", host, port, extra={"metrics_host": host, "metrics_port": port}
+        "metrics served on http://%s:%d/metrics",
+        host,
+        port,
+        extra={"metrics_host": host, "metrics_port": port},
     )
     return server
 

@@ -31,14 +31,20 @@ from ingestor.settings import settings_of
 
 logger = logging.getLogger(__name__)
 
-WHAT_TO_DO = "add memory (maxmemory), shorten DEDUPE_HORIZON_SECONDS or shard Redis; see README, Operate > Redis full"
+WHAT_TO_DO = (
+    "add memory (maxmemory), shorten DEDUPE_HORIZON_SECONDS or shard Redis; see README, Operate > Redis full"
+)
 
 
 class MemoryWatch:
     """Rate-limited reads of Redis memory, and the log lines of a Redis filling up."""
 
     def __init__(
-        self, redis: Redis, warn_percent: int, interval_seconds: float, clock: Callable[[], float] = time.monotonic
+        self,
+        redis: Redis,
+        warn_percent: int,
+        interval_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._warn_ratio = warn_percent / 100
@@ -74,9 +80,11 @@ class MemoryWatch:
             return  # full: every refused batch logs its ERROR line already
         logger.warning(
             "Redis memory is running low: %s, warning at %d%%; writes will be refused at 100%%: %s",
-            usage.describe(), round(self._warn_ratio * 100), WHAT_TO_DO,
+            usage.describe(),
+            round(self._warn_ratio * 100),
+            WHAT_TO_DO,
             extra={"redis_used_memory": usage.used_bytes, "redis_maxmemory": usage.maxmemory_bytes},
-        )  # fmt: skip
+        )
 
     def refused(self, source: str, exc: Exception, *, held: str, retry_in: float) -> None:
         """Log and count one batch that Redis refused for memory (`held`: what became of it)."""
@@ -89,14 +97,19 @@ class MemoryWatch:
         figures = usage.describe() if usage is not None else "memory figures unavailable"
         logger.error(
             "Redis is out of memory (%s): %s refused, %s, retry in %.1fs: %s. Redis said: %s",
-            figures, source, held, retry_in, WHAT_TO_DO, exc,
+            figures,
+            source,
+            held,
+            retry_in,
+            WHAT_TO_DO,
+            exc,
             extra={
                 "source": source,
                 "redis_used_memory": usage.used_bytes if usage else None,
                 "redis_maxmemory": usage.maxmemory_bytes if usage else None,
                 "retry_in_seconds": round(retry_in, 3),
             },
-        )  # fmt: skip
+        )
         metrics.record_memory_refusal(source)
 
 

@@ -124,7 +124,9 @@ class PulseCounter:
                 raise
         return counted
 
-    def _script_arguments(self, chunk: Sequence[CountablePulse]) -> tuple[list[bytes | str], list[bytes | int]]:
+    def _script_arguments(
+        self, chunk: Sequence[CountablePulse]
+    ) -> tuple[list[bytes | str], list[bytes | int]]:
         """KEYS and ARGV of one script call (layout described above INGEST_SCRIPT)."""
         windows: dict[str, int] = {}
         cells: dict[tuple[str, bytes], int] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 from flask.cli import AppGroup
@@ -36,19 +36,25 @@ def stats() -> None:
     pending = pending_windows(redis)
     persisted = persisted_stats(get_database())
     oldest = pending.oldest_hour
-    age = f" ({pending.oldest_age_seconds(datetime.now(timezone.utc)) / 3600:.1f} h ago)" if oldest else ""
+    age = f" ({pending.oldest_age_seconds(datetime.now(UTC)) / 3600:.1f} h ago)" if oldest else ""
     click.echo(f"pending windows:     {len(pending.windows)}")
     click.echo(f"pending snapshots:   {len(pending.snapshots)}")
     click.echo(f"pending groups:      {pending_groups(redis, [*pending.windows, *pending.snapshots])}")
     click.echo(f"oldest pending hour: {oldest.isoformat() if oldest else '-'}{age}")
     last = persisted.last_flush_at
-    click.echo(f"last persist:        {last.isoformat() if last else 'never'} ({persisted.flush_batches} batch(es))")
+    click.echo(
+        f"last persist:        {last.isoformat() if last else 'never'} ({persisted.flush_batches} batch(es))"
+    )
     click.echo(f"rejected pulses:     {persisted.rejected_pulses}")
 
 
 @pulses_cli.command("populate")
-@click.option("--total", default=10_000, show_default=True, type=click.IntRange(1), help="Fake pulses to publish.")
-@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10_000), help="Pulses per message.")
+@click.option(
+    "--total", default=10_000, show_default=True, type=click.IntRange(1), help="Fake pulses to publish."
+)
+@click.option(
+    "--batch", default=500, show_default=True, type=click.IntRange(1, 10_000), help="Pulses per message."
+)
 def populate(total: int, batch: int) -> None:
     """Publish fake pulses to the pulses queue from here, with a progress bar (demo, load)."""
     import time
@@ -72,24 +78,41 @@ def populate(total: int, batch: int) -> None:
         except BrokerUnavailable as exc:
             raise click.ClickException(f"{exc}; {bar.pos} of {total} pulses were published") from None
     elapsed = max(time.monotonic() - started, 1e-9)
-    click.echo(f"published {total} pulses in {-(-total // batch)} message(s) in {elapsed:.2f}s ({total / elapsed:,.0f} pulses/s)")
+    click.echo(
+        f"published {total} pulses in {-(-total // batch)} message(s) in {elapsed:.2f}s "
+        f"({total / elapsed:,.0f} pulses/s)"
+    )
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @pulses_cli.command("replay-rejected")
-@click.option("--reason", help="Only pulses rejected on this field (used_amount) or for this reason (fraction_digits).")
+@click.option(
+    "--reason", help="Only pulses rejected on this field (used_amount) or for this reason (fraction_digits)."
+)
 @click.option("--tenant", help="Only this tenant's pulses.")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
-              help="Only pulses rejected at or after this time (UTC without an offset).")  # fmt: skip
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]),
+    help="Only pulses rejected at or after this time (UTC without an offset).",
+)
 @click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
-@click.option("--round-half-even", "round_amounts", is_flag=True,
-              help="Round amounts with more than 6 fractional digits to 6 (half to even) and count them.")  # fmt: skip
+@click.option(
+    "--round-half-even",
+    "round_amounts",
+    is_flag=True,
+    help="Round amounts with more than 6 fractional digits to 6 (half to even) and count them.",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be counted; change nothing.")
 def replay_rejected(
-    reason: str | None, tenant: str | None, since: datetime | None, limit: int | None, round_amounts: bool, dry_run: bool
+    reason: str | None,
+    tenant: str | None,
+    since: datetime | None,
+    limit: int | None,
+    round_amounts: bool,
+    dry_run: bool,
 ) -> None:
     """Count quarantined pulses that are valid now (or once rounded); each row at most once."""
     from ingestor.database import get_database
@@ -99,7 +122,12 @@ def replay_rejected(
     services = get_pulses()
     selection = ReplayFilter(reason=reason, tenant=tenant, since=_aware(since), limit=limit)
     report = replay(
-        get_database(), services.validator, services.counter, selection, round_amounts=round_amounts, dry_run=dry_run
+        get_database(),
+        services.validator,
+        services.counter,
+        selection,
+        round_amounts=round_amounts,
+        dry_run=dry_run,
     )
     verb = "would count" if dry_run else "counted"
     click.echo(
@@ -118,4 +146,6 @@ def replay_dead_letters(limit: int | None) -> None:
     report = replay(get_settings().broker_url, limit)
     for queue, count in sorted(report.replayed.items()):
         click.echo(f"replayed {count} message(s) to {queue}")
-    click.echo(f"replayed {sum(report.replayed.values())} in all; {report.left} without origin left in pulses.dead")
+    click.echo(
+        f"replayed {sum(report.replayed.values())} in all; {report.left} without origin left in pulses.dead"
+    )

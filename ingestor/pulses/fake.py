@@ -8,7 +8,7 @@ dedupe keys make the redelivery count nothing twice.
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +26,7 @@ PRODUCTS = [
 
 def fake_pulses(job_id: str, worker_index: int, start: int, count: int) -> list[dict[str, Any]]:
     """Pulses number `start` to `start + count - 1` of one populate worker."""
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     pulses = []
     for sequence in range(start, start + count):
         rng = random.Random(f"{job_id}:{worker_index}:{sequence}")

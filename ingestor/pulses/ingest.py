@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -67,7 +67,9 @@ class PulseValidator:
                 rejected.append(Rejection(position=index, payload=raw, errors=exc.normalized_messages()))
         return valid, rejected
 
-    def for_enqueue(self, pulses: list[Any], received_at: datetime) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    def for_enqueue(
+        self, pulses: list[Any], received_at: datetime
+    ) -> tuple[list[dict[str, Any]], list[Rejection]]:
         """Validate pulses received over HTTP and return the valid ones as wire dicts.
 
         A pulse without a timestamp is stamped with `received_at`: it entered the
@@ -119,7 +121,7 @@ def ingest_batch(
     Redis first: the valid pulses are counted even while PostgreSQL is down, and the
     retry that follows only has the (idempotent) rejections left to write.
     """
-    received_at = received_at or datetime.now(timezone.utc)
+    received_at = received_at or datetime.now(UTC)
     countable, rejected = validator.split(
         pulses, fallback_key=partial(keys.dedupe_key_for_position, message_id), received_at=received_at
     )
@@ -134,7 +136,11 @@ def ingest_batch(
     )
     logger.info(
         "batch ingested: message_id=%s received=%d counted=%d duplicates=%d rejected=%d",
-        message_id, report.received, report.counted, report.duplicates, report.rejected,
+        message_id,
+        report.received,
+        report.counted,
+        report.duplicates,
+        report.rejected,
         extra={"message_id": message_id, "source": source, **report.counts()},
-    )  # fmt: skip
+    )
     return report

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 PREFIX = "ingestor:"
@@ -62,7 +62,7 @@ def window_key(hour: int) -> str:
 
 def hour_start(hour: int) -> datetime:
     """The UTC start of an hour window given as hours since the epoch."""
-    return datetime.fromtimestamp(hour * _SECONDS_PER_HOUR, timezone.utc)
+    return datetime.fromtimestamp(hour * _SECONDS_PER_HOUR, UTC)
 
 
 def window_start_of_key(key: str) -> datetime:
@@ -73,7 +73,7 @@ def window_start_of_key(key: str) -> datetime:
         stamp = key[len(SNAPSHOT_PREFIX) :].split(":", 1)[0]
     else:
         raise ValueError(f"not a window or snapshot key: {key!r}")
-    return datetime.strptime(stamp, _HOUR_FORMAT).replace(tzinfo=timezone.utc)
+    return datetime.strptime(stamp, _HOUR_FORMAT).replace(tzinfo=UTC)
 
 
 def new_snapshot_key(window: str) -> tuple[str, uuid.UUID]:

@@ -23,9 +23,9 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
-from typing import Any, TypeVar
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -144,8 +144,13 @@ WHERE pulse_usage.tenant = late.tenant AND pulse_usage.product_sku = late.produc
 # CorruptSnapshot (or proves wrong): a value PostgreSQL cannot parse, a row twice; and
 # Redis refusing the script itself (an ACL without EVALSHA, a script error), which
 # would otherwise stop every later flush at this snapshot.
-CAREFUL_READ_ERRORS = (UnusualSnapshot, psycopg2.DataError, psycopg2.IntegrityError,
-                       psycopg2.errors.CardinalityViolation, redis.exceptions.ResponseError)  # fmt: skip
+CAREFUL_READ_ERRORS = (
+    UnusualSnapshot,
+    psycopg2.DataError,
+    psycopg2.IntegrityError,
+    psycopg2.errors.CardinalityViolation,
+    redis.exceptions.ResponseError,
+)
 
 
 def run_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -163,7 +168,7 @@ def run_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                     return
                 handoff.put((True, item))
             handoff.put((False, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:  # handed to the consumer
             handoff.put((False, exc))
 
     thread = threading.Thread(target=produce, name="snapshot-chunks", daemon=True)
@@ -240,13 +245,17 @@ class Persister:
         duration = round(time.monotonic() - started, 3)
         logger.info(
             "flush finished: snapshots=%d groups=%d pulses=%d already_persisted=%d duration=%.3fs",
-            report.snapshots, report.groups, report.pulses, report.already_persisted, duration,
+            report.snapshots,
+            report.groups,
+            report.pulses,
+            report.already_persisted,
+            duration,
             extra={**report.__dict__, "duration_seconds": duration},
-        )  # fmt: skip
+        )
         return report
 
     @staticmethod
-    def _renew(lock) -> None:  # noqa: ANN001 - redis-py's Lock
+    def _renew(lock) -> None:  # redis-py's Lock
         """Push the lock's expiry a full timeout away again, if the run still holds it."""
         try:
             lock.reacquire()
@@ -329,7 +338,9 @@ class Persister:
             if claimed is None:
                 return None
             hours_since_epoch = int(window_start.timestamp()) // 3600
-            session.execute(LOCK_WINDOW, {"namespace": WINDOW_LOCK_NAMESPACE, "hours_since_epoch": hours_since_epoch})
+            session.execute(
+                LOCK_WINDOW, {"namespace": WINDOW_LOCK_NAMESPACE, "hours_since_epoch": hours_since_epoch}
+            )
             first_flush = not session.execute(WINDOW_HAS_ROWS, {"window_start": window_start}).scalar()
             groups = pulses = 0
             late_amounts = b""

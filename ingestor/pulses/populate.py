@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from celery import Celery
 from redis import Redis
@@ -59,7 +59,7 @@ def create_job(redis: Redis, total: int, workers: int, buffer_size: int) -> str:
                 "total": total,
                 "workers": workers,
                 "buffer_size": buffer_size,
-                "created_at": datetime.now(timezone.utc).isoformat(),
+                "created_at": datetime.now(UTC).isoformat(),
             },
         )
         pipe.expire(key, JOB_TTL_SECONDS)
@@ -101,7 +101,9 @@ def publish_fake_pulses(
     return published
 
 
-def run_share(celery_app: Celery, redis: Redis, job_id: str, worker_index: int, count: int, buffer_size: int) -> int:
+def run_share(
+    celery_app: Celery, redis: Redis, job_id: str, worker_index: int, count: int, buffer_size: int
+) -> int:
     """Publish one worker's share of a job, recording its progress in Redis."""
 
     def record(published: int) -> None:

@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -254,7 +254,9 @@ class PendingBatch(Generic[M]):
         """Make every message not already a dead letter one: it will count nothing."""
         for index, message in enumerate(self.messages):
             if message.dead_letter is None:
-                converted = replace(message, countable=[], rejections=[], dead_letter=reason, dead_letter_kind=kind)
+                converted = replace(
+                    message, countable=[], rejections=[], dead_letter=reason, dead_letter_kind=kind
+                )
                 self.messages[index] = converted
                 self.unpublished_dead_letters.append(converted)
 
@@ -331,6 +333,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         "celery.worker.consumer.connection:Connection",
         "ingestor.messaging.consumer:DeclareTopology",
     )
+
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         app: Flask = parent.app.flask_app
@@ -392,9 +395,11 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             "RabbitMQ and publish nothing. To migrate, once it is empty delete it "
             "(rabbitmqctl delete_queue %s --if-empty, repeated until it succeeds): the worker re-declares "
             "it without arguments at once.",
-            self.queue.name, refusal.reply_text, self.queue.name,
+            self.queue.name,
+            refusal.reply_text,
+            self.queue.name,
             extra={"queue": self.queue.name},
-        )  # fmt: skip
+        )
         return channel
 
     def start(self, parent: Any) -> None:
@@ -403,8 +408,11 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         self._tick = parent.timer.call_repeatedly(self.tick_seconds, self.on_tick)
         logger.info(
             "consuming raw pulses from %s (batch %d pulses / %d ms, prefetch %d)",
-            self.queue.name, self.batch.max_pulses, self.batch.max_wait_seconds * 1000, self.prefetch_count,
-        )  # fmt: skip
+            self.queue.name,
+            self.batch.max_pulses,
+            self.batch.max_wait_seconds * 1000,
+            self.prefetch_count,
+        )
 
     def stop(self, parent: Any) -> None:
         """Warm shutdown: finish the open batch (or return it); reconnect: drop it."""
@@ -439,11 +447,11 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
                 message.properties.get("message_id"),
                 validator=self.validator,
                 max_body_bytes=self.max_body_bytes,
-                received_at=datetime.now(timezone.utc),
+                received_at=datetime.now(UTC),
             )
         except UndecodableBody as exc:
             prepared = dead_letter_message(message, str(exc), exc.kind)
-        except Exception as exc:  # noqa: BLE001 - a bug: never crash the loop, never count it
+        except Exception as exc:  # a bug: never crash the loop, never count it
             logger.exception("raw message could not be prepared: dead-lettering it")
             prepared = dead_letter_message(message, f"could not be prepared: {exc!r}", "failed")
         now = time.monotonic()
@@ -475,9 +483,10 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             pending.pop(0)
             metrics.record_dead_letter("raw", message.dead_letter_kind)
             logger.warning(
-                "raw message dead-lettered to pulses.dead: %s", reason,
+                "raw message dead-lettered to pulses.dead: %s",
+                reason,
                 extra={"queue": self.queue.name, "delivery_tag": handle.delivery_tag},
-            )  # fmt: skip
+            )
 
     def flush(self) -> bool:
         """Dead-letter what cannot count, count the batch, record its rejections, then
@@ -496,16 +505,18 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             self.publish_dead_letters()
             countable = batch.countable()
             counted = self.counter.count(countable) if countable else 0
-            reasons = record_rejections_of_messages(self.database, source=self.source, messages=batch.rejections())
+            reasons = record_rejections_of_messages(
+                self.database, source=self.source, messages=batch.rejections()
+            )
         except (*TRANSIENT_ERRORS, DeadLetterPublishFailed) as exc:
             self._postpone(exc)
             return False
-        except Exception as exc:  # noqa: BLE001 - a bug: dead-letter the batch, never retry it forever
+        except Exception as exc:  # a bug: dead-letter the batch, never retry it forever
             logger.exception("raw batch of %d message(s) failed: dead-lettering them", len(batch))
             batch.dead_letter_all(f"its batch failed: {exc!r}", "failed")
             try:
                 self.publish_dead_letters()
-            except Exception as failed:  # noqa: BLE001 - never crash the event loop: hold and retry
+            except Exception as failed:  # never crash the event loop: hold and retry
                 self._postpone(failed)
                 return False
             countable, counted, reasons = [], 0, []
@@ -518,8 +529,12 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         metrics.record_ingest("raw", counted, len(countable) - counted, time.perf_counter() - started)
         logger.info(
             "raw batch acked: messages=%d pulses=%d counted=%d duplicates=%d rejected=%d",
-            messages, pulses, counted, len(countable) - counted, pulses - len(countable),
-        )  # fmt: skip
+            messages,
+            pulses,
+            counted,
+            len(countable) - counted,
+            pulses - len(countable),
+        )
         return True
 
     def finish_on_shutdown(self, parent: Any) -> None:
@@ -529,7 +544,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         try:
             if self.flush():
                 return
-        except Exception:  # noqa: BLE001 - shutting down: log, and let the broker redeliver
+        except Exception:  # shutting down: log, and let the broker redeliver
             logger.exception("raw batch could not be acked at shutdown")
         if self.batch.messages:
             logger.warning("raw batch of %d message(s) returned to the queue at shutdown", len(self.batch))
@@ -540,15 +555,18 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
     def _postpone(self, exc: Exception) -> None:
         delay = self.batch.postpone(time.monotonic())
         if is_out_of_memory(exc):  # a capacity incident: said loudly, held as long as it lasts
-            self.memory.refused("raw", exc, held=f"raw batch of {len(self.batch)} message(s) held unacked",
-                                retry_in=delay)  # fmt: skip
+            self.memory.refused(
+                "raw", exc, held=f"raw batch of {len(self.batch)} message(s) held unacked", retry_in=delay
+            )
         logger.warning(
             "raw batch of %d message(s) not done (%r): held unacked, retry %d in %.1fs",
-            len(self.batch), exc, self.batch.failures, delay,
-        )  # fmt: skip
+            len(self.batch),
+            exc,
+            self.batch.failures,
+            delay,
+        )
 
     def _cancel_tick(self, parent: Any) -> None:
         if self._tick is not None:
             parent.timer.cancel(self._tick)
             self._tick = None
-

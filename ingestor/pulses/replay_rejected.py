@@ -123,7 +123,9 @@ def replay_rejected(
                 statement = statement.where(RejectedPulse.tenant == selection.tenant)
             if selection.since is not None:
                 statement = statement.where(RejectedPulse.received_at >= selection.since)
-            statement = statement.order_by(RejectedPulse.id).limit(CHUNK_ROWS).with_for_update(skip_locked=True)
+            statement = (
+                statement.order_by(RejectedPulse.id).limit(CHUNK_ROWS).with_for_update(skip_locked=True)
+            )
             rows = list(session.scalars(statement))
             if not rows:
                 break
@@ -145,10 +147,14 @@ def replay_rejected(
             report.duplicates += len(countable) - counted
     logger.info(
         "rejected pulses replayed: counted=%d duplicates=%d rounded=%d still_invalid=%d unreadable=%d%s",
-        report.counted, report.duplicates, report.rounded, report.still_invalid, report.unreadable,
+        report.counted,
+        report.duplicates,
+        report.rounded,
+        report.still_invalid,
+        report.unreadable,
         " (dry run)" if dry_run else "",
         extra={**report.__dict__, "dry_run": dry_run},
-    )  # fmt: skip
+    )
     return report
 
 

@@ -9,9 +9,9 @@ existing producers keep working; unknown fields are ignored.
 from __future__ import annotations
 
 import re
-from functools import cached_property
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 import humanize
@@ -107,9 +107,11 @@ class PulseSchema(Schema):
 
     @validates("timestamp")
     def _timestamp_in_accepted_range(self, value: datetime, **_: Any) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if value < now - self.late_limit:
-            raise ValidationError(f"Is older than the late limit of {_duration(self.late_limit)}: that hour is closed.")
+            raise ValidationError(
+                f"Is older than the late limit of {_duration(self.late_limit)}: that hour is closed."
+            )
         if value > now + self.future_limit:
             raise ValidationError(f"Is more than {_duration(self.future_limit)} in the future.")
 

@@ -135,7 +135,7 @@ def _csv_fields(group: bytes) -> bytes:
         raise CorruptSnapshot(f"unreadable group field: {group[:200]!r}") from exc
     if not canonical:
         raise CorruptSnapshot(f"group field not as the ingest script writes it: {group[:200]!r}")
-    return ",".join('"%s"' % value.replace('"', '""') for value in values).encode()
+    return ",".join('"{}"'.format(value.replace('"', '""')) for value in values).encode()
 
 
 def _integer(value: bytes | None, what: str, group: bytes) -> int:
@@ -153,7 +153,7 @@ def _row(group: bytes, window: bytes, count: bytes, micro_units: int) -> bytes:
 
 
 def server_side_chunks(
-    read_rows,  # noqa: ANN001 - the registered SERVER_SIDE_ROWS_SCRIPT (redis-py Script)
+    read_rows,  # the registered SERVER_SIDE_ROWS_SCRIPT (redis-py Script)
     redis: Redis,
     snapshot: str,
     window: bytes,
@@ -181,7 +181,7 @@ def server_side_chunks(
         # The script's rows hold no control character, so no newline but their last.
         rows += csv.splitlines(keepends=True)
         groups, pulses = groups + plain_rows, pulses + plain_pulses
-        for group, count, micro_units in zip(*[iter(slow_groups)] * 3):
+        for group, count, micro_units in zip(*[iter(slow_groups)] * 3, strict=True):
             rows.append(_row(group, window, count, _integer(micro_units, "amount", group)))
             groups, pulses = groups + 1, pulses + int(count)
         if groups >= chunk_groups:
@@ -268,5 +268,7 @@ def snapshot_chunks(
             raise CorruptSnapshot(f"amount without a pulse count in a window hash: {group[:200]!r}")
     for group, count in counts.items():
         send(group, amounts.get(group, 0), count)
-    late_rows = b"".join(b"%s,%s\n" % (_csv_fields(group), units_text(micro)) for group, micro in late.items())
+    late_rows = b"".join(
+        b"%s,%s\n" % (_csv_fields(group), units_text(micro)) for group, micro in late.items()
+    )
     yield SnapshotChunk(_sorted_rows(rows), len(rows), pulses, late_rows)

@@ -1,15 +1,16 @@
 """What is waiting in Redis for the next flush, and what the last flushes did.
 
 Read by `flask pulses stats` and at scrape time by `PendingWindowsCollector`, which
-`ingestor.pulses.init_app` adds to the app's metrics. Cheap on purpose: the pending sets name the window hashes (a few per hour), so nothing here
-scans the keyspace of millions of dedupe keys.
+`ingestor.pulses.init_app` adds to the app's metrics. Cheap on purpose: the pending
+sets name the window hashes (a few per hour), so nothing here scans the keyspace of
+millions of dedupe keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -39,7 +40,7 @@ class PendingWindows:
         oldest = self.oldest_hour
         if oldest is None:
             return 0.0
-        return max(((now or datetime.now(timezone.utc)) - oldest).total_seconds(), 0.0)
+        return max(((now or datetime.now(UTC)) - oldest).total_seconds(), 0.0)
 
 
 def pending_windows(redis: Redis) -> PendingWindows:
@@ -75,7 +76,9 @@ class PendingWindowsCollector:
         up.add_metric([], 1)
         yield up
         yield GaugeMetricFamily(
-            "ingestor_redis_windows_pending", "Live hour windows waiting for a flush", value=len(pending.windows)
+            "ingestor_redis_windows_pending",
+            "Live hour windows waiting for a flush",
+            value=len(pending.windows),
         )
         yield GaugeMetricFamily(
             "ingestor_redis_snapshots_pending",

@@ -80,7 +80,10 @@ def hold_for_memory(task: Task, exc: Exception) -> Retry:
     cap = min(MEMORY_HOLD_MAX_SECONDS, get_settings().task_retry_backoff_max_seconds)
     hold = memory_hold_seconds(refusals, cap)
     get_memory_watch().refused(
-        task.name, exc, held=f"task {request.id} held unacked (refusal {refusals}, retries left unspent)", retry_in=hold
+        task.name,
+        exc,
+        held=f"task {request.id} held unacked (refusal {refusals}, retries left unspent)",
+        retry_in=hold,
     )
     wait_for_room(get_redis(), hold, MEMORY_POLL_SECONDS)
     # The headers Celery's retry would carry on (x-death left out), plus our count.
@@ -88,7 +91,7 @@ def hold_for_memory(task: Task, exc: Exception) -> Retry:
     retry = task.signature_from_request(request, retries=request.retries, headers=headers)
     try:
         retry.apply_async()
-    except Exception as publish_error:  # noqa: BLE001 - the broker refused the copy
+    except Exception as publish_error:  # the broker refused the copy
         # Not acked, not dead-lettered: back to the queue, to be refused or counted again.
         raise Reject(publish_error, requeue=True) from exc
     return Retry(exc=exc, when=0, sig=retry)
@@ -144,7 +147,11 @@ def _record_persist(task: Task, outcome: str, result: Any, seconds: float) -> No
 
 # The pulse tasks decode their messages with Decimal amounts (see messaging/serialization).
 @shared_task(
-    name=task_names.INGEST_PULSES, bind=True, Request=ExactJsonRequest, record_run=_record_ingest, **RETRY_POLICY
+    name=task_names.INGEST_PULSES,
+    bind=True,
+    Request=ExactJsonRequest,
+    record_run=_record_ingest,
+    **RETRY_POLICY,
 )
 def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
     """Count a batch of pulses; invalid ones go to the rejected-pulses table."""
@@ -156,7 +163,11 @@ def ingest_pulses(self: Task, pulses: list[dict[str, Any]]) -> dict[str, int]:
 
 
 @shared_task(
-    name=task_names.INGEST_PULSE, bind=True, Request=ExactJsonRequest, record_run=_record_ingest, **RETRY_POLICY
+    name=task_names.INGEST_PULSE,
+    bind=True,
+    Request=ExactJsonRequest,
+    record_run=_record_ingest,
+    **RETRY_POLICY,
 )
 def ingest_pulse(self: Task, pulse: dict[str, Any]) -> dict[str, int]:
     """Count one pulse (the first version's one-pulse-per-message model)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt as pyjwt
 import pytest
@@ -14,7 +14,14 @@ from sqlalchemy import text
 
 from tests.support.api import PASSWORD
 
-PUBLIC_ENDPOINTS = {"auth.login", "health.health", "health.ready", "metrics.metrics", "api-docs.openapi_json", "static"}
+PUBLIC_ENDPOINTS = {
+    "auth.login",
+    "health.health",
+    "health.ready",
+    "metrics.metrics",
+    "api-docs.openapi_json",
+    "static",
+}
 
 
 def test_login_returns_a_bearer_token(client, user):
@@ -25,7 +32,7 @@ def test_login_returns_a_bearer_token(client, user):
     assert body["token_type"] == "Bearer"
     assert body["access_token"].count(".") == 2
     expires_at = datetime.fromisoformat(body["expires_at"])
-    assert timedelta(minutes=59) < expires_at - datetime.now(timezone.utc) <= timedelta(hours=1)
+    assert timedelta(minutes=59) < expires_at - datetime.now(UTC) <= timedelta(hours=1)
 
 
 @pytest.mark.parametrize(
@@ -93,8 +100,11 @@ def _tampered(token: str) -> str:
 def bad_authorizations(app, token: str) -> dict[str, dict[str, str]]:
     with app.app_context():
         expired = create_access_token("alice", expires_delta=timedelta(seconds=-30))
-    other_key = pyjwt.encode({"sub": "alice", "type": "access", "fresh": False, "jti": "x",
-                              "exp": 2**40, "iat": 0, "nbf": 0}, "another-secret-key-of-enough-length", "HS256")  # fmt: skip
+    other_key = pyjwt.encode(
+        {"sub": "alice", "type": "access", "fresh": False, "jti": "x", "exp": 2**40, "iat": 0, "nbf": 0},
+        "another-secret-key-of-enough-length",
+        "HS256",
+    )
     unsigned = pyjwt.encode({"sub": "alice", "type": "access", "exp": 2**40}, None, "none")
     return {
         "missing": {},
@@ -143,8 +153,10 @@ def _users(app, *args: str):
 
 def _every_protected_route_answers(app, client, headers: dict[str, str]) -> set[int]:
     """The statuses of every protected route called with `headers` (bodies that are invalid)."""
-    return {client.open(url, method=method, headers=headers, json={"junk": True}).status_code
-            for method, url in protected_routes(app)}  # fmt: skip
+    return {
+        client.open(url, method=method, headers=headers, json={"junk": True}).status_code
+        for method, url in protected_routes(app)
+    }
 
 
 def test_a_deleted_users_token_stops_working_at_once_even_if_the_name_is_reused(app, client, auth):
@@ -161,7 +173,10 @@ def test_a_deleted_users_token_stops_working_at_once_even_if_the_name_is_reused(
     assert _users(app, "create", "alice", "--password", PASSWORD).exit_code == 0
     assert client.get("/api/v1/pulses", headers=auth).status_code == 401
     fresh = client.post("/api/v1/login", json={"username": "alice", "password": PASSWORD}).get_json()
-    assert client.get("/api/v1/pulses", headers={"Authorization": f"Bearer {fresh['access_token']}"}).status_code == 200
+    assert (
+        client.get("/api/v1/pulses", headers={"Authorization": f"Bearer {fresh['access_token']}"}).status_code
+        == 200
+    )
 
 
 def test_a_disabled_user_cannot_log_in_and_its_tokens_stop_working_until_enabled(app, client, auth):
@@ -182,7 +197,9 @@ def test_a_disabled_user_cannot_log_in_and_its_tokens_stop_working_until_enabled
 
 def test_a_token_signed_for_a_user_that_never_existed_is_refused(app, client, user, database):
     with database.engine.connect() as connection:
-        user_id = connection.execute(text("SELECT id FROM api_user WHERE username = :u"), {"u": user}).scalar_one()
+        user_id = connection.execute(
+            text("SELECT id FROM api_user WHERE username = :u"), {"u": user}
+        ).scalar_one()
     with app.app_context():
         nobody = create_access_token("nobody", additional_claims={"uid": 10**9})
         no_user_id = create_access_token(user)  # the right name, but no user row named

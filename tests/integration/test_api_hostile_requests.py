@@ -74,7 +74,9 @@ def assert_names_the_limit(status: int, answer: dict, limit: int) -> None:
 @pytest.fixture(scope="module")
 def gunicorn(settings, _services_ready) -> Iterator[int]:
     port = free_port()
-    env = process_env(settings, PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}")
+    env = process_env(
+        settings, PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}"
+    )
     web = ProcfileProcess("web", env).start()
     try:
         wait_for(lambda: _get_status(port, "/health") == 200, 60, web, "answer on /health")
@@ -92,13 +94,20 @@ def _get_status(port: int, path: str) -> int:
         connection.close()
 
 
-def post_chunked(port: int, body: bytes, auth: dict[str, str], path: str = "/api/v1/pulses") -> tuple[int, dict]:
+def post_chunked(
+    port: int, body: bytes, auth: dict[str, str], path: str = "/api/v1/pulses"
+) -> tuple[int, dict]:
     """POST `body` with `Transfer-Encoding: chunked` (http.client's own encoder)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     chunks = (body[start : start + 65536] for start in range(0, len(body), 65536))
     try:
-        connection.request("POST", path, body=chunks, encode_chunked=True,
-                           headers={"Content-Type": "application/json", **auth})  # fmt: skip
+        connection.request(
+            "POST",
+            path,
+            body=chunks,
+            encode_chunked=True,
+            headers={"Content-Type": "application/json", **auth},
+        )
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -111,7 +120,9 @@ def post_unframed(port: int, body: bytes, auth: dict[str, str]) -> tuple[int, di
     The answer is read before the body is sent: a server that cannot find a body's end
     must answer without waiting for it (and closes, so the body may not go through).
     """
-    head = "".join(f"{name}: {value}\r\n" for name, value in {"Content-Type": "application/json", **auth}.items())
+    head = "".join(
+        f"{name}: {value}\r\n" for name, value in {"Content-Type": "application/json", **auth}.items()
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(f"POST /api/v1/pulses HTTP/1.0\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
         response = b""
@@ -142,16 +153,34 @@ def test_gunicorn_takes_a_chunked_body_of_exactly_the_limit_whole(gunicorn, auth
 
 @pytest.mark.usefixtures("clean_state")
 @pytest.mark.parametrize(("case", "status"), [("valid prefix", 413), ("exactly the limit", 202)])
-def test_curl_chunked_upload_against_gunicorn(gunicorn, auth, settings, limit, bodies, tmp_path, case, status):
+def test_curl_chunked_upload_against_gunicorn(
+    gunicorn, auth, settings, limit, bodies, tmp_path, case, status
+):
     body_file = tmp_path / "body.json"
     body_file.write_bytes(bodies[case])
     result = subprocess.run(
-        ["curl", "-sS", "-X", "POST", f"http://127.0.0.1:{gunicorn}/api/v1/pulses",
-         "-H", "Transfer-Encoding: chunked", "-H", "Content-Type: application/json",
-         "-H", f"Authorization: {auth['Authorization']}",
-         "--data-binary", f"@{body_file}", "-w", "\n%{http_code}"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            f"http://127.0.0.1:{gunicorn}/api/v1/pulses",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            f"Authorization: {auth['Authorization']}",
+            "--data-binary",
+            f"@{body_file}",
+            "-w",
+            "\n%{http_code}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     payload, _, code = result.stdout.rpartition("\n")
 
     if status == 413:
@@ -164,8 +193,12 @@ def test_curl_chunked_upload_against_gunicorn(gunicorn, auth, settings, limit, b
 @pytest.mark.usefixtures("clean_state")
 def test_gunicorn_refuses_a_content_length_past_the_limit_naming_it(gunicorn, auth, settings, limit, bodies):
     connection = http.client.HTTPConnection("127.0.0.1", gunicorn, timeout=30)
-    connection.request("POST", "/api/v1/pulses", body=bodies["one byte over"],
-                       headers={"Content-Type": "application/json", **auth})  # fmt: skip
+    connection.request(
+        "POST",
+        "/api/v1/pulses",
+        body=bodies["one byte over"],
+        headers={"Content-Type": "application/json", **auth},
+    )
     response = connection.getresponse()
 
     assert_names_the_limit(response.status, json.loads(response.read()), limit)
@@ -205,17 +238,27 @@ def test_dev_server_refuses_chunked_past_the_limit_and_unframed(dev_server, auth
 @pytest.mark.usefixtures("clean_state")
 def test_test_client_refuses_a_terminated_stream_past_the_limit(client, auth, settings, limit, bodies):
     # What a server that de-chunks sets (gunicorn, werkzeug's): the stream ends with the body.
-    response = client.post("/api/v1/pulses", input_stream=BytesIO(bodies["valid prefix"]),
-                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked", **auth},
-                           environ_overrides={"wsgi.input_terminated": True})  # fmt: skip
+    response = client.post(
+        "/api/v1/pulses",
+        input_stream=BytesIO(bodies["valid prefix"]),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked", **auth},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
     # The test client always computes a Content-Length: take it out, as no client sent one.
-    environ = EnvironBuilder(path="/api/v1/pulses", method="POST", input_stream=BytesIO(bodies["valid prefix"]),
-                             headers={"Content-Type": "application/json", **auth}).get_environ()  # fmt: skip
+    environ = EnvironBuilder(
+        path="/api/v1/pulses",
+        method="POST",
+        input_stream=BytesIO(bodies["valid prefix"]),
+        headers={"Content-Type": "application/json", **auth},
+    ).get_environ()
     del environ["CONTENT_LENGTH"]
     unframed = client.open(Request(environ))
     # A chunked body through a server that does not mark where it ends (werkzeug would read it as empty).
-    unterminated = client.post("/api/v1/pulses", input_stream=BytesIO(bodies["exactly the limit"]),
-                               headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked", **auth})
+    unterminated = client.post(
+        "/api/v1/pulses",
+        input_stream=BytesIO(bodies["exactly the limit"]),
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked", **auth},
+    )
 
     assert_names_the_limit(response.status_code, response.get_json(), limit)
     assert unframed.status_code == 411, unframed.get_json()
@@ -225,9 +268,12 @@ def test_test_client_refuses_a_terminated_stream_past_the_limit(client, auth, se
 
 @pytest.mark.parametrize("path", ["/api/v1/login", "/api/v1/pulses/populate"])
 def test_every_body_route_refuses_past_the_limit(client, auth, limit, bodies, path):
-    response = client.post(path, input_stream=BytesIO(bodies["valid prefix"]),
-                           headers={"Content-Type": "application/json", **auth},
-                           environ_overrides={"wsgi.input_terminated": True})  # fmt: skip
+    response = client.post(
+        path,
+        input_stream=BytesIO(bodies["valid prefix"]),
+        headers={"Content-Type": "application/json", **auth},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
 
     assert_names_the_limit(response.status_code, response.get_json(), limit)
 
@@ -241,8 +287,11 @@ def every_route(app) -> list[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        url = re.sub(r"<(?:(\w+)(?:\([^)]*\))?:)?\w+>",
-                     lambda m: PATH_VALUES.get(m.group(1) or "default", PATH_VALUES["default"]), rule.rule)  # fmt: skip
+        url = re.sub(
+            r"<(?:(\w+)(?:\([^)]*\))?:)?\w+>",
+            lambda m: PATH_VALUES.get(m.group(1) or "default", PATH_VALUES["default"]),
+            rule.rule,
+        )
         routes += [(method, url) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
     return routes
 
@@ -272,7 +321,9 @@ def documented_query_parameters(client) -> dict[tuple[str, str], dict[str, dict]
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             if method != "parameters":
-                query = {p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}
+                query = {
+                    p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"
+                }
                 found[(method.upper(), path)] = query
     return found
 
@@ -296,7 +347,10 @@ def test_a_repeated_single_value_parameter_is_400_on_every_route(client, auth, c
 def test_a_multi_value_filter_is_documented_as_one(client):
     parameters = documented_query_parameters(client)[("GET", "/api/v1/pulses")]
     assert {name for name, schema in parameters.items() if schema.get("type") == "array"} == {
-        "tenant", "product_sku", "use_unity"}  # fmt: skip
+        "tenant",
+        "product_sku",
+        "use_unity",
+    }
 
 
 def test_every_route_refuses_a_body_where_it_takes_none(app, client, auth, clean_state):
@@ -327,15 +381,22 @@ def test_one_invalid_pulse_alone_is_422_saying_it_is_not_valid(client, auth, cle
     assert response.status_code == 422
     error = response.get_json()["error"]
     assert error["message"].startswith("The pulse is not valid, so nothing was accepted")
-    assert error["details"] == {"accepted": 0, "rejected": [{"index": 0, "errors": {"used_amount": ["Must not be negative."]}}]}
+    assert error["details"] == {
+        "accepted": 0,
+        "rejected": [{"index": 0, "errors": {"used_amount": ["Must not be negative."]}}],
+    }
 
 
 # --- messages a user can act on ------------------------------------------------------------
 
 
 def test_a_number_too_long_says_so(client, auth, settings, clean_state):
-    response = client.post("/api/v1/pulses", data='{"used_amount": ' + "9" * 100_000 + "}",
-                           content_type="application/json", headers=auth)  # fmt: skip
+    response = client.post(
+        "/api/v1/pulses",
+        data='{"used_amount": ' + "9" * 100_000 + "}",
+        content_type="application/json",
+        headers=auth,
+    )
 
     assert response.status_code == 400
     message = response.get_json()["error"]["message"]

@@ -6,14 +6,14 @@ No worker runs in this module: the tests read what reached the queues.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from kombu import Connection
 
 from ingestor import create_app
-from ingestor.messaging.topology import populate_queue, pulses_queue
 from ingestor.messaging.serialization import loads_decimal
+from ingestor.messaging.topology import populate_queue, pulses_queue
 from ingestor.pulses.task_names import INGEST_PULSES, POPULATE_PULSES
 from tests.support.pulses import pulse
 from tests.support.services import settings_for_tests
@@ -39,7 +39,7 @@ def test_a_list_is_enqueued_as_one_task_with_timestamps_stamped(client, auth, se
         pulse(used_amount=-1),
         pulse(tenant="bad\x00"),
     ]
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
 
     response = client.post("/api/v1/pulses", json=pulses, headers=auth)
 
@@ -80,7 +80,9 @@ def test_a_single_pulse_object_is_accepted(client, auth, settings):
         (b"\xff\xfe{", "application/json", 400),
     ],
 )
-def test_bodies_that_are_not_pulses_are_4xx_and_enqueue_nothing(client, auth, settings, data, content_type, status):
+def test_bodies_that_are_not_pulses_are_4xx_and_enqueue_nothing(
+    client, auth, settings, data, content_type, status
+):
     response = client.post("/api/v1/pulses", data=data, content_type=content_type, headers=auth)
 
     assert response.status_code == status, response.get_json()
@@ -109,7 +111,10 @@ def test_only_invalid_pulses_are_422_and_enqueue_nothing(client, auth, settings,
     assert response.status_code == 422
     error = response.get_json()["error"]
     assert error["code"] == "unprocessable"
-    assert error["message"] == "None of the 2 pulses is valid, so nothing was accepted; see details for the reasons."
+    assert (
+        error["message"]
+        == "None of the 2 pulses is valid, so nothing was accepted; see details for the reasons."
+    )
     assert error["details"]["accepted"] == 0
     assert [r["index"] for r in error["details"]["rejected"]] == [0, 1]
     assert all(r["errors"] for r in error["details"]["rejected"])
@@ -147,8 +152,11 @@ def test_ready_names_the_unreachable_service(client, overrides, failing):
 
 
 def test_populate_enqueues_one_task_per_worker_and_reports_progress(client, auth, settings):
-    response = client.post("/api/v1/pulses/populate", json={"total_messages": 103, "workers_number": 4,
-                                                            "buffer_size": 10}, headers=auth)  # fmt: skip
+    response = client.post(
+        "/api/v1/pulses/populate",
+        json={"total_messages": 103, "workers_number": 4, "buffer_size": 10},
+        headers=auth,
+    )
 
     assert response.status_code == 202, response.get_json()
     job = response.get_json()
@@ -213,4 +221,6 @@ def test_an_unexpected_exception_is_a_json_500_without_details(auth):
     response = app.test_client().get("/api/v1/boom")
 
     assert response.status_code == 500
-    assert response.get_json() == {"error": {"code": "internal_error", "message": "Internal error; it has been logged."}}
+    assert response.get_json() == {
+        "error": {"code": "internal_error", "message": "Internal error; it has been logged."}
+    }

@@ -27,13 +27,19 @@ from tests.support.procfile import ProcfileProcess, free_port
 
 @pytest.fixture
 def instances(settings, user) -> list[Flask]:
-    limited = replace(settings, login_rate_limit_per_username="3/minute", login_rate_limit_per_address="5/minute")
+    limited = replace(
+        settings, login_rate_limit_per_username="3/minute", login_rate_limit_per_address="5/minute"
+    )
     return [create_app(limited), create_app(limited)]
 
 
 def attempt(app: Flask, username: str, password: str = "wrong password", address: str = "10.0.0.1", **kwargs):
-    return app.test_client().post("/api/v1/login", json={"username": username, "password": password},
-                                  environ_base={"REMOTE_ADDR": address}, **kwargs)  # fmt: skip
+    return app.test_client().post(
+        "/api/v1/login",
+        json={"username": username, "password": password},
+        environ_base={"REMOTE_ADDR": address},
+        **kwargs,
+    )
 
 
 def assert_limited(response, what: str) -> None:
@@ -63,8 +69,16 @@ def test_an_address_is_limited_across_instances_and_usernames(instances):
 
     assert_limited(attempt(next(apps), "guess-5"), "from this address")
     # Malformed bodies count against the address too (they name no username).
-    bad = next(apps).test_client().post("/api/v1/login", data="{", content_type="application/json",
-                                        environ_base={"REMOTE_ADDR": "10.0.0.1"})  # fmt: skip
+    bad = (
+        next(apps)
+        .test_client()
+        .post(
+            "/api/v1/login",
+            data="{",
+            content_type="application/json",
+            environ_base={"REMOTE_ADDR": "10.0.0.1"},
+        )
+    )
     assert bad.status_code == 429
     # Another address is not.
     assert attempt(next(apps), "guess-6", address="10.0.0.2").status_code == 401
@@ -78,13 +92,26 @@ def test_forwarded_addresses_count_only_behind_trusted_proxies(settings, user):
     for n in range(2):
         forged = {"X-Forwarded-For": f"192.0.2.{n}"}
         assert attempt(direct, f"u{n}", address="10.1.0.1", headers=forged).status_code == 401
-    assert attempt(direct, "u2", address="10.1.0.1", headers={"X-Forwarded-For": "192.0.2.9"}).status_code == 429
+    assert (
+        attempt(direct, "u2", address="10.1.0.1", headers={"X-Forwarded-For": "192.0.2.9"}).status_code == 429
+    )
 
     # Behind one trusted proxy (the peer, 10.2.0.1): the address it forwards is the client's.
     for n in range(2):
-        assert attempt(proxied, f"v{n}", address="10.2.0.1", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 401
-    assert attempt(proxied, "v2", address="10.2.0.1", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 429
-    assert attempt(proxied, "v3", address="10.2.0.1", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 401
+        assert (
+            attempt(
+                proxied, f"v{n}", address="10.2.0.1", headers={"X-Forwarded-For": "198.51.100.1"}
+            ).status_code
+            == 401
+        )
+    assert (
+        attempt(proxied, "v2", address="10.2.0.1", headers={"X-Forwarded-For": "198.51.100.1"}).status_code
+        == 429
+    )
+    assert (
+        attempt(proxied, "v3", address="10.2.0.1", headers={"X-Forwarded-For": "198.51.100.2"}).status_code
+        == 401
+    )
 
 
 def test_login_with_redis_unreachable_is_refused_503_naming_redis(settings, user):
@@ -107,7 +134,9 @@ def test_limit_settings_are_validated(settings):
 
 def curl(*args: str) -> tuple[int, dict[str, str], dict]:
     """`curl` (someone else's HTTP client) -> status, headers (lower-case names), JSON body."""
-    out = subprocess.run(["curl", "-s", "-i", "--max-time", "30", *args], capture_output=True, check=True, text=True)
+    out = subprocess.run(
+        ["curl", "-s", "-i", "--max-time", "30", *args], capture_output=True, check=True, text=True
+    )
     head, _, body = out.stdout.replace("\r\n", "\n").partition("\n\n")
     status_line, *header_lines = head.splitlines()
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
@@ -119,9 +148,13 @@ def test_gunicorn_workers_share_the_limit_and_answer_outages_503(settings, user)
     """The Procfile's web line, two workers, curl as the client: 429 and 503 as documented."""
     with proxied(settings) as proxies:
         port = free_port()
-        env = process_env(proxies.settings, PORT=str(port), WEB_CONCURRENCY="2",
-                          GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
-                          LOGIN_RATE_LIMIT_PER_USERNAME="4/minute")  # fmt: skip
+        env = process_env(
+            proxies.settings,
+            PORT=str(port),
+            WEB_CONCURRENCY="2",
+            GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
+            LOGIN_RATE_LIMIT_PER_USERNAME="4/minute",
+        )
         web = ProcfileProcess("web", env).start()
         base = f"http://127.0.0.1:{port}"
         login = ["-X", "POST", f"{base}/api/v1/login", "-H", "Content-Type: application/json", "-d"]

@@ -54,16 +54,22 @@ class Call:
 # /api/v1/pulses only caches its row count in Redis: it answers without it. /metrics
 # reads its Redis gauges best-effort.
 KNOWN: dict[tuple[str, str], Call] = {
-    ("auth.login", "POST"): Call("POST", "/api/v1/login", frozenset({POSTGRESQL, REDIS}), authenticated=False),
+    ("auth.login", "POST"): Call(
+        "POST", "/api/v1/login", frozenset({POSTGRESQL, REDIS}), authenticated=False
+    ),
     ("pulses.Pulses", "GET"): Call("GET", "/api/v1/pulses?tenant=acme", frozenset({POSTGRESQL})),
     ("pulses.Pulses", "POST"): Call("POST", "/api/v1/pulses", frozenset({RABBITMQ}), [PULSE]),
     ("pulses.get_one", "GET"): Call("GET", "/api/v1/pulses/{usage_id}", frozenset({POSTGRESQL})),
     ("pulses.start_populate", "POST"): Call(
-        "POST", "/api/v1/pulses/populate", frozenset({REDIS, RABBITMQ}),
+        "POST",
+        "/api/v1/pulses/populate",
+        frozenset({REDIS, RABBITMQ}),
         {"total_messages": 10, "workers_number": 1, "buffer_size": 10},
-    ),  # fmt: skip
+    ),
     ("pulses.populate_progress", "GET"): Call("GET", "/api/v1/pulses/populate/{job_id}", frozenset({REDIS})),
-    ("health.ready", "GET"): Call("GET", "/ready", frozenset({POSTGRESQL, REDIS, RABBITMQ}), authenticated=False),
+    ("health.ready", "GET"): Call(
+        "GET", "/ready", frozenset({POSTGRESQL, REDIS, RABBITMQ}), authenticated=False
+    ),
     ("health.health", "GET"): Call("GET", "/health", authenticated=False),
     ("metrics.metrics", "GET"): Call("GET", "/metrics", authenticated=False),
     ("api-docs.openapi_json", "GET"): Call("GET", "/api/v1/openapi.json", authenticated=False),
@@ -82,8 +88,13 @@ def every_call(app: Flask, values: dict[str, str]) -> list[tuple[tuple[str, str]
                 call = replace(KNOWN[key], url=KNOWN[key].url.format(**values))
             else:
                 url = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: values.get(m.group(1), "1"), rule.rule)
-                call = Call(method, url, body={} if method in ("POST", "PUT", "PATCH") else None,
-                            ok=tuple(range(200, 500)), known=False)  # fmt: skip
+                call = Call(
+                    method,
+                    url,
+                    body={} if method in ("POST", "PUT", "PATCH") else None,
+                    ok=tuple(range(200, 500)),
+                    known=False,
+                )
             calls.append((key, call))
     return calls
 
@@ -118,11 +129,16 @@ def values(app: Flask, client, auth, database) -> dict[str, str]:
     """Path values naming things that exist: a persisted sum, a populate job."""
     with database.engine.begin() as connection:
         usage_id = connection.execute(
-            text("INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count)"
-                 " VALUES ('acme', 'vm', 'hour', '2026-11-01T00:00Z', 1.5, 1) RETURNING id")  # fmt: skip
+            text(
+                "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count)"
+                " VALUES ('acme', 'vm', 'hour', '2026-11-01T00:00Z', 1.5, 1) RETURNING id"
+            )
         ).scalar_one()
-    job = client.post("/api/v1/pulses/populate", json={"total_messages": 1, "workers_number": 1, "buffer_size": 1},
-                      headers=auth)  # fmt: skip
+    job = client.post(
+        "/api/v1/pulses/populate",
+        json={"total_messages": 1, "workers_number": 1, "buffer_size": 1},
+        headers=auth,
+    )
     assert job.status_code == 202, job.get_json()
     return {"usage_id": str(usage_id), "job_id": job.get_json()["job_id"]}
 
@@ -141,11 +157,17 @@ def test_the_calls_cover_the_url_map_and_succeed_with_every_service_up(through_p
     client = app.test_client()
     for key, call in calls:
         response = send(client, call, auth, login)
-        assert response.status_code in call.ok, (key, response.status_code, response.get_data(as_text=True)[:300])
+        assert response.status_code in call.ok, (
+            key,
+            response.status_code,
+            response.get_data(as_text=True)[:300],
+        )
 
 
 @pytest.mark.parametrize("service", [POSTGRESQL, REDIS, RABBITMQ])
-def test_every_route_answers_an_outage_with_503_naming_the_service(through_proxies, auth, login, values, service):
+def test_every_route_answers_an_outage_with_503_naming_the_service(
+    through_proxies, auth, login, values, service
+):
     proxies, app = through_proxies
     proxy = {POSTGRESQL: proxies.database, REDIS: proxies.redis, RABBITMQ: proxies.broker}[service]
     client = app.test_client()
@@ -166,11 +188,18 @@ def test_every_route_answers_an_outage_with_503_naming_the_service(through_proxi
     # Back as soon as the service is: pooled connections broken by the cut are replaced.
     for key, call in calls:
         response = send(client, call, auth, login)
-        assert response.status_code in call.ok, (key, "after the outage", response.status_code, response.get_json())
+        assert response.status_code in call.ok, (
+            key,
+            "after the outage",
+            response.status_code,
+            response.get_json(),
+        )
 
 
 def test_a_database_that_does_not_exist_is_a_503_naming_postgresql(settings, auth, login, values):
-    missing = replace(settings, database_url=settings.database_url.rsplit("/", 1)[0] + "/pulse_ingestor_no_such_db")
+    missing = replace(
+        settings, database_url=settings.database_url.rsplit("/", 1)[0] + "/pulse_ingestor_no_such_db"
+    )
     app = create_app(missing)
     STATUS_RECORDER.connect(app)
     client = app.test_client()

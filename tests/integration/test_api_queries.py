@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import text
 
-BASE = datetime(2026, 11, 1, tzinfo=timezone.utc)
+BASE = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -47,8 +47,16 @@ def test_first_page_is_newest_hour_first_with_exact_amounts(client, auth, usage_
     first = body["items"][0]
     assert first["window_start"].startswith((BASE + timedelta(hours=18)).isoformat()[:19])
     assert first["used_amount"] == "12345734.000056"  # 12345678 + 56.000056, as a string
-    assert set(first) == {"id", "tenant", "product_sku", "use_unity", "window_start", "used_amount",
-                          "pulse_count", "updated_at"}  # fmt: skip
+    assert set(first) == {
+        "id",
+        "tenant",
+        "product_sku",
+        "use_unity",
+        "window_start",
+        "used_amount",
+        "pulse_count",
+        "updated_at",
+    }
     keys = [(i["window_start"], i["id"]) for i in body["items"]]
     assert keys == sorted(keys, reverse=True)
 
@@ -76,16 +84,26 @@ def test_filters_combine(client, auth, usage_rows):
     frm, to = BASE + timedelta(hours=3), BASE + timedelta(hours=9)
     response = client.get(
         "/api/v1/pulses",
-        query_string={"tenant": "globex:eu", "product_sku": "vm.small", "from": frm.isoformat(),
-                      "to": to.isoformat(), "limit": 100},  # fmt: skip
+        query_string={
+            "tenant": "globex:eu",
+            "product_sku": "vm.small",
+            "from": frm.isoformat(),
+            "to": to.isoformat(),
+            "limit": 100,
+        },
         headers=auth,
     )
 
-    expected = [r for r in usage_rows if r["tenant"] == "globex:eu" and r["product_sku"] == "vm.small"
-                and frm <= r["window_start"] < to]  # fmt: skip
+    expected = [
+        r
+        for r in usage_rows
+        if r["tenant"] == "globex:eu" and r["product_sku"] == "vm.small" and frm <= r["window_start"] < to
+    ]
     body = response.get_json()
     assert body["total"] == len(expected) > 0
-    assert sorted(Decimal(i["used_amount"]) for i in body["items"]) == sorted(r["used_amount"] for r in expected)
+    assert sorted(Decimal(i["used_amount"]) for i in body["items"]) == sorted(
+        r["used_amount"] for r in expected
+    )
 
 
 def test_unicode_tenant_filter(client, auth, usage_rows):
@@ -121,12 +139,17 @@ def test_bad_parameters_are_400_naming_the_parameter(client, auth, usage_rows, q
 
 
 def test_a_repeated_filter_means_either_value(client, auth, usage_rows):
-    both = client.get("/api/v1/pulses?tenant=acme&tenant=initech+%E2%98%95&limit=100", headers=auth).get_json()
-    one_sku = client.get("/api/v1/pulses?tenant=acme&tenant=globex:eu&product_sku=storage&product_sku=storage",
-                         headers=auth).get_json()  # fmt: skip
+    both = client.get(
+        "/api/v1/pulses?tenant=acme&tenant=initech+%E2%98%95&limit=100", headers=auth
+    ).get_json()
+    one_sku = client.get(
+        "/api/v1/pulses?tenant=acme&tenant=globex:eu&product_sku=storage&product_sku=storage", headers=auth
+    ).get_json()
 
     assert both["total"] == 38 and {i["tenant"] for i in both["items"]} == {"acme", "initech ☕"}
-    expected = [r for r in usage_rows if r["tenant"] in ("acme", "globex:eu") and r["product_sku"] == "storage"]
+    expected = [
+        r for r in usage_rows if r["tenant"] in ("acme", "globex:eu") and r["product_sku"] == "storage"
+    ]
     assert one_sku["total"] == len(expected) > 0
 
 
@@ -160,7 +183,7 @@ def _count_one(app, tenant: str) -> None:
     from ingestor.pulses import keys
     from ingestor.pulses.aggregation import CountablePulse
 
-    window = keys.window_key(keys.hour_of(datetime.now(timezone.utc)))
+    window = keys.window_key(keys.hour_of(datetime.now(UTC)))
     app.extensions["pulses"].counter.count(
         [CountablePulse(keys.dedupe_key_for_id(tenant, "1"), window, keys.group_field(tenant, "vm", "h"), 1)]
     )

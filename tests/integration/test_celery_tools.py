@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ def free_port() -> int:
 
 
 def hour_ago() -> datetime:
-    return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 
 
 def send_pulses(producer, pulses: list[dict[str, Any]]) -> None:
@@ -117,8 +117,14 @@ def test_a_pulse_task_in_hand_shows_in_inspect_and_still_sums_exactly(settings, 
     # A task the worker holds (here: until its countdown) is listed with its args by
     # `inspect scheduled|active|reserved` and Flower: standard JSON, floats included.
     hour = hour_ago()
-    pulse = {"id": "held", "tenant": "held", "product_sku": "vm", "use_unity": "h",
-             "used_amount": 0.1, "timestamp": hour.isoformat()}  # fmt: skip
+    pulse = {
+        "id": "held",
+        "tenant": "held",
+        "product_sku": "vm",
+        "use_unity": "h",
+        "used_amount": 0.1,
+        "timestamp": hour.isoformat(),
+    }
     task_id = producer.send_task(
         "ingestor.ingest_pulses", args=[[pulse]], exchange="pulses", routing_key="pulses", countdown=15
     ).id
@@ -177,13 +183,18 @@ def started(request) -> Iterator[list[subprocess.Popen[bytes]]]:
                 process.wait(15)
 
 
-def test_celery_events_dump_captures_the_ingest_tasks(settings, producer, worker, events_enabled, started, tmp_path):
+def test_celery_events_dump_captures_the_ingest_tasks(
+    settings, producer, worker, events_enabled, started, tmp_path
+):
     log = tmp_path / "events.log"
     with log.open("wb") as out:
         dump = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "ingestor", "events", "--dump"],
-            cwd=ROOT, env=celery_env(settings), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=celery_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     started.append(dump)
     pulse = {"id": "ev-1", "tenant": "events", "product_sku": "vm", "use_unity": "h", "used_amount": 0.25}
 
@@ -211,16 +222,28 @@ def get_json(url: str) -> tuple[int, Any]:
         return 0, repr(error)
 
 
-def test_flower_sees_the_worker_and_the_ingest_tasks(settings, producer, worker: WorkerProcess, started, tmp_path):
+def test_flower_sees_the_worker_and_the_ingest_tasks(
+    settings, producer, worker: WorkerProcess, started, tmp_path
+):
     port = free_port()
     log = tmp_path / "flower.log"
     with log.open("wb") as out:
         flower = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "ingestor", "flower",
-             "--address=127.0.0.1", f"--port={port}"],
-            cwd=ROOT, env=celery_env(settings, FLOWER_UNAUTHENTICATED_API="true"),
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "ingestor",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+            ],
+            cwd=ROOT,
+            env=celery_env(settings, FLOWER_UNAUTHENTICATED_API="true"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     started.append(flower)
     base = f"http://127.0.0.1:{port}"
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from tests.support.readme import readme_snippet, run_snippet
 from tests.support.worker import wait_until_idle, wait_until_settled
 
 pytestmark = pytest.mark.usefixtures("clean_state")
+
 
 def test_the_readme_producer_snippet_reaches_the_sums(producer, worker, settings, database):
     # Run as another service would: a fresh interpreter that only has Celery.
@@ -56,10 +57,16 @@ def test_the_readme_walkthrough_counts_each_snippets_pulses(producer, worker, se
 
 
 def test_flask_pulses_flush_persists_now(app, database):
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     app.extensions["pulses"].counter.count(
-        [CountablePulse(keys.dedupe_key_for_id("ops", "1"), keys.window_key(keys.hour_of(hour)),
-                        keys.group_field("ops", "cli", "run"), 1_500_000)]  # fmt: skip
+        [
+            CountablePulse(
+                keys.dedupe_key_for_id("ops", "1"),
+                keys.window_key(keys.hour_of(hour)),
+                keys.group_field("ops", "cli", "run"),
+                1_500_000,
+            )
+        ]
     )
 
     result = app.test_cli_runner().invoke(args=["pulses", "flush"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -14,7 +14,7 @@ from tests.support.ledger import persisted_sums
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
-HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 WINDOW = keys.window_key(keys.hour_of(HOUR))
 GROUP = keys.group_field("acme", "storage", "B")
 
@@ -50,7 +50,9 @@ def test_sums_beyond_64_bits_spill_and_persist_exactly(app, redis_client, databa
     assert len(spill_fields) >= 2, spill_fields
     app.extensions["pulses"].persister.persist_pending()
 
-    assert persisted_sums(database) == {("acme", "storage", "B", HOUR): (3 * MAX_AMOUNT + Decimal("0.000001"), 4)}
+    assert persisted_sums(database) == {
+        ("acme", "storage", "B", HOUR): (3 * MAX_AMOUNT + Decimal("0.000001"), 4)
+    }
 
 
 def test_amounts_summed_inside_the_script_stay_exact_around_2_to_the_52(app, redis_client, database):
@@ -58,7 +60,10 @@ def test_amounts_summed_inside_the_script_stay_exact_around_2_to_the_52(app, red
     # past that it adds from the strings. Amounts straddling the limit must add up.
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=60, chunk_size=100)
     micro = [2**51 + 1, 2**51 + 3, 2**51 + 5, 7, 2**52 + 11, 2**52 - 1]
-    pulses = [CountablePulse(keys.dedupe_key_for_id("acme", f"big{i}"), WINDOW, GROUP, m) for i, m in enumerate(micro)]
+    pulses = [
+        CountablePulse(keys.dedupe_key_for_id("acme", f"big{i}"), WINDOW, GROUP, m)
+        for i, m in enumerate(micro)
+    ]
     assert counter.count(pulses) == len(micro)
     app.extensions["pulses"].persister.persist_pending()
 

@@ -10,7 +10,6 @@ from kombu import Connection, Exchange
 
 from ingestor.messaging.topology import dead_letter_queue
 from ingestor.pulses.task_names import INGEST_PULSES
-
 from tests.support.worker import wait_until_idle
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -44,8 +43,9 @@ def celery_headers(task: str = INGEST_PULSES) -> dict:
 
 
 def test_non_batches_are_dead_lettered_and_count_nothing(producer, worker, settings, redis_client, database):
-    producer.send_task(INGEST_PULSES, args=[{"tenant": "a dict, not a list"}],
-                       exchange="pulses", routing_key="pulses")  # fmt: skip
+    producer.send_task(
+        INGEST_PULSES, args=[{"tenant": "a dict, not a list"}], exchange="pulses", routing_key="pulses"
+    )
     producer.send_task(INGEST_PULSES, args=[], exchange="pulses", routing_key="pulses")
     producer.send_task("ingestor.no_such_task", args=[[]], exchange="pulses", routing_key="pulses")
     publish_raw(settings.broker_url, b'[[{"tenant": "broken json', celery_headers())
@@ -56,4 +56,3 @@ def test_non_batches_are_dead_lettered_and_count_nothing(producer, worker, setti
 
     assert len(dead_letters(settings.broker_url)) == 6
     assert redis_client.dbsize() == 0
-

@@ -60,7 +60,9 @@ def bare_path(tmp_path: Path, *extra: str) -> str:
 
 def run_script(path: str, environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), **environ}
-    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 @pytest.mark.parametrize("client", [(), ("docker",)], ids=["no-docker", "docker-client-without-engine"])
@@ -78,11 +80,16 @@ def test_without_debian_services_or_docker_it_says_exactly_how_and_starts_nothin
     assert result.stdout == ""
     messages = result.stderr.split("ensure-services: ")[1:]
     assert len(messages) == 3, result.stderr
-    expected = [("PostgreSQL", "DATABASE_URL", "postgresql"), ("Redis", "REDIS_URL", "redis-server"),
-                ("RabbitMQ", "BROKER_URL", "rabbitmq-server")]
+    expected = [
+        ("PostgreSQL", "DATABASE_URL", "postgresql"),
+        ("Redis", "REDIS_URL", "redis-server"),
+        ("RabbitMQ", "BROKER_URL", "rabbitmq-server"),
+    ]
     for message, (name, setting, package) in zip(messages, expected, strict=True):
         port = ports[setting]
-        assert message.startswith(f"{name} does not answer on 127.0.0.1:{port} ({setting} points there)"), message
+        assert message.startswith(f"{name} does not answer on 127.0.0.1:{port} ({setting} points there)"), (
+            message
+        )
         assert f"sudo apt-get install {package} " in message
         assert "start a Docker engine" in message
         assert f"point {setting} at a {name} that runs" in message
@@ -113,7 +120,10 @@ def test_for_tests_checks_what_the_test_suite_uses(tmp_path, listener):
         "TEST_REDIS_URL": f"redis://127.0.0.1:{listener}/15",
     }
     result = run_script(bare_path(tmp_path), environ, "--for-tests")
-    assert f"PostgreSQL does not answer on 127.0.0.1:{database_port} (TEST_DATABASE_URL points there)" in result.stderr
+    assert (
+        f"PostgreSQL does not answer on 127.0.0.1:{database_port} (TEST_DATABASE_URL points there)"
+        in result.stderr
+    )
     # The tests' broker is fixed at 127.0.0.1:5672: this machine's real one answers there or not,
     # and with rabbitmq-server off PATH nothing would start it; only its message may differ.
     assert "Redis" not in result.stderr

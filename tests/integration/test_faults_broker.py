@@ -34,7 +34,9 @@ def flap(proxy, stop: threading.Event, seed: int, up: tuple[float, float], down:
             stop.wait(rng.uniform(*down))
 
 
-def test_api_publishing_through_a_flapping_broker_answers_202_counted_or_503(settings, auth, producer, database):
+def test_api_publishing_through_a_flapping_broker_answers_202_counted_or_503(
+    settings, auth, producer, database
+):
     hour = hour_ago(2)
     ledger = Ledger()
     statuses: list[int] = []
@@ -82,7 +84,9 @@ def test_worker_cut_from_the_broker_mid_batch_counts_the_redelivery_once(
             with proxies.broker.outage():
                 counted_at_cut = counted_pulses(redis_client, hour)
                 time.sleep(1)
-            wait_for(lambda: counted_pulses(redis_client, hour) >= len(big), timeout=60, what="the batch counted")
+            wait_for(
+                lambda: counted_pulses(redis_client, hour) >= len(big), timeout=60, what="the batch counted"
+            )
             wait_until_idle(producer, worker, TASK_QUEUES)
         finally:
             worker.stop()

@@ -113,9 +113,12 @@ def test_worker_killed_mid_flush_leaves_nothing_lost_or_counted_twice(
         count_in_redis(app, make_pulses(ledger, 40, prefix=f"h{h}", hour=hour_ago(2 + h)))
     marker = tmp_path / "crashed"
     doomed = WorkerProcess(
-        settings, f"crash-{crash_point}", concurrency=1, app="tests.support.crash_worker",
+        settings,
+        f"crash-{crash_point}",
+        concurrency=1,
+        app="tests.support.crash_worker",
         extra_env={"CRASH_POINT": crash_point, "CRASH_MARKER": str(marker)},
-    )  # fmt: skip
+    )
     doomed.start(producer)
     try:
         send_persist(producer)
@@ -143,4 +146,3 @@ def test_worker_killed_mid_flush_leaves_nothing_lost_or_counted_twice(
     assert persisted_sums(database) == ledger.expected()
     assert flush_batches(database) == 4  # three hours, and the late pulses' fresh window
     assert pending_flush_keys(redis_client) == []
-

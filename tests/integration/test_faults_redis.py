@@ -38,7 +38,9 @@ def send_batch(producer, pulses: list[dict]) -> None:
     producer.send_task(INGEST_PULSES, args=[pulses], exchange=PULSES, routing_key=PULSES)
 
 
-def test_redis_cut_mid_batch_retries_with_backoff_and_counts_once(producer, app, settings, database, redis_client):
+def test_redis_cut_mid_batch_retries_with_backoff_and_counts_once(
+    producer, app, settings, database, redis_client
+):
     hour = hour_ago(1)
     ledger = Ledger()
     # Without ids: deduplicated by (task id, index), which the retries keep.
@@ -71,7 +73,9 @@ def test_redis_killed_and_restarted_with_aof_mid_load_loses_nothing(producer, da
     batches = [make_pulses(ledger, 500, prefix=f"aof-{n}", hour=hour) for n in range(30)]
     total = sum(len(batch) for batch in batches)
     with PrivateRedis() as private:
-        settings = settings_for_tests(redis_url=private.url, redis_chunk_size=50, task_retry_backoff_max_seconds=2)
+        settings = settings_for_tests(
+            redis_url=private.url, redis_chunk_size=50, task_retry_backoff_max_seconds=2
+        )
         client = Redis.from_url(private.url)
 
         def counted() -> int:
@@ -103,12 +107,15 @@ def test_redis_killed_and_restarted_with_aof_mid_load_loses_nothing(producer, da
     assert persisted_sums(database) == ledger.expected()
 
 
-def test_a_batch_failing_past_its_retries_is_dead_lettered_whole_never_acked_away(producer, settings, database):
+def test_a_batch_failing_past_its_retries_is_dead_lettered_whole_never_acked_away(
+    producer, settings, database
+):
     # Redis unreachable for good (nothing listens on port 1), two retries allowed: the
     # task gives up. Acked away, its pulses would be lost; it must land in
     # pulses.dead, intact, so that an operator can replay it once Redis is back.
-    hopeless = settings_for_tests(redis_url="redis://127.0.0.1:1/0", task_max_retries=2,
-                                  task_retry_backoff_max_seconds=1)  # fmt: skip
+    hopeless = settings_for_tests(
+        redis_url="redis://127.0.0.1:1/0", task_max_retries=2, task_retry_backoff_max_seconds=1
+    )
     ledger = Ledger()
     pulses = make_pulses(ledger, 10, prefix="stranded", hour=hour_ago(1))
     task_id = producer.send_task(INGEST_PULSES, args=[pulses], exchange="pulses", routing_key="pulses").id
@@ -116,7 +123,9 @@ def test_a_batch_failing_past_its_retries_is_dead_lettered_whole_never_acked_awa
     worker = WorkerProcess(hopeless, "hopeless", concurrency=1)
     worker.start(producer)
     try:
-        wait_for(lambda: queue_depth(settings.broker_url, "pulses.dead") == 1, timeout=60, what="a dead letter")
+        wait_for(
+            lambda: queue_depth(settings.broker_url, "pulses.dead") == 1, timeout=60, what="a dead letter"
+        )
         wait_until_idle(producer, worker, ("pulses",))
     finally:
         worker.stop()

@@ -45,7 +45,9 @@ def scrape(port: int) -> dict[str, float]:
         text = response.read().decode()
     return {
         name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        for name, value in (
+            line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+        )
     }
 
 
@@ -60,14 +62,20 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
     with PrivateRedis() as private:
         client = Redis.from_url(private.url)
         settings = settings_for_tests(
-            redis_url=private.url, task_max_retries=MAX_RETRIES, task_retry_backoff_max_seconds=1,
-            redis_memory_warn_percent=80, redis_memory_check_seconds=1, raw_batch_size=50,
-        )  # fmt: skip
+            redis_url=private.url,
+            task_max_retries=MAX_RETRIES,
+            task_retry_backoff_max_seconds=1,
+            redis_memory_warn_percent=80,
+            redis_memory_check_seconds=1,
+            raw_batch_size=50,
+        )
         metrics_port = free_port()
         worker = WorkerProcess(
-            settings, "redis-full", concurrency=2,
+            settings,
+            "redis-full",
+            concurrency=2,
             extra_env={"METRICS_PORT": str(metrics_port), "METRICS_HOST": "127.0.0.1"},
-        )  # fmt: skip
+        )
         worker.start(producer)
         # Room for a first small batch, with Redis already past the warning level.
         client.config_set("maxmemory", int(client.info("memory")["used_memory"] / 0.85))
@@ -91,8 +99,11 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
             def dead() -> int:
                 return queue_depth(settings.broker_url, "pulses.dead")
 
-            wait_for(lambda: most_refusals_of_one_task(worker) > MAX_RETRIES + 2 or dead(), timeout=60,
-                     what=f"a batch refused more than {MAX_RETRIES + 2} times")  # fmt: skip
+            wait_for(
+                lambda: most_refusals_of_one_task(worker) > MAX_RETRIES + 2 or dead(),
+                timeout=60,
+                what=f"a batch refused more than {MAX_RETRIES + 2} times",
+            )
             assert dead() == 0, f"{dead()} message(s) dead-lettered while Redis was full"
             wait_for(lambda: queue_counts(RAW_PULSES)[1] > 0, what="raw messages held unacked")
             log = worker.log.read_text(errors="replace")
@@ -103,14 +114,18 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
 
             # Loud: the metrics and /ready.
             metrics = scrape(metrics_port)
-            assert metrics['ingestor_redis_memory_refusals_total{source="ingestor.ingest_pulses"}'] > MAX_RETRIES
+            assert (
+                metrics['ingestor_redis_memory_refusals_total{source="ingestor.ingest_pulses"}'] > MAX_RETRIES
+            )
             assert metrics['ingestor_redis_memory_refusals_total{source="raw"}'] >= 1
             # Each refusal ended its run as a retry: held, then sent again (multiprocess
             # mode writes the labels sorted by name).
             assert metrics[f'ingestor_tasks_total{{outcome="retry",task="{INGEST_PULSES}"}}'] > MAX_RETRIES
             assert metrics["ingestor_redis_memory_headroom_ratio"] <= 0
             assert metrics["ingestor_redis_memory_low"] == 1
-            assert metrics["ingestor_redis_maxmemory_bytes"] == int(client.config_get("maxmemory")["maxmemory"])
+            assert metrics["ingestor_redis_maxmemory_bytes"] == int(
+                client.config_get("maxmemory")["maxmemory"]
+            )
             web = create_app(settings).test_client()
             ready = web.get("/ready")
             assert ready.status_code == 503
@@ -144,7 +159,7 @@ def test_a_full_redis_holds_every_batch_loudly_and_resumes_by_itself_when_memory
 class FullAfterTheLock(Redis):
     """The real test Redis, but filling up right after the flush took its lock."""
 
-    def incr(self, name, amount=1):  # noqa: ANN001, ANN201 - redis-py's signature
+    def incr(self, name, amount=1):  # redis-py's signature
         raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -44,8 +44,10 @@ def test_a_login_never_logs_the_password_or_the_token(client, user, json_root_lo
     lines = [json.loads(line) for line in text.splitlines()]
     requests = [line for line in lines if line["logger"] == "ingestor.http"]
     assert [(r["route"], r["status"]) for r in requests] == [
-        ("/api/v1/login", 401), ("/api/v1/login", 200), ("/api/v1/pulses", 200),
-    ]  # fmt: skip
+        ("/api/v1/login", 401),
+        ("/api/v1/login", 200),
+        ("/api/v1/pulses", 200),
+    ]
     assert all(isinstance(r["duration_ms"], float) for r in requests)
 
 
@@ -72,7 +74,9 @@ def test_metrics_are_public_and_count_http_pulses_by_batch(client, auth):
 
     assert grew("ingestor_http_pulses_enqueued_total") == 1
     assert grew("ingestor_pulses_rejected_total", source="http", field="used_amount", reason="negative") == 1
-    assert grew("ingestor_pulses_rejected_total", source="http", field="used_amount", reason="not_a_number") == 1
+    assert (
+        grew("ingestor_pulses_rejected_total", source="http", field="used_amount", reason="not_a_number") == 1
+    )
     assert grew("ingestor_pulses_rejected_total", source="http", field="tenant", reason="length") == 1
     assert grew("ingestor_http_requests_total", method="POST", route="/api/v1/pulses", status="202") == 1
     assert metric_value(text, "ingestor_redis_up") == 1
@@ -85,34 +89,60 @@ def test_metrics_need_the_token_when_one_is_set(settings):
 
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me-" + "x" * 20}).status_code == 200
+    assert (
+        client.get("/metrics", headers={"Authorization": "Bearer scrape-me-" + "x" * 20}).status_code == 200
+    )
 
 
 def test_the_redis_gauges_show_pending_windows_and_their_age(app, client):
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     services = app.extensions["pulses"]
-    pulse = {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "1", "timestamp": hour.isoformat()}
-    ingest_batch([pulse], message_id="m1", source="test", validator=services.validator,
-                 counter=services.counter, database=app.extensions["database"])  # fmt: skip
+    pulse = {
+        "tenant": "t",
+        "product_sku": "s",
+        "use_unity": "u",
+        "used_amount": "1",
+        "timestamp": hour.isoformat(),
+    }
+    ingest_batch(
+        [pulse],
+        message_id="m1",
+        source="test",
+        validator=services.validator,
+        counter=services.counter,
+        database=app.extensions["database"],
+    )
 
     text = client.get("/metrics").get_data(as_text=True)
 
     assert metric_value(text, "ingestor_redis_windows_pending") == 1
     age = metric_value(text, "ingestor_redis_oldest_pending_window_age_seconds")
-    assert 0 <= age <= (datetime.now(timezone.utc) - hour).total_seconds() + 1
+    assert 0 <= age <= (datetime.now(UTC) - hour).total_seconds() + 1
 
 
 def test_stats_shows_pending_windows_groups_last_persist_and_rejections(app):
     services = app.extensions["pulses"]
-    hour = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
-    now = datetime.now(timezone.utc)
+    hour = datetime(2026, 11, 1, 10, tzinfo=UTC)
+    now = datetime.now(UTC)
     pulses = [
-        {"tenant": f"t{i % 3}", "product_sku": "s", "use_unity": "u", "used_amount": "1",
-         "timestamp": (hour if i < 4 else now).isoformat()}
+        {
+            "tenant": f"t{i % 3}",
+            "product_sku": "s",
+            "use_unity": "u",
+            "used_amount": "1",
+            "timestamp": (hour if i < 4 else now).isoformat(),
+        }
         for i in range(6)
-    ] + [{"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "-5"}]  # fmt: skip
-    ingest_batch(pulses, message_id="m2", source="test", validator=services.validator,
-                 counter=services.counter, database=app.extensions["database"], received_at=now)  # fmt: skip
+    ] + [{"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "-5"}]
+    ingest_batch(
+        pulses,
+        message_id="m2",
+        source="test",
+        validator=services.validator,
+        counter=services.counter,
+        database=app.extensions["database"],
+        received_at=now,
+    )
     runner = app.test_cli_runner()
 
     before = runner.invoke(args=["pulses", "stats"])
@@ -134,7 +164,9 @@ def test_populate_publishes_every_pulse_in_batches_with_a_rate(app, settings):
     result = app.test_cli_runner().invoke(args=["pulses", "populate", "--total", "1050", "--batch", "100"])
 
     assert result.exit_code == 0, result.output
-    assert re.search(r"published 1050 pulses in 11 message\(s\) in [\d.]+s \([\d,]+ pulses/s\)", result.output)
+    assert re.search(
+        r"published 1050 pulses in 11 message\(s\) in [\d.]+s \([\d,]+ pulses/s\)", result.output
+    )
     ids, total = set(), Decimal(0)
     assert queue_depth(settings.broker_url, "pulses") == 11
     with Connection(settings.broker_url) as connection:
@@ -159,18 +191,25 @@ def dead_letter_one(broker_url: str, queue_name: str) -> None:
 
 def test_replay_moves_dead_letters_back_where_they_died(app, settings, producer):
     task_id = "replayed-task-1"
-    producer.send_task(INGEST_PULSES, args=[[{"tenant": "t"}]], task_id=task_id,
-                       exchange="pulses", routing_key="pulses")  # fmt: skip
+    producer.send_task(
+        INGEST_PULSES, args=[[{"tenant": "t"}]], task_id=task_id, exchange="pulses", routing_key="pulses"
+    )
     with Connection(settings.broker_url) as connection:
         producer_ = connection.Producer()
         # A raw message as the raw consumer dead-letters it (the raw queue has no
         # dead-letter argument): its origin in a header of its own, no x-death.
-        producer_.publish(b'{"tenant": "raw"}', exchange=dead_letter_exchange, routing_key=DEAD_LETTERS,
-                          content_type="application/json", message_id="raw-1",
-                          headers={ORIGIN_QUEUE_HEADER: RAW_PULSES, REASON_HEADER: "its batch failed"})  # fmt: skip
+        producer_.publish(
+            b'{"tenant": "raw"}',
+            exchange=dead_letter_exchange,
+            routing_key=DEAD_LETTERS,
+            content_type="application/json",
+            message_id="raw-1",
+            headers={ORIGIN_QUEUE_HEADER: RAW_PULSES, REASON_HEADER: "its batch failed"},
+        )
         # Published straight to the dead-letter exchange: no x-death, no origin.
-        producer_.publish(b"orphan", exchange=dead_letter_exchange, routing_key=DEAD_LETTERS,
-                          declare=[dead_letter_queue])  # fmt: skip
+        producer_.publish(
+            b"orphan", exchange=dead_letter_exchange, routing_key=DEAD_LETTERS, declare=[dead_letter_queue]
+        )
     dead_letter_one(settings.broker_url, "pulses")
     assert queue_depth(settings.broker_url, DEAD_LETTERS) == 3
 

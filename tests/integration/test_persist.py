@@ -7,7 +7,7 @@ PostgreSQL against a ledger kept by the test.
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -24,7 +24,7 @@ from tests.support.ledger import Ledger, persisted_sums
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
-HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
 
 
 class SimulatedCrash(Exception):
@@ -170,10 +170,14 @@ def test_crash_between_rename_and_commit_persists_the_snapshot_on_the_next_run(
     assert pending_redis_keys(persister._redis) == []
 
 
-def test_postgresql_unreachable_keeps_the_snapshot_for_the_next_run(app, persister, producer, ledger, database):
+def test_postgresql_unreachable_keeps_the_snapshot_for_the_next_run(
+    app, persister, producer, ledger, database
+):
     producer.count(7)
-    unreachable = Persister(app.extensions["redis"], Database("postgresql+psycopg2://postgres@127.0.0.1:1/none"))
-    with pytest.raises(Exception, match="(?i)connect"):
+    unreachable = Persister(
+        app.extensions["redis"], Database("postgresql+psycopg2://postgres@127.0.0.1:1/none")
+    )
+    with pytest.raises(Exception, match=r"(?i)connect"):
         unreachable.persist_pending()
     assert persisted_sums(database) == {}
     assert len(persister._redis.smembers(keys.PENDING_SNAPSHOTS)) == 1

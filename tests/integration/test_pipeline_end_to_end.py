@@ -8,7 +8,7 @@ awkward tenants and a batch full of invalid pulses.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -38,7 +38,7 @@ def persist_through_worker(producer, worker):
 
 
 def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(producer, worker, database):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     hour_a = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     hour_b = hour_a + timedelta(hours=1)
     colon_tenant, unicode_tenant = "acme:eu-west:1", "ação-租户-🚀"
@@ -48,7 +48,10 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
     first = [
         pulse(id="p-1", tenant=colon_tenant, used_amount="0.000001", timestamp=hour_a + timedelta(minutes=5)),
         pulse(
-            id="p-2", tenant=unicode_tenant, used_amount="12345678.123456", timestamp=hour_a + timedelta(minutes=6)
+            id="p-2",
+            tenant=unicode_tenant,
+            used_amount="12345678.123456",
+            timestamp=hour_a + timedelta(minutes=6),
         ),
         # An offset other than UTC: 01:30+02:00 is 23:30Z of the previous day.
         pulse(
@@ -58,11 +61,17 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
         ),
         # A JSON number with a fraction: read as a decimal, never through a binary float.
         pulse(
-            tenant=colon_tenant, used_amount=0.1, timestamp=hour_b + timedelta(minutes=31), unknown_field="ignored"
+            tenant=colon_tenant,
+            used_amount=0.1,
+            timestamp=hour_b + timedelta(minutes=31),
+            unknown_field="ignored",
         ),
         # A tenant that would collide with another if fields were joined with ':'.
         pulse(
-            tenant="acme", product_sku="eu-west:1:vm.small", used_amount="7", timestamp=hour_a + timedelta(minutes=7)
+            tenant="acme",
+            product_sku="eu-west:1:vm.small",
+            used_amount="7",
+            timestamp=hour_a + timedelta(minutes=7),
         ),
     ]
     ledger.add(colon_tenant, "vm.small", "vCPU-hour", hour_a, "0.000001")
@@ -87,7 +96,9 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
         ("not a pulse", "_schema"),
     ]
     mixed = [bad for bad, _ in invalid] + [
-        pulse(id="p-3", tenant=unicode_tenant, used_amount="0.999999", timestamp=hour_a + timedelta(minutes=59)),
+        pulse(
+            id="p-3", tenant=unicode_tenant, used_amount="0.999999", timestamp=hour_a + timedelta(minutes=59)
+        ),
     ]
     ledger.add(unicode_tenant, "vm.small", "vCPU-hour", hour_a, "0.999999")
 
@@ -115,13 +126,13 @@ def test_sums_are_exact_through_duplicates_redeliveries_and_invalid_pulses(produ
             text("SELECT message_id, position, errors, payload FROM rejected_pulse ORDER BY position")
         ).all()
     assert [(r.message_id, r.position) for r in rejected] == [(mixed_id, i) for i in range(len(invalid))]
-    for row, (_, field) in zip(rejected, invalid):
+    for row, (_, field) in zip(rejected, invalid, strict=True):
         assert field in row.errors, (row.position, row.errors)
     assert "\\u0000" in rejected[10].payload  # the NUL byte is kept, escaped
 
 
 def test_persist_adds_to_hours_already_persisted(producer, worker, database):
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
     late = {"tenant": "late", "product_sku": "db", "use_unity": "GB", "timestamp": hour}
     send_batch(producer, [pulse(**late, used_amount="1.25")])
     persist_through_worker(producer, worker)
@@ -133,9 +144,15 @@ def test_persist_adds_to_hours_already_persisted(producer, worker, database):
 
 
 def test_single_pulse_task(producer, worker, database):
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    pulse = {"id": "one", "tenant": "solo", "product_sku": "fn", "use_unity": "call",
-             "used_amount": "3", "timestamp": hour.isoformat()}
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    pulse = {
+        "id": "one",
+        "tenant": "solo",
+        "product_sku": "fn",
+        "use_unity": "call",
+        "used_amount": "3",
+        "timestamp": hour.isoformat(),
+    }
     for _ in range(2):
         producer.send_task(INGEST_PULSE, args=[pulse], exchange="pulses", routing_key="pulses")
     persist_through_worker(producer, worker)

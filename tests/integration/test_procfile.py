@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ def process_env(settings, **overrides: str) -> dict[str, str]:
 
 
 def get(url: str, timeout: float = 5) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own test server
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # our own test server
         return response.status, response.read().decode()
 
 
@@ -85,7 +85,9 @@ def test_release_migrates_a_fresh_database(settings):
 def test_web_serves_health_and_summed_metrics_then_stops_on_sigterm(settings):
     port = free_port()
     # GUNICORN_CMD_ARGS is gunicorn's own override: loopback only, for a test.
-    env = process_env(settings, PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}")
+    env = process_env(
+        settings, PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}"
+    )
     web = ProcfileProcess("web", env).start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -95,7 +97,10 @@ def test_web_serves_health_and_summed_metrics_then_stops_on_sigterm(settings):
         status, metrics = get(f"{base}/metrics")
         assert status == 200
         # Every /health answered so far, whichever of the two workers answered it.
-        assert metric_value(metrics, "ingestor_http_requests_total", method="GET", route="/health", status="200") == 8
+        assert (
+            metric_value(metrics, "ingestor_http_requests_total", method="GET", route="/health", status="200")
+            == 8
+        )
         assert metric_value(metrics, "ingestor_redis_up") == 1
 
         assert web.terminate(timeout=30), web.tail()
@@ -113,11 +118,15 @@ def window_count(redis_client, hour: datetime) -> int:
 
 
 @pytest.mark.usefixtures("clean_state")
-def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings, producer, redis_client, database, app):
+def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(
+    settings, producer, redis_client, database, app
+):
     metrics_port = free_port()
-    env = process_env(settings, REDIS_CHUNK_SIZE="5", METRICS_PORT=str(metrics_port), METRICS_HOST="127.0.0.1")
+    env = process_env(
+        settings, REDIS_CHUNK_SIZE="5", METRICS_PORT=str(metrics_port), METRICS_HOST="127.0.0.1"
+    )
     node = f"celery@{socket.gethostname()}"
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     ledger = Ledger()
     small = [pulse(tenant="t", product_sku="vm", use_unity="h", used_amount="0.5", timestamp=hour)] * 10
     small += [pulse(tenant="t", product_sku="vm", use_unity="h", used_amount="-1")] * 2
@@ -130,8 +139,13 @@ def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings,
     try:
         wait_for(lambda: producer.control.ping(destination=[node], timeout=1), 60, worker, "ping answer")
         # What the compose healthcheck runs.
-        ping = subprocess.run([f"{BIN}/celery", "-A", "ingestor", "inspect", "ping", "-d", node],
-                              cwd=ROOT, env=env, capture_output=True, timeout=60)  # fmt: skip
+        ping = subprocess.run(
+            [f"{BIN}/celery", "-A", "ingestor", "inspect", "ping", "-d", node],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
         assert ping.returncode == 0, ping.stdout + ping.stderr
 
         producer.send_task(INGEST_PULSES, args=[small], exchange="pulses", routing_key="pulses")
@@ -141,8 +155,16 @@ def test_worker_pings_serves_metrics_and_finishes_its_batch_on_sigterm(settings,
             return text if metric_value(text, "ingestor_pulses_accepted_total", source="task") == 10 else None
 
         metrics = wait_for(task_metrics, 60, worker, "metrics of the first batch")
-        assert metric_value(metrics, "ingestor_pulses_rejected_total", source="task", field="used_amount",
-                            reason="negative") == 2
+        assert (
+            metric_value(
+                metrics,
+                "ingestor_pulses_rejected_total",
+                source="task",
+                field="used_amount",
+                reason="negative",
+            )
+            == 2
+        )
         assert metric_value(metrics, "ingestor_batch_duration_seconds_count", source="task") == 1
         # Every task run is timed and counted by outcome, around the task's body.
         assert metric_value(metrics, "ingestor_tasks_total", task=INGEST_PULSES, outcome="success") == 1
@@ -181,7 +203,9 @@ def test_beat_sends_the_persist_task_on_schedule(settings, tmp_path):
     env = process_env(settings, PERSIST_SCHEDULE="* * * * *", PYTHONPATH=str(ROOT))
     beat = ProcfileProcess("beat", env, cwd=tmp_path).start()  # its schedule file goes to tmp_path
     try:
-        wait_for(lambda: queue_depth(settings.broker_url, "persist") >= 1, 75, beat, "persist task in the queue")
+        wait_for(
+            lambda: queue_depth(settings.broker_url, "persist") >= 1, 75, beat, "persist task in the queue"
+        )
         assert beat.terminate(timeout=30), beat.tail()
     finally:
         beat.kill()

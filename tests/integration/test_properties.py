@@ -30,7 +30,9 @@ from tests.support.worker import queue_depth
 
 pytestmark = [pytest.mark.property, pytest.mark.usefixtures("clean_state")]
 
-ROUND_TRIPS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ROUND_TRIPS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @ROUND_TRIPS
@@ -40,12 +42,21 @@ def test_any_valid_amounts_sum_exactly_through_redis_and_persist(app, database, 
     ledger = Ledger()
     pulses = []
     for amount, timestamp in entries:
-        pulses.append({"tenant": tenant, "product_sku": "sku", "use_unity": "u",
-                       "used_amount": amount, "timestamp": timestamp.isoformat()})  # fmt: skip
+        pulses.append(
+            {
+                "tenant": tenant,
+                "product_sku": "sku",
+                "use_unity": "u",
+                "used_amount": amount,
+                "timestamp": timestamp.isoformat(),
+            }
+        )
         ledger.add(tenant, "sku", "u", timestamp.replace(minute=0, second=0, microsecond=0), Decimal(amount))
     services = app.extensions["pulses"]
     countable, rejected = services.validator.split(
-        pulses, fallback_key=lambda index: keys.dedupe_key_for_position(tenant, index), received_at=entries[0][1]
+        pulses,
+        fallback_key=lambda index: keys.dedupe_key_for_position(tenant, index),
+        received_at=entries[0][1],
     )
     assert rejected == []
     assert services.counter.count(countable) == len(pulses)
@@ -55,12 +66,16 @@ def test_any_valid_amounts_sum_exactly_through_redis_and_persist(app, database, 
     assert persisted == ledger.expected()
 
 
-junk_pulse_lists = st.lists(st.one_of(broken_pulses().map(lambda case: case[0]), not_pulses), min_size=1, max_size=5)
+junk_pulse_lists = st.lists(
+    st.one_of(broken_pulses().map(lambda case: case[0]), not_pulses), min_size=1, max_size=5
+)
 
 
 @ROUND_TRIPS
 @given(st.one_of(junk_bodies, junk_pulse_lists.map(lambda pulses: json.dumps(pulses, default=str).encode())))
-def test_junk_posted_to_the_api_is_rejected_clearly_and_enqueues_nothing(client, auth, settings, body) -> None:
+def test_junk_posted_to_the_api_is_rejected_clearly_and_enqueues_nothing(
+    client, auth, settings, body
+) -> None:
     response = client.post("/api/v1/pulses", data=body, content_type="application/json", headers=auth)
 
     answer = response.get_json()
@@ -78,35 +93,67 @@ def test_junk_posted_to_the_api_is_rejected_clearly_and_enqueues_nothing(client,
 
 @ROUND_TRIPS
 @given(junk_pulse_lists)
-def test_junk_pulses_in_a_batch_are_quarantined_and_count_nothing(app, database, redis_client, pulses) -> None:
+def test_junk_pulses_in_a_batch_are_quarantined_and_count_nothing(
+    app, database, redis_client, pulses
+) -> None:
     message_id = str(uuid.uuid4())
     services = app.extensions["pulses"]
-    report = ingest_batch(pulses, message_id=message_id, source="property", validator=services.validator,
-                          counter=services.counter, database=database)  # fmt: skip
+    report = ingest_batch(
+        pulses,
+        message_id=message_id,
+        source="property",
+        validator=services.validator,
+        counter=services.counter,
+        database=database,
+    )
 
     assert (report.counted, report.rejected) == (0, len(pulses))
     assert redis_client.smembers(keys.PENDING_WINDOWS) == set()
     with database.engine.connect() as connection:
-        positions = connection.execute(
-            text("SELECT position FROM rejected_pulse WHERE message_id = :id ORDER BY position"), {"id": message_id}
-        ).scalars().all()
+        positions = (
+            connection.execute(
+                text("SELECT position FROM rejected_pulse WHERE message_id = :id ORDER BY position"),
+                {"id": message_id},
+            )
+            .scalars()
+            .all()
+        )
     assert positions == list(range(len(pulses)))
 
 
 # Query strings as a careless or hostile client writes them: the documented names, near
 # misses, repeats, empty and control-character values, a bare `+`.
-query_names = st.sampled_from(["page", "limit", "cursor", "tenant", "product_sku", "use_unity", "from", "to",
-                               "tennant", "Limit", "", "x y"])  # fmt: skip
+query_names = st.sampled_from(
+    [
+        "page",
+        "limit",
+        "cursor",
+        "tenant",
+        "product_sku",
+        "use_unity",
+        "from",
+        "to",
+        "tennant",
+        "Limit",
+        "",
+        "x y",
+    ]
+)
 query_values = st.one_of(st.text(max_size=30), st.integers().map(str), st.just("2026-11-01T00:00:00+01:00"))
 
 
 @ROUND_TRIPS
-@given(st.lists(st.tuples(query_names, query_values), min_size=1, max_size=6), st.sampled_from(["GET", "POST"]))
+@given(
+    st.lists(st.tuples(query_names, query_values), min_size=1, max_size=6), st.sampled_from(["GET", "POST"])
+)
 def test_any_query_string_is_answered_without_a_server_error(app, client, auth, query, method) -> None:
-    routes = sorted({rule.rule for rule in app.url_map.iter_rules() if method in rule.methods and "<" not in rule.rule})
+    routes = sorted(
+        {rule.rule for rule in app.url_map.iter_rules() if method in rule.methods and "<" not in rule.rule}
+    )
     for route in routes:
-        response = client.open(route, method=method, query_string=query, headers=auth,
-                               json={} if method == "POST" else None)  # fmt: skip
+        response = client.open(
+            route, method=method, query_string=query, headers=auth, json={} if method == "POST" else None
+        )
 
         assert response.status_code < 500, (route, query, response.get_json())
         if response.status_code == 400:

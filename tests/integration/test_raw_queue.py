@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -31,7 +31,7 @@ def persist(app) -> None:
 
 
 def test_raw_pulses_sum_exactly_and_garbage_is_dead_lettered(worker, settings, app, database, redis_client):
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     stamp = (hour + timedelta(minutes=10)).isoformat()
     ledger = Ledger()
     bodies: list[bytes | str | tuple[bytes | str, str | None]] = []
@@ -40,12 +40,27 @@ def test_raw_pulses_sum_exactly_and_garbage_is_dead_lettered(worker, settings, a
     # theirs; here with a timestamp so the hour is known).
     for i in range(200):
         amount = f"{i}.{i:06d}"
-        bodies.append(body_of({"tenant": "legacy", "product_sku": "vm", "use_unity": "hour",
-                               "used_amount": amount, "timestamp": stamp}))  # fmt: skip
+        bodies.append(
+            body_of(
+                {
+                    "tenant": "legacy",
+                    "product_sku": "vm",
+                    "use_unity": "hour",
+                    "used_amount": amount,
+                    "timestamp": stamp,
+                }
+            )
+        )
         ledger.add("legacy", "vm", "hour", hour, amount)
     # Duplicates by id, even with another amount: counted once.
-    with_id = {"id": "p-1", "tenant": "ids", "product_sku": "db", "use_unity": "GB",
-               "used_amount": "0.000001", "timestamp": stamp}  # fmt: skip
+    with_id = {
+        "id": "p-1",
+        "tenant": "ids",
+        "product_sku": "db",
+        "use_unity": "GB",
+        "used_amount": "0.000001",
+        "timestamp": stamp,
+    }
     bodies += [body_of(with_id), body_of({**with_id, "used_amount": "5"}), body_of([with_id, with_id])]
     ledger.add("ids", "db", "GB", hour, "0.000001")
     # JSON numbers with fractions, written by hand: read as decimals, never floats.
@@ -58,20 +73,36 @@ def test_raw_pulses_sum_exactly_and_garbage_is_dead_lettered(worker, settings, a
     ledger.add("num", "s3", "GB", hour, "12345678.123456")
     # Pulses without id in a message with an AMQP message_id, published twice (a
     # producer's retry): the second copy counts nothing.
-    no_ids = [{"tenant": "mid", "product_sku": "fn", "use_unity": "call", "used_amount": "2.5",
-               "timestamp": stamp}] * 3  # fmt: skip
+    no_ids = [
+        {"tenant": "mid", "product_sku": "fn", "use_unity": "call", "used_amount": "2.5", "timestamp": stamp}
+    ] * 3
     message_id = str(uuid.uuid4())
     bodies += [(body_of(no_ids), message_id), (body_of(no_ids), message_id)]
     for _ in no_ids:
         ledger.add("mid", "fn", "call", hour, "2.5")
     # Without id nor message_id, the same body twice: two messages, counted twice.
-    anonymous = {"tenant": "anon", "product_sku": "fn", "use_unity": "call", "used_amount": "1", "timestamp": stamp}
+    anonymous = {
+        "tenant": "anon",
+        "product_sku": "fn",
+        "use_unity": "call",
+        "used_amount": "1",
+        "timestamp": stamp,
+    }
     bodies += [body_of(anonymous), body_of(anonymous)]
     ledger.add("anon", "fn", "call", hour, "1")
     ledger.add("anon", "fn", "call", hour, "1")
     # A str body (sent utf-8: the consumer gets a str) with a tenant beyond ASCII.
-    bodies.append(body_of({"tenant": "ação-租户", "product_sku": "vm", "use_unity": "hour",
-                           "used_amount": "3", "timestamp": stamp}).decode())  # fmt: skip
+    bodies.append(
+        body_of(
+            {
+                "tenant": "ação-租户",
+                "product_sku": "vm",
+                "use_unity": "hour",
+                "used_amount": "3",
+                "timestamp": stamp,
+            }
+        ).decode()
+    )
     ledger.add("ação-租户", "vm", "hour", hour, "3")
     # Invalid pulses inside valid bodies: rejected one by one, the rest counted.
     mixed = [
@@ -116,8 +147,10 @@ def test_raw_pulses_sum_exactly_and_garbage_is_dead_lettered(worker, settings, a
     assert len(by_message) == 2
     (mixed_rows,) = [rows for mid, rows in by_message.items() if mid.endswith(f":{mixed_id}")]
     assert sorted((r.position, next(iter(r.errors))) for r in mixed_rows) == [
-        (0, "used_amount"), (2, "_schema"), (3, "tenant")
-    ]  # fmt: skip
+        (0, "used_amount"),
+        (2, "_schema"),
+        (3, "tenant"),
+    ]
     assert "\\u0000" in next(r.payload for r in mixed_rows if r.position == 3)
     (other,) = [rows for mid, rows in by_message.items() if not mid.endswith(f":{mixed_id}")]
     assert [(r.position, next(iter(r.errors))) for r in other] == [(0, "tenant")]

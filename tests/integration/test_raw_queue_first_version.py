@@ -64,7 +64,9 @@ def go_pulses(ledger: Ledger, count: int, tenant: str, rng: random.Random) -> li
     """`count` pulses as the Go producer writes them: float amounts, some in exponent form."""
     bodies = []
     for i in range(count):
-        micro_units = rng.choice([rng.randrange(1, 10**7), rng.randrange(1, 10**12), 1, 10**6 * rng.randrange(1, 50)])
+        micro_units = rng.choice(
+            [rng.randrange(1, 10**7), rng.randrange(1, 10**12), 1, 10**6 * rng.randrange(1, 50)]
+        )
         amount = micro_units / 10**6  # a float64, as the producer holds it
         text_ = go_float(amount)
         sku = f"sku{i % 3}"
@@ -127,8 +129,10 @@ def list_queue_arguments(queue: str) -> str:
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     listing = subprocess.run(
         [ctl, "-q", "list_queues", "-p", RABBITMQ_VHOST, "--no-table-headers", "name", "arguments"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return next(line.split("\t", 1)[1] for line in listing.splitlines() if line.split("\t")[0] == queue)
 
 
@@ -136,14 +140,27 @@ def test_a_queue_declared_with_the_old_dead_letter_argument_is_still_consumed(
     no_raw_queue, start_worker, settings, producer, database
 ):
     ledger = Ledger()
-    old_queue = Queue(RAW, Exchange(""), routing_key=RAW, durable=True,
-                      queue_arguments={"x-dead-letter-exchange": DEAD_LETTERS})  # fmt: skip
-    pulses = [{"id": f"old-{i}", "tenant": "old", "product_sku": "vm", "use_unity": "h", "used_amount": f"{i}.5"}
-              for i in range(50)]  # fmt: skip
+    old_queue = Queue(
+        RAW,
+        Exchange(""),
+        routing_key=RAW,
+        durable=True,
+        queue_arguments={"x-dead-letter-exchange": DEAD_LETTERS},
+    )
+    pulses = [
+        {"id": f"old-{i}", "tenant": "old", "product_sku": "vm", "use_unity": "h", "used_amount": f"{i}.5"}
+        for i in range(50)
+    ]
     with Connection(settings.broker_url, transport_options={"confirm_publish": True}) as connection:
         publish = connection.Producer().publish
         for pulse in pulses:
-            publish(body_of(pulse), exchange="", routing_key=RAW, content_type="application/json", declare=[old_queue])
+            publish(
+                body_of(pulse),
+                exchange="",
+                routing_key=RAW,
+                content_type="application/json",
+                declare=[old_queue],
+            )
             ledger.add("old", "vm", "h", hour_ago(0), pulse["used_amount"])
     assert "x-dead-letter-exchange" in list_queue_arguments(RAW)
 
@@ -175,7 +192,9 @@ def test_a_queue_declared_with_the_old_dead_letter_argument_is_still_consumed(
     assert persisted_sums_per_group(database)[("go", "vm", "h")] == Decimal(1)
 
 
-def test_undecodable_raw_bodies_are_published_to_pulses_dead_then_acked(no_raw_queue, start_worker, settings, database):
+def test_undecodable_raw_bodies_are_published_to_pulses_dead_then_acked(
+    no_raw_queue, start_worker, settings, database
+):
     worker = start_worker("dead-letters")
     valid = go_pulse_body("dl", "vm", "h", "2.25")
     publish_like_go(settings.broker_url, RAW, [GARBAGE[0], valid, *GARBAGE[1:]])
@@ -183,7 +202,7 @@ def test_undecodable_raw_bodies_are_published_to_pulses_dead_then_acked(no_raw_q
 
     held = dead_letter_messages(settings.broker_url)
     assert sorted(body for body, _, _ in held) == sorted(GARBAGE)
-    for body, headers, properties in held:
+    for _body, headers, properties in held:
         assert headers[ORIGIN_QUEUE_HEADER] == RAW
         assert headers[REASON_HEADER]  # e.g. "not UTF-8 JSON: JSONDecodeError(...)"
         assert properties["content_type"] == "application/json"
@@ -194,16 +213,30 @@ def test_undecodable_raw_bodies_are_published_to_pulses_dead_then_acked(no_raw_q
     assert queue_counts(DEAD_LETTERS) == (0, 0)
 
 
-def test_replay_sends_raw_dead_letters_back_to_the_raw_queue(no_raw_queue, start_worker, settings, producer, database):
+def test_replay_sends_raw_dead_letters_back_to_the_raw_queue(
+    no_raw_queue, start_worker, settings, producer, database
+):
     worker = start_worker("replay")
     # A valid body dead-lettered by a worker that could not take it then (say, a
     # smaller RAW_MAX_BODY_BYTES), and a garbage one, as the consumer publishes them.
-    pulse = {"id": "replayed-1", "tenant": "rp", "product_sku": "vm", "use_unity": "h", "used_amount": "7.000001"}
+    pulse = {
+        "id": "replayed-1",
+        "tenant": "rp",
+        "product_sku": "vm",
+        "use_unity": "h",
+        "used_amount": "7.000001",
+    }
     with Connection(settings.broker_url, transport_options={"confirm_publish": True}) as connection:
         publish = connection.Producer().publish
         for body in (body_of(pulse), GARBAGE[0]):
-            publish(body, exchange=dead_letter_exchange, routing_key=DEAD_LETTERS, content_type="application/json",
-                    headers={ORIGIN_QUEUE_HEADER: RAW, REASON_HEADER: "body too large"}, delivery_mode=2)  # fmt: skip
+            publish(
+                body,
+                exchange=dead_letter_exchange,
+                routing_key=DEAD_LETTERS,
+                content_type="application/json",
+                headers={ORIGIN_QUEUE_HEADER: RAW, REASON_HEADER: "body too large"},
+                delivery_mode=2,
+            )
 
     report = replay_dead_letters(settings.broker_url)
     assert dict(report.replayed) == {RAW: 2} and report.left == 0
@@ -218,8 +251,18 @@ def test_replay_sends_raw_dead_letters_back_to_the_raw_queue(no_raw_queue, start
 def set_dead_letter_queue_full(full: bool) -> None:
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     if full:  # every publish to pulses.dead is nacked
-        command = [ctl, "-q", "set_policy", "-p", RABBITMQ_VHOST, "--apply-to", "queues", "dead-full",
-                   "^pulses\\.dead$", '{"max-length": 0, "overflow": "reject-publish"}']  # fmt: skip
+        command = [
+            ctl,
+            "-q",
+            "set_policy",
+            "-p",
+            RABBITMQ_VHOST,
+            "--apply-to",
+            "queues",
+            "dead-full",
+            "^pulses\\.dead$",
+            '{"max-length": 0, "overflow": "reject-publish"}',
+        ]
     else:
         command = [ctl, "-q", "clear_policy", "-p", RABBITMQ_VHOST, "dead-full"]
     subprocess.run(command, capture_output=True, check=True)

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -28,7 +28,7 @@ RAW = "pulses.raw"
 
 
 def last_hour() -> datetime:
-    return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
 
 
 def counted_pulses(redis_client, hour: datetime) -> int:
@@ -69,8 +69,17 @@ def anonymous_pulses(tenant: str, hour: datetime, amounts: list[str]) -> tuple[l
     ledger = Ledger()
     bodies = []
     for amount in amounts:
-        bodies.append(body_of({"tenant": tenant, "product_sku": "vm", "use_unity": "hour",
-                               "used_amount": amount, "timestamp": hour.isoformat()}))  # fmt: skip
+        bodies.append(
+            body_of(
+                {
+                    "tenant": tenant,
+                    "product_sku": "vm",
+                    "use_unity": "hour",
+                    "used_amount": amount,
+                    "timestamp": hour.isoformat(),
+                }
+            )
+        )
         ledger.add(tenant, "vm", "hour", hour, amount)
     return bodies, ledger
 
@@ -81,7 +90,9 @@ def wait_for(condition, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_worker_killed_mid_stream_loses_nothing_and_counts_once(producer, settings, redis_client, database, app):
+def test_worker_killed_mid_stream_loses_nothing_and_counts_once(
+    producer, settings, redis_client, database, app
+):
     # One Lua call per pulse makes a batch slow (thousands of calls) and its end
     # predictable: batches close on size only, at multiples of BATCH pulses.
     batch = 5000
@@ -92,9 +103,16 @@ def test_worker_killed_mid_stream_loses_nothing_and_counts_once(producer, settin
     for i in range(3000):
         # Ten pulses per message: with ids, or without ids in a message with an AMQP
         # message_id; the two kinds interleaved, so every batch holds both.
-        pulses = [{"tenant": f"t{i % 3}", "product_sku": "vm", "use_unity": "hour",
-                   "used_amount": f"{(i + j) % 7}.{(i * j) % 1000:06d}", "timestamp": hour.isoformat()}
-                  for j in range(10)]  # fmt: skip
+        pulses = [
+            {
+                "tenant": f"t{i % 3}",
+                "product_sku": "vm",
+                "use_unity": "hour",
+                "used_amount": f"{(i + j) % 7}.{(i * j) % 1000:06d}",
+                "timestamp": hour.isoformat(),
+            }
+            for j in range(10)
+        ]
         if i % 2:
             bodies.append(body_of([{**pulse, "id": f"k-{i}-{j}"} for j, pulse in enumerate(pulses)]))
         else:
@@ -145,9 +163,12 @@ def test_warm_shutdown_counts_and_acks_the_open_batch(producer, settings, redis_
 
     worker = WorkerProcess(lazy, "raw-term", concurrency=1)
     held = publish_then_sigterm(
-        worker, producer, bodies, until=lambda: queue_counts(RAW) == (0, len(bodies)),
+        worker,
+        producer,
+        bodies,
+        until=lambda: queue_counts(RAW) == (0, len(bodies)),
         observe=lambda: (queue_counts(RAW), counted_pulses(redis_client, hour)),
-    )  # fmt: skip
+    )
     assert held == ((0, len(bodies)), 0), "every message held, uncounted, in the open batch"
 
     assert queue_counts(RAW) == (0, 0), "the open batch was acked, not returned"
@@ -156,7 +177,9 @@ def test_warm_shutdown_counts_and_acks_the_open_batch(producer, settings, redis_
     assert persisted_sums(database) == ledger.expected()
 
 
-def test_batches_wait_out_a_redis_outage_and_shutdown_returns_them(producer, settings, redis_client, database, app):
+def test_batches_wait_out_a_redis_outage_and_shutdown_returns_them(
+    producer, settings, redis_client, database, app
+):
     # A worker whose Redis is unreachable (nothing listens on port 1): every attempt
     # fails with a connection error. Its batch must stay unacked, never be acked or
     # dropped, and a warm shutdown must hand it back to the queue.
@@ -166,9 +189,12 @@ def test_batches_wait_out_a_redis_outage_and_shutdown_returns_them(producer, set
 
     stranded = WorkerProcess(cut_off, "raw-outage", concurrency=1)
     held = publish_then_sigterm(
-        stranded, producer, bodies, until=lambda: "retry 2 in" in stranded.log.read_text(),
+        stranded,
+        producer,
+        bodies,
+        until=lambda: "retry 2 in" in stranded.log.read_text(),
         observe=lambda: queue_counts(RAW),
-    )  # fmt: skip
+    )
     assert held == (0, len(bodies)), "held unacked through the retries"
     assert queue_counts(RAW) == (len(bodies), 0), "returned to the queue, not acked"
 

@@ -8,14 +8,14 @@ the sums checked against a Decimal ledger.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 from sqlalchemy import text
 
-from ingestor.pulses.raw_consumer import decode_body
 from ingestor.pulses.ingest import ingest_batch
+from ingestor.pulses.raw_consumer import decode_body
 from tests.support.go_producer import go_pulse_body
 from tests.support.ledger import persisted_sums_per_group
 
@@ -29,8 +29,14 @@ def reject_like_the_raw_consumer(app, tenant: str, amount_text: str, *, pulse_id
     if pulse_id is not None:
         body = body[:-1] + b',"id":"%s"}' % pulse_id.encode()
     services = app.extensions["pulses"]
-    ingest_batch(decode_body(body, 4096), message_id=f"raw:{uuid.uuid4().hex}", source="raw:pulses.raw",
-                 validator=services.validator, counter=services.counter, database=app.extensions["database"])  # fmt: skip
+    ingest_batch(
+        decode_body(body, 4096),
+        message_id=f"raw:{uuid.uuid4().hex}",
+        source="raw:pulses.raw",
+        validator=services.validator,
+        counter=services.counter,
+        database=app.extensions["database"],
+    )
 
 
 def replay(app, *args: str) -> str:
@@ -61,13 +67,17 @@ def test_too_precise_amounts_are_counted_only_when_asked_rounded_and_once(app, d
 
     # Without --round-half-even they stay rejected: nothing is invented.
     assert "counted 0 pulse(s)" in replay(app, "--reason", "fraction_digits")
-    assert "would count 4 pulse(s) (4 rounded)" in replay(app, "--tenant", "acme", "--round-half-even", "--dry-run")
+    assert "would count 4 pulse(s) (4 rounded)" in replay(
+        app, "--tenant", "acme", "--round-half-even", "--dry-run"
+    )
     assert rows(database) == 6
 
     out = replay(app, "--reason", "used_amount", "--tenant", "acme", "--round-half-even")
     assert "counted 4 pulse(s) (4 rounded)" in out and "1 still invalid" in out
     assert rows(database) == 2  # zeta's, and the negative one
-    assert "counted 0 pulse(s)" in replay(app, "--tenant", "acme", "--round-half-even")  # replayed rows are gone
+    assert "counted 0 pulse(s)" in replay(
+        app, "--tenant", "acme", "--round-half-even"
+    )  # replayed rows are gone
     persist(app)
     assert persisted_sums_per_group(database) == {("acme", "vm", "h"): sum(map(rounded, TOO_FINE["acme"]))}
     assert sum(map(rounded, TOO_FINE["acme"])) == Decimal("2.300002")  # 0.3 + 0 + 0 + 2.000002: half to even
@@ -82,10 +92,12 @@ def test_a_row_replayed_again_after_a_crash_counts_once(app, database):
     # next replay of that row finds its dedupe key and only deletes it.
     with database.engine.begin() as connection:
         connection.execute(
-            text("INSERT INTO rejected_pulse (received_at, source, message_id, position, tenant, payload, errors) "
-                 "VALUES (:received_at, :source, :message_id, :position, :tenant, :payload, CAST(:errors AS jsonb))"),
+            text(
+                "INSERT INTO rejected_pulse (received_at, source, message_id, position, tenant, payload, errors) "
+                "VALUES (:received_at, :source, :message_id, :position, :tenant, :payload, CAST(:errors AS jsonb))"
+            ),
             {**row, "errors": '{"used_amount": ["Must have at most 6 fractional digits."]}'},
-        )  # fmt: skip
+        )
     assert "counted 0 pulse(s) (1 rounded), 1 already counted" in replay(app, "--round-half-even")
     assert rows(database) == 0
     persist(app)
@@ -97,10 +109,14 @@ def test_filters_and_the_hour_a_pulse_without_timestamp_counts_in(app, database,
     reject_like_the_raw_consumer(app, "acme", "0.1234565", pulse_id="p-1")
     reject_like_the_raw_consumer(app, "acme", "0.1234565", pulse_id="p-1")  # the same pulse sent twice
     with database.engine.begin() as connection:  # the first one was rejected three hours ago
-        connection.execute(text("UPDATE rejected_pulse SET received_at = now() - interval '3 hours' WHERE id = 1"))
-    since = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        connection.execute(
+            text("UPDATE rejected_pulse SET received_at = now() - interval '3 hours' WHERE id = 1")
+        )
+    since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     # The twin (same tenant and id) is the same usage: deduplicated, its row deleted.
-    assert "counted 1 pulse(s) (2 rounded), 1 already counted" in replay(app, "--since", since, "--round-half-even")
+    assert "counted 1 pulse(s) (2 rounded), 1 already counted" in replay(
+        app, "--since", since, "--round-half-even"
+    )
     assert rows(database) == 1
     assert "counted 1 pulse(s) (1 rounded)" in replay(app, "--tenant", "acme", "--round-half-even")
     assert rows(database) == 0
@@ -108,5 +124,5 @@ def test_filters_and_the_hour_a_pulse_without_timestamp_counts_in(app, database,
     with database.engine.connect() as connection:
         windows = dict(connection.execute(text("SELECT window_start, used_amount FROM pulse_usage")).all())
     # Each counts in the hour it entered the system (its row's received_at), not now.
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     assert windows == {hour: Decimal("0.123456"), hour - timedelta(hours=3): Decimal("0.123456")}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg2.errors
@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from ingestor.outages import TRANSIENT_ERRORS
 from ingestor.pulses import keys
 from ingestor.pulses.persistence import Persister
 from ingestor.pulses.snapshot_rows import (
@@ -29,12 +30,11 @@ from ingestor.pulses.snapshot_rows import (
     server_side_chunks,
     snapshot_chunks,
 )
-from ingestor.outages import TRANSIENT_ERRORS
 from tests.support.ledger import persisted_sums
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
-HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
+HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
 WINDOW = HOUR.isoformat().encode()
 SNAPSHOT = keys.window_key(keys.hour_of(HOUR)) + ":snapshot:test"
 
@@ -94,10 +94,12 @@ def test_the_server_side_reader_reads_a_big_snapshot_in_chunks(redis_client):
 
 @pytest.mark.parametrize(
     "extra",
-    [{b"a1|" + keys.group_field("t", "s", "u"): 5},  # a spill past 64 bits
-     {b"x|" + keys.group_field("t", "s", "u"): 5},  # a field the script never writes
-     {keys.AMOUNT_FIELD_PREFIX + keys.group_field("orphan", "s", "u"): 5}],  # an amount without a count
-)  # fmt: skip
+    [
+        {b"a1|" + keys.group_field("t", "s", "u"): 5},  # a spill past 64 bits
+        {b"x|" + keys.group_field("t", "s", "u"): 5},  # a field the script never writes
+        {keys.AMOUNT_FIELD_PREFIX + keys.group_field("orphan", "s", "u"): 5},
+    ],  # an amount without a count
+)
 def test_the_server_side_reader_refuses_what_it_cannot_vouch_for(redis_client, extra):
     write_snapshot(redis_client, {("t", "s", "u"): (1, 7)})
     redis_client.hset(SNAPSHOT, mapping=extra)
@@ -137,7 +139,7 @@ def test_flushes_of_one_window_take_turns(app, database):
     def run(chunks) -> None:
         try:
             persister._write_chunks(uuid.uuid4(), HOUR, chunks)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             errors.append(exc)
 
     first = threading.Thread(target=run, args=(slow_chunks(),))
@@ -217,7 +219,9 @@ def test_redis_refusing_the_script_falls_back_to_the_careful_reader(app, redis_c
     assert persisted_sums(database) == {("acme", "vm", "h", HOUR): (Decimal("4.500000"), 3)}
 
 
-def test_a_flush_whose_client_froze_is_ended_by_the_server_and_the_next_one_proceeds(app, redis_client, database):
+def test_a_flush_whose_client_froze_is_ended_by_the_server_and_the_next_one_proceeds(
+    app, redis_client, database
+):
     """A worker frozen mid-flush (or a network path dropped without a reset) must not
     hold the window's lock and batch for hours: the server ends the idle transaction."""
     persister = Persister(redis_client, database, transaction_timeout_ms=1000)
@@ -233,7 +237,7 @@ def test_a_flush_whose_client_froze_is_ended_by_the_server_and_the_next_one_proc
     def first() -> None:
         try:
             persister._write_chunks(uuid.uuid4(), HOUR, frozen_chunks())
-        except BaseException as exc:  # noqa: BLE001 - checked below
+        except BaseException as exc:  # checked below
             outcome["first"] = exc
 
     def second() -> None:

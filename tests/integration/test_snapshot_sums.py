@@ -6,7 +6,7 @@ persists it through the real Redis and PostgreSQL.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -19,7 +19,7 @@ from tests.support.ledger import persisted_sums
 pytestmark = pytest.mark.usefixtures("clean_state")
 
 NEAR_MAX = 2**63 - 1
-HOUR = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
 
 
 def count_field(*group: str) -> bytes:
@@ -51,8 +51,14 @@ def test_spills_are_summed_exactly_past_64_bits_and_28_digits(app, redis_client,
 
 
 def test_groups_are_kept_apart_and_decoded(app, redis_client, database):
-    tricky = [("a:b", "c", "d"), ("a", "b:c", "d"), ("a|b", "n|x", "KB/sec"), ('quo"te,', "[", "]"),
-              ("Ünïcødé", "テナント", "😀"), ("back\\slash", "'", "x")]  # fmt: skip
+    tricky = [
+        ("a:b", "c", "d"),
+        ("a", "b:c", "d"),
+        ("a|b", "n|x", "KB/sec"),
+        ('quo"te,', "[", "]"),
+        ("Ünïcødé", "テナント", "😀"),
+        ("back\\slash", "'", "x"),
+    ]
     fields = {}
     for i, group in enumerate(tricky, start=1):
         fields[count_field(*group)] = i
@@ -72,15 +78,24 @@ def test_a_count_without_an_amount_sums_to_zero(app, redis_client, database):
 
 @pytest.mark.parametrize(
     "bad_field",
-    [b"x|" + keys.group_field("t", "s", "u"), b"a1x|" + keys.group_field("t", "s", "u"),
-     amount_field("orphan", "s", "u")],  # fmt: skip
+    [
+        b"x|" + keys.group_field("t", "s", "u"),
+        b"a1x|" + keys.group_field("t", "s", "u"),
+        amount_field("orphan", "s", "u"),
+    ],
 )
 def test_a_corrupt_snapshot_is_set_aside_whole_and_the_others_persist(app, redis_client, database, bad_field):
     fields = {count_field("t", "s", "u"): 1, amount_field("t", "s", "u"): 1, bad_field: 5}
     healthy = HOUR + timedelta(hours=1)
     app.extensions["pulses"].counter.count(
-        [CountablePulse(keys.dedupe_key_for_id("ok", "1"), keys.window_key(keys.hour_of(healthy)),
-                        keys.group_field("ok", "s", "u"), 2_500_000)]  # fmt: skip
+        [
+            CountablePulse(
+                keys.dedupe_key_for_id("ok", "1"),
+                keys.window_key(keys.hour_of(healthy)),
+                keys.group_field("ok", "s", "u"),
+                2_500_000,
+            )
+        ]
     )
     snapshot = persist(app, redis_client, fields)
 

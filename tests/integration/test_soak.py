@@ -39,8 +39,8 @@ from celery import Celery
 from sqlalchemy import text
 
 from ingestor import create_app
-from ingestor.pulses.raw_consumer import rejection_id_of
 from ingestor.messaging.topology import PERSIST, PULSES, RAW_PULSES
+from ingestor.pulses.raw_consumer import rejection_id_of
 from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
 from tests.support.api import post_until_accepted
 from tests.support.faults import TASK_QUEUES, proxied
@@ -85,7 +85,9 @@ class Soak:
         with self.lock:
             prefix = f"{kind}-{self.sent[kind]}"
             self.sent[kind] += 1
-            batch: list = make_pulses(self.ledger, n, prefix=prefix, hour=hour_ago(rng.randint(1, 4)), tenants=5)
+            batch: list = make_pulses(
+                self.ledger, n, prefix=prefix, hour=hour_ago(rng.randint(1, 4)), tenants=5
+            )
         invalid: list[int] = []
         if rng.random() < 0.2:
             position = rng.randint(0, len(batch))
@@ -127,8 +129,9 @@ def test_soak_under_chaos_sums_exactly_and_quarantines_exactly(settings, produce
         def celery_step(rng: random.Random) -> None:
             batch, invalid = soak.pulses("celery", 100, rng)
             task_id = str(uuid.uuid4())
-            producer.send_task(INGEST_PULSES, args=[batch], exchange=PULSES, routing_key=PULSES,
-                               task_id=task_id)  # fmt: skip
+            producer.send_task(
+                INGEST_PULSES, args=[batch], exchange=PULSES, routing_key=PULSES, task_id=task_id
+            )
             soak.expect_rejected(task_id, invalid)
             time.sleep(0.1)
 
@@ -193,8 +196,13 @@ def test_soak_under_chaos_sums_exactly_and_quarantines_exactly(settings, produce
     app.extensions["pulses"].persister.persist_pending(wait_seconds=90)
 
     total = sum(count for _, count in soak.ledger.expected().values())
-    logger.info("soak: %d pulses, batches %s, chaos %s, HTTP statuses %s", total, soak.sent, chaos_log,
-                {status: statuses.count(status) for status in set(statuses)})  # fmt: skip
+    logger.info(
+        "soak: %d pulses, batches %s, chaos %s, HTTP statuses %s",
+        total,
+        soak.sent,
+        chaos_log,
+        {status: statuses.count(status) for status in set(statuses)},
+    )
     assert total > 5_000 and {"kill", "redis", "database", "broker"} <= set(chaos_log), (total, chaos_log)
     assert persisted_sums(database) == soak.ledger.expected()
     with database.engine.connect() as connection:

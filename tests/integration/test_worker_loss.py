@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -33,7 +33,7 @@ def drain_and_persist(survivor: WorkerProcess, producer, app) -> None:
 def test_worker_killed_mid_batch_loses_nothing_and_counts_once(producer, redis_client, database, app):
     # Tiny Lua chunks make one batch take long enough to be killed in the middle.
     settings = settings_for_tests(redis_chunk_size=5)
-    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     ledger = Ledger()
     batch = make_pulses(ledger, 20_000, prefix="doomed", hour=hour, with_ids=False)
     producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
@@ -45,7 +45,9 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_once(producer, redis_c
         time.sleep(0.01)
     doomed.stop(signal.SIGKILL)
     partially_counted = sum(
-        int(v) for f, v in redis_client.hgetall(keys.window_key(keys.hour_of(hour))).items() if f.startswith(b"n|")
+        int(v)
+        for f, v in redis_client.hgetall(keys.window_key(keys.hour_of(hour))).items()
+        if f.startswith(b"n|")
     )
     assert 0 < partially_counted < len(batch), "the kill must land mid-batch"
 
@@ -77,7 +79,10 @@ def test_worker_killed_again_and_again_loses_nothing_and_counts_once(producer, r
         doomed.start(producer)
         try:
             target = min(counted_pulses(redis_client, hour) + rng.randint(1000, 5000), total)
-            wait_for(lambda: counted_pulses(redis_client, hour) >= target, what="some more pulses counted")
+            wait_for(
+                lambda target=target: counted_pulses(redis_client, hour) >= target,
+                what="some more pulses counted",
+            )
         finally:
             doomed.stop(signal.SIGKILL)
         kills_mid_batch += counted_pulses(redis_client, hour) % 10_000 != 0

@@ -56,5 +56,7 @@ def _install(persister: Any, point: str, marker: Path) -> None:
 
 
 _flask_app = create_app()
-_install(_flask_app.extensions["pulses"].persister, os.environ["CRASH_POINT"], Path(os.environ["CRASH_MARKER"]))
+_install(
+    _flask_app.extensions["pulses"].persister, os.environ["CRASH_POINT"], Path(os.environ["CRASH_MARKER"])
+)
 celery = _flask_app.extensions["celery"]

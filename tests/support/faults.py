@@ -44,7 +44,9 @@ def counted_pulses(redis_client: Redis, hour: datetime) -> int:
 def pending_flush_keys(redis_client: Redis) -> list[bytes]:
     """Every live window, snapshot and pending set still in Redis: [] once all is persisted."""
     found = redis_client.keys(keys.WINDOW_PREFIX + "*") + redis_client.keys(keys.SNAPSHOT_PREFIX + "*")
-    found += [key.encode() for key in (keys.PENDING_WINDOWS, keys.PENDING_SNAPSHOTS) if redis_client.exists(key)]
+    found += [
+        key.encode() for key in (keys.PENDING_WINDOWS, keys.PENDING_SNAPSHOTS) if redis_client.exists(key)
+    ]
     return sorted(found)
 
 

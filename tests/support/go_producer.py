@@ -36,8 +36,12 @@ def go_float(value: float, *, json_cleanup: bool = False) -> str:
 
 def go_pulse_body(tenant: str, product_sku: str, use_unity: str, amount_text: str) -> bytes:
     """A pulse as the Go struct marshals it: its field order, no spaces, no id, no timestamp."""
-    fields = [("tenant", json.dumps(tenant)), ("product_sku", json.dumps(product_sku)),
-              ("use_unity", json.dumps(use_unity)), ("used_amount", amount_text)]  # fmt: skip
+    fields = [
+        ("tenant", json.dumps(tenant)),
+        ("product_sku", json.dumps(product_sku)),
+        ("use_unity", json.dumps(use_unity)),
+        ("used_amount", amount_text),
+    ]
     return ("{" + ",".join(f'"{name}":{value}' for name, value in fields) + "}").encode()
 
 
@@ -53,9 +57,14 @@ def publish_like_go(broker_url: str, queue: str, bodies: Iterable[bytes]) -> int
     try:
         channel = connection.channel()
         for body in bodies:
-            channel.queue_declare(queue=queue, durable=True, exclusive=False, auto_delete=False, arguments=None)
+            channel.queue_declare(
+                queue=queue, durable=True, exclusive=False, auto_delete=False, arguments=None
+            )
             channel.basic_publish(
-                exchange="", routing_key=queue, body=body, properties=pika.BasicProperties(content_type="application/json")
+                exchange="",
+                routing_key=queue,
+                body=body,
+                properties=pika.BasicProperties(content_type="application/json"),
             )
             published += 1
         channel.queue_declare(queue=queue, durable=True, exclusive=False, auto_delete=False, arguments=None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +22,7 @@ class Ledger:
         self.sums: dict[Group, list[Any]] = defaultdict(lambda: [Decimal(0), 0])
 
     def add(self, tenant: str, sku: str, unit: str, hour: datetime, amount: str | Decimal) -> None:
-        entry = self.sums[(tenant, sku, unit, hour.astimezone(timezone.utc))]
+        entry = self.sums[(tenant, sku, unit, hour.astimezone(UTC))]
         entry[0] += Decimal(amount)
         entry[1] += 1
 
@@ -41,9 +41,11 @@ def persisted_sums(database: Database) -> dict[Group, tuple[Decimal, int]]:
     """What PostgreSQL holds, in the ledger's shape."""
     with database.engine.connect() as connection:
         rows = connection.execute(
-            text("SELECT tenant, product_sku, use_unity, window_start, used_amount, pulse_count FROM pulse_usage")
+            text(
+                "SELECT tenant, product_sku, use_unity, window_start, used_amount, pulse_count FROM pulse_usage"
+            )
         )
-        return {(r[0], r[1], r[2], r[3].astimezone(timezone.utc)): (r[4], r[5]) for r in rows}
+        return {(r[0], r[1], r[2], r[3].astimezone(UTC)): (r[4], r[5]) for r in rows}
 
 
 def persisted_sums_per_group(database: Database) -> dict[tuple[str, str, str], Decimal]:
@@ -56,7 +58,7 @@ def persisted_sums_per_group(database: Database) -> dict[tuple[str, str, str], D
 
 def hour_ago(hours: int = 1) -> datetime:
     """The start of the UTC hour `hours` hours before the current one."""
-    return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours)
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours)
 
 
 def make_pulses(
@@ -79,7 +81,14 @@ def make_pulses(
         amount = f"{i % 11}.{(i * 7919) % 10**6:06d}"
         pulse_id = f"{prefix}-{i}" if with_ids else MISSING
         pulses.append(
-            pulse(tenant=tenant, product_sku="vm", use_unity="hour", used_amount=amount, timestamp=hour, id=pulse_id)
+            pulse(
+                tenant=tenant,
+                product_sku="vm",
+                use_unity="hour",
+                used_amount=amount,
+                timestamp=hour,
+                id=pulse_id,
+            )
         )
         ledger.add(tenant, "vm", "hour", hour, amount)
     return pulses

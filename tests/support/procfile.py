@@ -49,9 +49,13 @@ class ProcfileProcess:
     def start(self) -> ProcfileProcess:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                ["sh", "-c", self.command], cwd=self.cwd, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                ["sh", "-c", self.command],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def run(self, timeout: float = 120) -> int:

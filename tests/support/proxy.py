@@ -150,7 +150,9 @@ class TcpProxy:
             for source, sink in (pair, pair[::-1]):
                 threading.Thread(target=self._pump, args=(source, sink, pair), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
         try:
             while data := source.recv(_CHUNK):
                 sink.sendall(data)

@@ -17,7 +17,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {"tenant": "acme", "product_sku": "vm.small", "use_unity": "vCPU-hour", "used_amount": "1"}
+DEFAULTS: dict[str, Any] = {
+    "tenant": "acme",
+    "product_sku": "vm.small",
+    "use_unity": "vCPU-hour",
+    "used_amount": "1",
+}
 
 
 class _Missing:

@@ -8,7 +8,7 @@ accident.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -35,7 +35,9 @@ def printable(max_size: int) -> st.SearchStrategy[str]:
 
 def past_timestamps(max_hours: int = 24 * 30) -> st.SearchStrategy[datetime]:
     """Aware timestamps between now and `max_hours` ago (inside the late limit)."""
-    return st.integers(60, max_hours * 3600).map(lambda seconds: datetime.now(timezone.utc) - timedelta(seconds=seconds))
+    return st.integers(60, max_hours * 3600).map(
+        lambda seconds: datetime.now(UTC) - timedelta(seconds=seconds)
+    )
 
 
 valid_pulses = st.fixed_dictionaries(
@@ -51,27 +53,44 @@ valid_pulses = st.fixed_dictionaries(
 control_characters = st.characters(categories=["Cc"])
 # Values no string field accepts: wrong types, empty, too long, control characters.
 bad_strings = st.one_of(
-    st.none(), st.integers(), st.booleans(), st.lists(st.text(max_size=3), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.just(""), st.just(HUGE),
+    st.none(),
+    st.integers(),
+    st.booleans(),
+    st.lists(st.text(max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(""),
+    st.just(HUGE),
     st.tuples(st.text(max_size=5), control_characters, st.text(max_size=5)).map("".join),
-)  # fmt: skip
+)
 bad_amounts = st.one_of(
-    st.none(), st.booleans(), st.just([1]), st.just({"$": 1}), st.just(HUGE),
+    st.none(),
+    st.booleans(),
+    st.just([1]),
+    st.just({"$": 1}),
+    st.just(HUGE),
     st.decimals(max_value=Decimal("-0.000001"), allow_nan=False, places=6).map(str),
     st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", " 1", "1_000", "+1", "0x10", "", "1.0000001"]),
-    st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("1.0000001"), MAX_AMOUNT + Decimal("0.000001")]),
-)  # fmt: skip
+    st.sampled_from(
+        [Decimal("NaN"), Decimal("Infinity"), Decimal("1.0000001"), MAX_AMOUNT + Decimal("0.000001")]
+    ),
+)
 # (No floats: a float that reaches the API as a JSON number is read as a valid decimal.)
 bad_timestamps = st.one_of(
     st.just("2026-01-01T10:00:00"),  # naive
-    st.just("yesterday"), st.integers(), st.just(HUGE),
-    st.just((datetime.now(timezone.utc) - timedelta(days=40)).isoformat()),  # past the late limit
-    st.just((datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()),  # in the future
-)  # fmt: skip
+    st.just("yesterday"),
+    st.integers(),
+    st.just(HUGE),
+    st.just((datetime.now(UTC) - timedelta(days=40)).isoformat()),  # past the late limit
+    st.just((datetime.now(UTC) + timedelta(hours=1)).isoformat()),  # in the future
+)
 BAD_VALUES = {
-    "tenant": bad_strings, "product_sku": bad_strings, "use_unity": bad_strings, "id": bad_strings,
-    "used_amount": bad_amounts, "timestamp": bad_timestamps,
-}  # fmt: skip
+    "tenant": bad_strings,
+    "product_sku": bad_strings,
+    "use_unity": bad_strings,
+    "id": bad_strings,
+    "used_amount": bad_amounts,
+    "timestamp": bad_timestamps,
+}
 
 
 @st.composite

@@ -45,10 +45,20 @@ class WorkerProcess:
         """Start the worker and return once it answers a ping."""
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", **self.extra_env}
         command = [
-            sys.executable, "-m", "celery", "-A", self.app, "worker",
-            "-n", self.name, "-c", str(self.concurrency),
-            "--loglevel=INFO", "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            self.app,
+            "worker",
+            "-n",
+            self.name,
+            "-c",
+            str(self.concurrency),
+            "--loglevel=INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         if self.queues:  # default: every queue the project's worker consumes
             command += ["-Q", self.queues]
         with self.log.open("ab") as log:
@@ -86,7 +96,9 @@ def queue_depth(broker_url: str, queue: str) -> int:
         return count
 
 
-def wait_until_idle(control: Celery, worker: WorkerProcess, queues: tuple[str, ...], timeout: float = 90) -> None:
+def wait_until_idle(
+    control: Celery, worker: WorkerProcess, queues: tuple[str, ...], timeout: float = 90
+) -> None:
     """Return once the queues are empty and the worker holds no task, twice in a row."""
     deadline = time.monotonic() + timeout
     idle_in_a_row = 0
@@ -114,10 +126,21 @@ def queue_counts(queue: str) -> tuple[int, int]:
     """
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     listing = subprocess.run(
-        [ctl, "-q", "list_queues", "-p", RABBITMQ_VHOST, "--no-table-headers",
-         "name", "messages_ready", "messages_unacknowledged"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            ctl,
+            "-q",
+            "list_queues",
+            "-p",
+            RABBITMQ_VHOST,
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for line in listing.splitlines():
         name, ready, unacked = line.split("\t")
         if name == queue:

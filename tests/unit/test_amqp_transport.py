@@ -9,6 +9,7 @@ import time
 import pytest
 from kombu.asynchronous.hub import Hub
 
+from ingestor.celery_app import celery_config
 from ingestor.messaging.amqp_transport import (
     TRANSPORT_PATH,
     ReadAheadTCPTransport,
@@ -16,7 +17,6 @@ from ingestor.messaging.amqp_transport import (
     holds_a_frame,
     transport_for,
 )
-from ingestor.celery_app import celery_config
 from ingestor.settings import Settings
 
 
@@ -83,8 +83,14 @@ def test_a_header_cut_in_two_times_out_then_completes(transport_and_peer):
 
 @pytest.mark.parametrize(
     ("buffered", "whole"),
-    [(b"", False), (frame(b"abc")[:6], False), (frame(b"abc")[:-1], False), (frame(b"abc"), True),
-     (frame(b"abc") + frame(b"d")[:3], True), (frame(b""), True)],  # fmt: skip
+    [
+        (b"", False),
+        (frame(b"abc")[:6], False),
+        (frame(b"abc")[:-1], False),
+        (frame(b"abc"), True),
+        (frame(b"abc") + frame(b"d")[:3], True),
+        (frame(b""), True),
+    ],
 )
 def test_holds_a_frame_only_when_one_is_whole(transport_and_peer, buffered, whole):
     transport, _, _ = transport_and_peer
@@ -95,8 +101,13 @@ def test_holds_a_frame_only_when_one_is_whole(transport_and_peer, buffered, whol
 
 @pytest.mark.parametrize(
     ("url", "transport"),
-    [("amqp://guest:guest@localhost:5672//", TRANSPORT_PATH), ("AMQP://h//", TRANSPORT_PATH),
-     ("pyamqp://h//", TRANSPORT_PATH), ("amqps://h//", None), ("redis://h/0", None)],  # fmt: skip
+    [
+        ("amqp://guest:guest@localhost:5672//", TRANSPORT_PATH),
+        ("AMQP://h//", TRANSPORT_PATH),
+        ("pyamqp://h//", TRANSPORT_PATH),
+        ("amqps://h//", None),
+        ("redis://h/0", None),
+    ],
 )
 def test_only_plain_amqp_gets_the_read_ahead_transport(url, transport):
     assert transport_for(url) == transport

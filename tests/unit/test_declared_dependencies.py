@@ -29,7 +29,9 @@ def declared() -> set[str]:
 def imported_top_level_modules() -> set[str]:
     """The top-level modules ingestor/ imports that are neither the stdlib nor its own."""
     modules = {
-        module.split(".")[0] for path in (ROOT / "ingestor").rglob("*.py") for module in imported_modules(path)
+        module.split(".")[0]
+        for path in (ROOT / "ingestor").rglob("*.py")
+        for module in imported_modules(path)
     }
     return modules - set(sys.stdlib_module_names) - {"ingestor"}
 

@@ -52,7 +52,9 @@ def test_compose_has_the_whole_stack(compose):
     redis_command = compose["services"]["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert redis_command[redis_command.index("--maxmemory-policy") + 1] == "noeviction"
-    assert any(volume.endswith(":/var/lib/postgresql/data") for volume in compose["services"]["postgres"]["volumes"])
+    assert any(
+        volume.endswith(":/var/lib/postgresql/data") for volume in compose["services"]["postgres"]["volumes"]
+    )
 
 
 @pytest.mark.parametrize(("service", "process"), INGESTOR_SERVICES.items())
@@ -112,6 +114,9 @@ def test_the_image_runs_as_a_user_and_installs_pinned_versions():
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0")
     # Every package the project installs is pinned.
-    pinned = {line.split("==")[0].lower().replace("_", "-") for line in (ROOT / "constraints.txt").read_text().split()}
+    pinned = {
+        line.split("==")[0].lower().replace("_", "-")
+        for line in (ROOT / "constraints.txt").read_text().split()
+    }
     for package in ("prometheus-client", "python-json-logger", "pyyaml", "gunicorn", "celery"):
         assert package in pinned, package

@@ -45,7 +45,11 @@ class FakeMachine:
     docker_calls: int = 0
 
     def machine(self):
-        return es.Machine(port_answers=self.port_answers, command_exists=self.command_exists, docker_answers=self.docker_answers)
+        return es.Machine(
+            port_answers=self.port_answers,
+            command_exists=self.command_exists,
+            docker_answers=self.docker_answers,
+        )
 
     def port_answers(self, host: str, port: int) -> bool:
         return (host, port) in self.answering
@@ -126,7 +130,9 @@ def test_with_neither_the_message_names_the_service_its_port_the_setting_and_bot
     steps = es.plan(default_targets(), fake.machine())
     assert actions(steps) == {"PostgreSQL": "fail", "Redis": "use", "RabbitMQ": "use"}
     message = steps[0].message
-    assert message.startswith("PostgreSQL does not answer on 127.0.0.1:5432 (the default; DATABASE_URL points elsewhere)")
+    assert message.startswith(
+        "PostgreSQL does not answer on 127.0.0.1:5432 (the default; DATABASE_URL points elsewhere)"
+    )
     assert "sudo apt-get install postgresql" in message
     assert "start a Docker engine" in message
     assert "`docker compose up -d --wait postgres`" in message
@@ -172,25 +178,34 @@ def test_a_service_on_another_host_that_answers_is_used():
 
 
 def test_the_settings_fallbacks_are_followed_in_the_ingestors_order():
-    environ = {"REDIS_URL": "", "REDISCLOUD_URL": "redis://:pw@127.0.0.1:6391", "RABBITMQ_URL": "amqp://127.0.0.1:5699//"}
+    environ = {
+        "REDIS_URL": "",
+        "REDISCLOUD_URL": "redis://:pw@127.0.0.1:6391",
+        "RABBITMQ_URL": "amqp://127.0.0.1:5699//",
+    }
     _, redis, rabbitmq = default_targets(environ)
     assert (redis.port, redis.setting, redis.configured) == (6391, "REDISCLOUD_URL", True)
     assert (rabbitmq.port, rabbitmq.setting) == (5699, "RABBITMQ_URL")
 
 
 def test_a_url_without_a_host_is_this_machine():
-    target = es.resolve_target(es.POSTGRESQL, ("DATABASE_URL",), {"DATABASE_URL": "postgresql:///pulse_ingestor"})
+    target = es.resolve_target(
+        es.POSTGRESQL, ("DATABASE_URL",), {"DATABASE_URL": "postgresql:///pulse_ingestor"}
+    )
     assert (target.host, target.port, target.local) == ("127.0.0.1", 5432, True)
 
 
 @pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:54x2/db", "127.0.0.1:5432"])
 def test_a_setting_that_is_not_a_usable_url_is_named(url):
-    with pytest.raises(es.ConfigurationError, match="^DATABASE_URL is not a"):
+    with pytest.raises(es.ConfigurationError, match=r"^DATABASE_URL is not a"):
         es.resolve_target(es.POSTGRESQL, ("DATABASE_URL",), {"DATABASE_URL": url})
 
 
 def test_for_tests_reads_the_test_suites_variables():
-    environ = {"DATABASE_URL": "postgresql://db.internal/x", "TEST_DATABASE_URL": "postgresql://127.0.0.1:5433/t"}
+    environ = {
+        "DATABASE_URL": "postgresql://db.internal/x",
+        "TEST_DATABASE_URL": "postgresql://127.0.0.1:5433/t",
+    }
     postgres, redis, rabbitmq = default_targets(environ, es.TEST_VARIABLES)
     assert (postgres.port, postgres.setting) == (5433, "TEST_DATABASE_URL")
     assert redis.setting == "TEST_REDIS_URL" and not redis.configured
@@ -199,7 +214,11 @@ def test_for_tests_reads_the_test_suites_variables():
 
 def test_the_script_expects_what_the_ingestor_settings_default_to():
     defaults = Settings()
-    for service, url in ((es.POSTGRESQL, defaults.database_url), (es.REDIS, defaults.redis_url), (es.RABBITMQ, defaults.broker_url)):
+    for service, url in (
+        (es.POSTGRESQL, defaults.database_url),
+        (es.REDIS, defaults.redis_url),
+        (es.RABBITMQ, defaults.broker_url),
+    ):
         parts = urlsplit(url)
         assert (parts.hostname, parts.port) == (es.DEFAULT_HOST, service.default_port), service.name
         name, *fallbacks = es.APP_VARIABLES[service]
@@ -209,7 +228,11 @@ def test_the_script_expects_what_the_ingestor_settings_default_to():
 def test_the_script_expects_what_the_test_suite_defaults_to():
     from tests.support import services
 
-    for service, url in ((es.POSTGRESQL, services.DATABASE_URL), (es.REDIS, services.REDIS_URL), (es.RABBITMQ, services.BROKER_URL)):
+    for service, url in (
+        (es.POSTGRESQL, services.DATABASE_URL),
+        (es.REDIS, services.REDIS_URL),
+        (es.RABBITMQ, services.BROKER_URL),
+    ):
         variables = es.TEST_VARIABLES[service]
         if variables:  # the variable the suite reads, unset in this environment or not
             assert variables[0] in Path(services.__file__).read_text(), service.name
@@ -234,7 +257,9 @@ def test_compose_publishes_each_service_on_localhost_as_the_defaults_expect():
     assert postgres["POSTGRES_HOST_AUTH_METHOD"] == "trust"
     assert postgres["POSTGRES_DB"] == default.path.lstrip("/")
     # guest/guest is the official image's default, let in from outside its container.
-    assert compose["rabbitmq"]["image"].startswith("rabbitmq:") and "RABBITMQ_DEFAULT_USER" not in compose["rabbitmq"].get("environment", {})
+    assert compose["rabbitmq"]["image"].startswith("rabbitmq:") and "RABBITMQ_DEFAULT_USER" not in compose[
+        "rabbitmq"
+    ].get("environment", {})
     assert urlsplit(Settings().broker_url).username == "guest"
 
 
@@ -259,7 +284,9 @@ class Recorder:
 
     def install(self, monkeypatch, root: Path) -> None:
         monkeypatch.setattr(es, "real_machine", self.fake.machine)
-        monkeypatch.setattr(es, "start", lambda step, environ: self.started.append((step.target.service.name, step.action)))
+        monkeypatch.setattr(
+            es, "start", lambda step, environ: self.started.append((step.target.service.name, step.action))
+        )
         monkeypatch.setattr(es, "ROOT", root)
 
 
@@ -273,7 +300,9 @@ def test_main_starts_nothing_when_any_service_cannot_be_had(monkeypatch, tmp_pat
 
 
 def test_main_starts_what_is_missing_and_the_environment_wins_over_dot_env(monkeypatch, tmp_path):
-    (tmp_path / ".env").write_text("REDIS_URL=redis://127.0.0.1:6390/0\nDATABASE_URL=postgresql://db.internal/x\n")
+    (tmp_path / ".env").write_text(
+        "REDIS_URL=redis://127.0.0.1:6390/0\nDATABASE_URL=postgresql://db.internal/x\n"
+    )
     fake = FakeMachine(answering={("127.0.0.1", 6390), ("127.0.0.1", 5672)}, docker=True)
     recorder = Recorder(fake)
     recorder.install(monkeypatch, tmp_path)
@@ -317,9 +346,13 @@ def test_start_runs_compose_for_the_one_service_then_waits_for_its_port(monkeypa
 
 def test_start_names_the_service_when_its_command_fails_or_its_port_stays_shut(monkeypatch):
     monkeypatch.setattr(es.subprocess, "run", FakeRun(returncode=1))
-    with pytest.raises(es.StartError, match="^starting Redis failed .*docker compose.* exited 1.*Compose v2"):
+    with pytest.raises(
+        es.StartError, match=r"^starting Redis failed .*docker compose.* exited 1.*Compose v2"
+    ):
         es.start(compose_step(es.REDIS), {})
     monkeypatch.setattr(es.subprocess, "run", FakeRun())
     monkeypatch.setattr(es, "port_answers", lambda host, port: False)
-    with pytest.raises(es.StartError, match=r"^RabbitMQ was started but does not answer on 127\.0\.0\.1:5672"):
+    with pytest.raises(
+        es.StartError, match=r"^RabbitMQ was started but does not answer on 127\.0\.0\.1:5672"
+    ):
         es.start(compose_step(es.RABBITMQ), {}, timeout=0)

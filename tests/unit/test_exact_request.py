@@ -29,7 +29,9 @@ def request_for(args: list[object]) -> ExactJsonRequest:
     app.finalize()
     headers, _properties, body, _sent = app.amqp.as_task_v2("task-1", "unit.pulses", args=args)
     content_type, encoding, data = serialization.dumps(body, "json")
-    message = Message(body=data, content_type=content_type, content_encoding=encoding, headers=headers, accept=ACCEPT)
+    message = Message(
+        body=data, content_type=content_type, content_encoding=encoding, headers=headers, accept=ACCEPT
+    )
     return ExactJsonRequest(message, app=app, task=task)
 
 

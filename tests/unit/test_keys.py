@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -24,7 +24,7 @@ from ingestor.pulses.keys import (
     window_start_of_key,
 )
 
-UTC = timezone.utc
+UTC = UTC
 PLUS2 = timezone(timedelta(hours=2))
 
 # --- group fields -----------------------------------------------------------------
@@ -120,9 +120,7 @@ def test_distinct_id_inputs_give_distinct_keys(left: tuple[str, str], right: tup
         (("task-a", 0), ("task-b", 0)),
     ],
 )
-def test_distinct_position_inputs_give_distinct_keys(
-    left: tuple[str, int], right: tuple[str, int]
-) -> None:
+def test_distinct_position_inputs_give_distinct_keys(left: tuple[str, int], right: tuple[str, int]) -> None:
     assert dedupe_key_for_position(*left) != dedupe_key_for_position(*right)
 
 

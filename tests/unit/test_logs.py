@@ -32,9 +32,11 @@ def lines_of(stream: io.StringIO) -> list[dict]:
 def test_a_log_line_is_one_json_object_with_the_structured_fields(json_log):
     logger, stream = json_log
     logger.info(
-        "flush finished: snapshots=%d duration=%.3fs", 2, 0.5,
+        "flush finished: snapshots=%d duration=%.3fs",
+        2,
+        0.5,
         extra={"snapshots": 2, "batch_ids": ["b1", "b2"], "duration_seconds": 0.5},
-    )  # fmt: skip
+    )
 
     (line,) = lines_of(stream)
     assert line["message"] == "flush finished: snapshots=2 duration=0.500s"
@@ -57,9 +59,10 @@ def test_an_exception_stays_on_its_one_line(json_log):
 def test_credentials_in_urls_and_secret_fields_are_redacted(json_log):
     logger, stream = json_log
     logger.warning(
-        "cannot reach %s", "amqp://ingestor:s3cr3t-pw@rabbit:5672//",
+        "cannot reach %s",
+        "amqp://ingestor:s3cr3t-pw@rabbit:5672//",
         extra={"password": "hunter2", "access_token": "eyJabc", "url": "redis://:r3dis-pw@cache:6379/0"},
-    )  # fmt: skip
+    )
 
     text = stream.getvalue()
     for secret in ("s3cr3t-pw", "hunter2", "eyJabc", "r3dis-pw"):
@@ -71,12 +74,15 @@ def test_credentials_in_urls_and_secret_fields_are_redacted(json_log):
 
 
 def test_redact_leaves_urls_without_password_alone():
-    assert redact("amqp://guest@rabbit:5672// and http://host/a:b") == "amqp://guest@rabbit:5672// and http://host/a:b"
+    assert (
+        redact("amqp://guest@rabbit:5672// and http://host/a:b")
+        == "amqp://guest@rabbit:5672// and http://host/a:b"
+    )
 
 
 def test_text_format_is_one_readable_line():
     record = logging.LogRecord("ingestor.x", logging.INFO, __file__, 1, "counted %d", (5,), None)
-    assert build_formatter("text").format(record).endswith("INFO [%d] ingestor.x: counted 5" % record.process)
+    assert build_formatter("text").format(record).endswith(f"INFO [{record.process}] ingestor.x: counted 5")
 
 
 def test_building_the_app_does_not_import_prometheus_client():

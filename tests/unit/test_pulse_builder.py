@@ -17,7 +17,13 @@ def test_the_defaults_are_a_valid_pulse() -> None:
 
 def test_overrides_win_add_fields_and_missing_leaves_a_field_out() -> None:
     built = pulse(tenant="globex", id="p-1", used_amount=None, extra=1, product_sku=MISSING)
-    assert built == {"tenant": "globex", "use_unity": "vCPU-hour", "used_amount": None, "id": "p-1", "extra": 1}
+    assert built == {
+        "tenant": "globex",
+        "use_unity": "vCPU-hour",
+        "used_amount": None,
+        "id": "p-1",
+        "extra": 1,
+    }
 
 
 def test_a_datetime_is_written_in_iso_8601_with_its_offset_and_a_string_as_given() -> None:

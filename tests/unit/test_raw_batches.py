@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
+from ingestor.pulses import keys
+from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.raw_consumer import (
     RETRY_BACKOFF_MAX_SECONDS,
     PendingBatch,
@@ -16,12 +18,10 @@ from ingestor.pulses.raw_consumer import (
     prepare_message,
     rejection_id_of,
 )
-from ingestor.pulses import keys
-from ingestor.pulses.ingest import PulseValidator
 from ingestor.settings import Settings
 
 LIMIT = 4096
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 PULSE = {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "1.5"}
 
 
@@ -77,7 +77,14 @@ def test_a_float_encoders_numbers_are_the_decimals_of_their_text() -> None:
     body = b'[{"used_amount": 4}, {"used_amount": 2.25}, {"used_amount": 0.000001},'
     body += b' {"used_amount": 5e-07}, {"used_amount": 1e+21}, {"used_amount": 1.5E-05}]'
     amounts = [pulse["used_amount"] for pulse in decode_body(body, LIMIT)]
-    assert amounts == [4, Decimal("2.25"), Decimal("0.000001"), Decimal("5E-7"), Decimal("1E+21"), Decimal("0.000015")]
+    assert amounts == [
+        4,
+        Decimal("2.25"),
+        Decimal("0.000001"),
+        Decimal("5E-7"),
+        Decimal("1E+21"),
+        Decimal("0.000015"),
+    ]
     assert [type(a) for a in amounts] == [int] + [Decimal] * 5
     assert str(amounts[3]) == "5E-7"  # the literal, not a float's neighbour
 
@@ -112,7 +119,9 @@ def test_undecodable_body_is_a_value_error() -> None:
 
 
 def test_a_pulse_id_wins_over_the_message_id() -> None:
-    prepared = prepare(b'{"id": "p-1", "tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}', "m")
+    prepared = prepare(
+        b'{"id": "p-1", "tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}', "m"
+    )
     assert [p.dedupe_key for p in prepared.countable] == [keys.dedupe_key_for_id("t", "p-1")]
 
 
@@ -139,7 +148,9 @@ def test_without_any_id_every_delivery_gets_fresh_keys(message_id: str | None) -
 
 
 def test_invalid_pulses_become_rejections_at_their_position() -> None:
-    prepared = prepare(b'[{"tenant": "t"}, {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}, 7]')
+    prepared = prepare(
+        b'[{"tenant": "t"}, {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}, 7]'
+    )
     assert [r.position for r in prepared.rejections] == [0, 2]
     assert len(prepared.countable) == 1
     assert prepared.pulse_count == 3
@@ -155,8 +166,13 @@ def test_rejection_ids_are_stable_and_never_shared_by_different_messages() -> No
     body = b'[{"tenant": "t"}]'
     assert rejection_id_of(body, "m-1") == rejection_id_of(body, "m-1")
     assert rejection_id_of(body, "m-1") == rejection_id_of(body.decode(), "m-1")
-    ids = {rejection_id_of(body, "m-1"), rejection_id_of(body, "m-2"), rejection_id_of(body, None),
-           rejection_id_of(b'[{"tenant": "u"}]', "m-1"), rejection_id_of(b'[{"tenant": "u"}]', None)}  # fmt: skip
+    ids = {
+        rejection_id_of(body, "m-1"),
+        rejection_id_of(body, "m-2"),
+        rejection_id_of(body, None),
+        rejection_id_of(b'[{"tenant": "u"}]', "m-1"),
+        rejection_id_of(b'[{"tenant": "u"}]', None),
+    }
     assert len(ids) == 5
 
 
@@ -175,10 +191,14 @@ def test_rejection_ids_fit_the_column_and_show_only_printable_message_ids() -> N
     assert rejection_id_of(b"[]", "bad\x00id") != rejection_id_of(b"[]", None)
 
 
-def batch_of(pulse_counts: list[int], max_pulses: int = 10, wait: float = 1.0, now: float = 100.0) -> PendingBatch:
+def batch_of(
+    pulse_counts: list[int], max_pulses: int = 10, wait: float = 1.0, now: float = 100.0
+) -> PendingBatch:
     batch: PendingBatch = PendingBatch(max_pulses, wait)
     for index, count in enumerate(pulse_counts):
-        body = b"[%s]" % b",".join([b'{"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}'] * count)
+        body = b"[%s]" % b",".join(
+            [b'{"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}'] * count
+        )
         batch.add(prepare(body, f"m-{index}", handle=index), now)
     return batch
 
@@ -229,7 +249,6 @@ def test_rejections_are_grouped_by_message() -> None:
     (only,) = batch.rejections()
     assert only[0] == rejection_id_of(b'[{"tenant": "t"}, 1]', "a")
     assert [r.position for r in only[1]] == [0, 1]
-
 
 
 def test_dead_letters_wait_in_the_batch_until_published() -> None:

@@ -19,7 +19,11 @@ class InfoOnly:
     """Stands in for Redis where only INFO memory is called; counts the calls."""
 
     def __init__(self, used: int, maxmemory: int) -> None:
-        self.reply: dict | Exception = {"used_memory": used, "mem_not_counted_for_evict": 0, "maxmemory": maxmemory}
+        self.reply: dict | Exception = {
+            "used_memory": used,
+            "mem_not_counted_for_evict": 0,
+            "maxmemory": maxmemory,
+        }
         self.calls = 0
 
     def info(self, section: str) -> dict:

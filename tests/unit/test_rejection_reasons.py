@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,7 +12,7 @@ from ingestor.pulses.ingest import PulseValidator
 from ingestor.settings import Settings
 
 VALID = {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "1"}
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 @pytest.mark.parametrize(
@@ -42,10 +42,16 @@ def test_every_reason_the_schema_gives_has_a_code_of_its_own(change: dict, expec
 
 def test_missing_fields_and_non_objects_have_codes_too() -> None:
     _, rejections = PulseValidator(Settings()).check([{"tenant": "t"}, "not a pulse"])
-    assert rejections[0].reasons == {("product_sku", "missing"), ("use_unity", "missing"), ("used_amount", "missing")}
+    assert rejections[0].reasons == {
+        ("product_sku", "missing"),
+        ("use_unity", "missing"),
+        ("used_amount", "missing"),
+    }
     assert rejections[1].reasons == {("_schema", "type")}
 
 
 def test_the_metric_counts_a_pulse_once_per_field_and_reason() -> None:
-    tally = rejected_fields([{("used_amount", "negative")}, {("used_amount", "negative"), ("_schema", "type")}])
+    tally = rejected_fields(
+        [{("used_amount", "negative")}, {("used_amount", "negative"), ("_schema", "type")}]
+    )
     assert tally == {("used_amount", "negative"): 2, ("pulse", "type"): 1}

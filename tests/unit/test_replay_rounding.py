@@ -27,7 +27,21 @@ def test_too_precise_amounts_are_rounded_half_to_even(amount, expected) -> None:
 
 
 @pytest.mark.parametrize(
-    "amount", ["1.5", 3, "0.000001", "-0.0000001", "1e400", "NaN", "abc", "1_000.0000001", " 0.0000001", True, None, 1.5]
+    "amount",
+    [
+        "1.5",
+        3,
+        "0.000001",
+        "-0.0000001",
+        "1e400",
+        "NaN",
+        "abc",
+        "1_000.0000001",
+        " 0.0000001",
+        True,
+        None,
+        1.5,
+    ],
 )
 def test_anything_else_is_left_for_the_schema(amount) -> None:
     pulse = {"used_amount": amount}

@@ -15,8 +15,12 @@ from ingestor.api.query_strings import QueryContract, QueryParameterError
 SPEC = {
     "paths": {
         "/things": {
-            "get": {"parameters": [{"in": "query", "name": "page", "schema": {"type": "integer"}},
-                                   {"in": "query", "name": "tag", "schema": {"type": "array"}}]},  # fmt: skip
+            "get": {
+                "parameters": [
+                    {"in": "query", "name": "page", "schema": {"type": "integer"}},
+                    {"in": "query", "name": "tag", "schema": {"type": "array"}},
+                ]
+            },
             "post": {},
         },
         "/things/{id}": {"parameters": [{"in": "path", "name": "id"}], "get": {}},
@@ -36,7 +40,9 @@ def app() -> Flask:
 
 def terminated_body(app: Flask, body: bytes) -> bytes:
     environ = {"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"}
-    with app.test_request_context("/things", method="POST", input_stream=BytesIO(body), environ_overrides=environ):
+    with app.test_request_context(
+        "/things", method="POST", input_stream=BytesIO(body), environ_overrides=environ
+    ):
         from flask import request
 
         return request.get_data()
@@ -96,4 +102,7 @@ def test_numbers_too_long_are_refused_with_their_length():
 
 def test_summarize_names_each_argument():
     messages = {"query": {"limit": ["Must be at most 1000."]}, "json": {"rate": ["Unknown field."]}}
-    assert summarize(messages) == "Invalid query parameter 'limit': Must be at most 1000; Unknown body field 'rate'."
+    assert (
+        summarize(messages)
+        == "Invalid query parameter 'limit': Must be at most 1000; Unknown body field 'rate'."
+    )

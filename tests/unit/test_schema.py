@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -26,7 +26,7 @@ def schema() -> PulseSchema:
 
 def iso(delta: timedelta, offset: timedelta = timedelta(0), z: bool = False) -> str:
     """A timestamp `delta` from now (negative: in the past), written with an offset or 'Z'."""
-    moment = (datetime.now(timezone.utc) + delta).replace(microsecond=0)
+    moment = (datetime.now(UTC) + delta).replace(microsecond=0)
     if z:
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     return moment.astimezone(timezone(offset)).isoformat()
@@ -133,7 +133,7 @@ def test_aware_timestamps_in_range_are_accepted(
 
 
 def test_z_and_offset_forms_of_one_instant_load_equal(schema: PulseSchema) -> None:
-    moment = (datetime.now(timezone.utc) - timedelta(hours=3)).replace(microsecond=0)
+    moment = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0)
     as_z = schema.load(pulse(timestamp=moment.strftime("%Y-%m-%dT%H:%M:%SZ")))["timestamp"]
     as_plus2 = schema.load(pulse(timestamp=moment.astimezone(timezone(timedelta(hours=2))).isoformat()))[
         "timestamp"
@@ -287,7 +287,7 @@ def test_errors_of_several_fields_are_reported_together(schema: PulseSchema) -> 
 @pytest.mark.parametrize(
     "text",
     [
-        (datetime.now(timezone.utc) - timedelta(hours=1)).replace(tzinfo=None).isoformat(),  # naive
+        (datetime.now(UTC) - timedelta(hours=1)).replace(tzinfo=None).isoformat(),  # naive
         "2026-01-01T00:00:00",  # naive
         "yesterday",
         "01/02/2026 10:00",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -12,7 +12,7 @@ from marshmallow import ValidationError
 from ingestor.pulses.schema import PulseSchema
 
 SCHEMA = PulseSchema(late_limit=timedelta(days=35), future_limit=timedelta(minutes=5))
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 junk = st.one_of(
     st.none(),
@@ -23,7 +23,9 @@ junk = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     st.text(max_size=140),
 )
-strings = st.one_of(st.text(min_size=1, max_size=40), st.text(max_size=200), st.just(""), st.just("a\x00b"), junk)
+strings = st.one_of(
+    st.text(min_size=1, max_size=40), st.text(max_size=200), st.just(""), st.just("a\x00b"), junk
+)
 amounts = st.one_of(
     st.decimals(allow_nan=True, allow_infinity=True, places=None),
     st.decimals(min_value=0, max_value=10**14, places=6),
@@ -52,10 +54,22 @@ pulses = st.fixed_dictionaries(
     },
 )
 
-VALID = {"id": "p-1", "tenant": "acme:eu", "product_sku": "vm.small", "use_unity": "vCPU-hour",
-         "used_amount": "1.5", "timestamp": NOW.isoformat()}  # fmt: skip
-FIELD_STRATEGIES = {"id": strings, "tenant": strings, "product_sku": strings, "use_unity": strings,
-                    "used_amount": amounts, "timestamp": timestamps}  # fmt: skip
+VALID = {
+    "id": "p-1",
+    "tenant": "acme:eu",
+    "product_sku": "vm.small",
+    "use_unity": "vCPU-hour",
+    "used_amount": "1.5",
+    "timestamp": NOW.isoformat(),
+}
+FIELD_STRATEGIES = {
+    "id": strings,
+    "tenant": strings,
+    "product_sku": strings,
+    "use_unity": strings,
+    "used_amount": amounts,
+    "timestamp": timestamps,
+}
 
 
 @st.composite
@@ -84,7 +98,20 @@ def test_fast_path_and_full_load_agree(data):
 
 
 def test_fast_path_loads_a_typical_pulse():
-    pulse = {"id": "p", "tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "1.5",
-             "timestamp": NOW.isoformat(), "ignored": 1}  # fmt: skip
-    assert SCHEMA.load_pulse(pulse) == {"id": "p", "tenant": "t", "product_sku": "s", "use_unity": "u",
-                                        "used_amount": Decimal("1.5"), "timestamp": NOW}  # fmt: skip
+    pulse = {
+        "id": "p",
+        "tenant": "t",
+        "product_sku": "s",
+        "use_unity": "u",
+        "used_amount": "1.5",
+        "timestamp": NOW.isoformat(),
+        "ignored": 1,
+    }
+    assert SCHEMA.load_pulse(pulse) == {
+        "id": "p",
+        "tenant": "t",
+        "product_sku": "s",
+        "use_unity": "u",
+        "used_amount": Decimal("1.5"),
+        "timestamp": NOW,
+    }

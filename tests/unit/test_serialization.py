@@ -49,7 +49,7 @@ def test_fractional_numbers_become_exact_decimals(text: str, expected: str) -> N
 
 def test_point_one_is_not_the_float_point_one() -> None:
     value = loads_decimal("0.1")
-    assert value != Decimal(0.1)
+    assert value != Decimal.from_float(0.1)
     assert value == Decimal("0.1")
 
 

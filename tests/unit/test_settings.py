@@ -185,7 +185,9 @@ def test_log_format_defaults_to_text_in_development_and_json_elsewhere() -> None
     assert Settings.from_env({"LOG_FORMAT": "json"}).log_format == "json"
 
 
-@pytest.mark.parametrize(("var", "value"), [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "LOUD"), ("METRICS_PORT", "70000")])
+@pytest.mark.parametrize(
+    ("var", "value"), [("LOG_FORMAT", "xml"), ("LOG_LEVEL", "LOUD"), ("METRICS_PORT", "70000")]
+)
 def test_bad_observability_variables_raise_naming_the_variable(var: str, value: str) -> None:
     with pytest.raises(SettingsError, match=var):
         Settings.from_env({var: value})

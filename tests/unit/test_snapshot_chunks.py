@@ -52,29 +52,47 @@ def totals(fields, chunk_groups: int = 10_000) -> dict[tuple[str, str, str], tup
 @pytest.mark.parametrize("order", list(permutations(range(4))))
 def test_every_arrival_order_sums_count_amount_and_spills(order):
     group = ("acme", "vm", "GB")
-    fields = [(count_field(*group), b"5"), (amount_field(*group), str(NEAR_MAX).encode()),
-              (amount_field(*group, spill=1), str(NEAR_MAX).encode()), (amount_field(*group, spill=2), b"7")]  # fmt: skip
+    fields = [
+        (count_field(*group), b"5"),
+        (amount_field(*group), str(NEAR_MAX).encode()),
+        (amount_field(*group, spill=1), str(NEAR_MAX).encode()),
+        (amount_field(*group, spill=2), b"7"),
+    ]
 
     assert totals([fields[i] for i in order]) == {group: (2 * NEAR_MAX + 7, 5)}
 
 
 def test_fields_returned_twice_count_once_and_zero_amounts_are_sent():
     a, b = ("a", "s", "u"), ("b", "s", "u")
-    fields = [(count_field(*a), b"2"), (amount_field(*a), b"10"), (count_field(*a), b"2"), (count_field(*b), b"1"),
-              (amount_field(*a), b"10")]  # fmt: skip
+    fields = [
+        (count_field(*a), b"2"),
+        (amount_field(*a), b"10"),
+        (count_field(*a), b"2"),
+        (count_field(*b), b"1"),
+        (amount_field(*a), b"10"),
+    ]
 
     assert totals(fields) == {a: (10, 2), b: (0, 1)}
 
 
 def test_groups_with_quotes_commas_and_unicode_survive_csv():
-    tricky = [('quo"te,', "[", "]"), ("back\\slash", "'", "x"), ("Ünïcødé", "テナント", "😀"), ("a|b", "n|x", "KB/sec")]
+    tricky = [
+        ('quo"te,', "[", "]"),
+        ("back\\slash", "'", "x"),
+        ("Ünïcødé", "テナント", "😀"),
+        ("a|b", "n|x", "KB/sec"),
+    ]
     fields = [f for g in tricky for f in ((count_field(*g), b"1"), (amount_field(*g), b"3"))]
 
     assert totals(fields) == {g: (3, 1) for g in tricky}
 
 
 def test_chunks_hold_at_most_the_chunk_size():
-    fields = [f for n in range(5) for f in ((count_field(f"t{n}", "s", "u"), b"1"), (amount_field(f"t{n}", "s", "u"), b"1"))]
+    fields = [
+        f
+        for n in range(5)
+        for f in ((count_field(f"t{n}", "s", "u"), b"1"), (amount_field(f"t{n}", "s", "u"), b"1"))
+    ]
     chunks = list(snapshot_chunks(fields, WINDOW, chunk_groups=2))
 
     assert [c.groups for c in chunks] == [2, 2, 1]
@@ -83,8 +101,11 @@ def test_chunks_hold_at_most_the_chunk_size():
 
 @pytest.mark.parametrize(
     "bad",
-    [(b"x|" + group_field("t", "s", "u"), b"1"), (b"a1x|" + group_field("t", "s", "u"), b"1"),
-     (amount_field("orphan", "s", "u"), b"1")],  # fmt: skip
+    [
+        (b"x|" + group_field("t", "s", "u"), b"1"),
+        (b"a1x|" + group_field("t", "s", "u"), b"1"),
+        (amount_field("orphan", "s", "u"), b"1"),
+    ],
 )
 def test_fields_the_script_never_writes_are_corruption(bad):
     fields = [(count_field("t", "s", "u"), b"1"), (amount_field("t", "s", "u"), b"1"), bad]
@@ -94,14 +115,16 @@ def test_fields_the_script_never_writes_are_corruption(bad):
 
 @pytest.mark.parametrize(
     "fields",
-    [[(count_field("t", "s", "u"), b"1"), (amount_field("t", "s", "u"), b"12x")],  # amount not an integer
-     [(count_field("t", "s", "u"), b"-1")],  # count not a non-negative integer
-     [(count_field("t", "s", "u"), b"0")],  # the script never counts zero pulses
-     [(b'n|["t", "s", "u"]', b"1")],  # spaces: not as keys.group_field writes it
-     [(b'n|["t","s"]', b"1")],  # two values, not three
-     [(b'n|["t",1,"u"]', b"1")],  # a number, not a string
-     [(b'n|["t","s","\xff"]', b"1")]],  # not UTF-8
-)  # fmt: skip
+    [
+        [(count_field("t", "s", "u"), b"1"), (amount_field("t", "s", "u"), b"12x")],  # amount not an integer
+        [(count_field("t", "s", "u"), b"-1")],  # count not a non-negative integer
+        [(count_field("t", "s", "u"), b"0")],  # the script never counts zero pulses
+        [(b'n|["t", "s", "u"]', b"1")],  # spaces: not as keys.group_field writes it
+        [(b'n|["t","s"]', b"1")],  # two values, not three
+        [(b'n|["t",1,"u"]', b"1")],  # a number, not a string
+        [(b'n|["t","s","\xff"]', b"1")],
+    ],  # not UTF-8
+)
 def test_values_and_groups_the_script_never_writes_are_corruption(fields):
     with pytest.raises(CorruptSnapshot):
         list(snapshot_chunks(fields, WINDOW))
