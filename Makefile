@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install services test-services db run worker beat web test test-unit test-integration bench lock clean
+.PHONY: install services test-services db run worker beat web lint test test-unit test-integration bench lock clean
 
 $(INSTALLED): setup.cfg constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ db: install services  ## create the database if missing, migrate it to head
 
 run: db  ## web (gunicorn on :5000), worker and beat, from the Procfile
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start --procfile Procfile web worker beat
+
+lint: install  ## the gate CI runs first: ruff check, ruff format --check, mypy (pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install test-services  ## every test: unit, then integration against the real services
 	$(BIN)/pytest

@@ -83,7 +83,7 @@ def create_database_if_missing(url: str) -> bool:
             ).first()
             if exists:
                 return False
-            quoted = connection.dialect.identifier_preparer.quote(target.database)
+            quoted = connection.dialect.identifier_preparer.quote(target.database or "")
             connection.execute(text(f"CREATE DATABASE {quoted}"))
             return True
     finally:

@@ -34,6 +34,12 @@ def get_redis() -> Redis:
     return current_app.extensions["redis"]
 
 
+def text_of(reply: bytes | str) -> str:
+    """A reply of the app's client as text: it returns bytes (no decode_responses), so
+    binary dedupe keys and hash fields read back as they were written."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is Redis refusing a write because it reached `maxmemory`."""
     return isinstance(exc, OutOfMemoryError) or (

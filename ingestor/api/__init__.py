@@ -30,7 +30,7 @@ def init_app(app: Flask) -> IngestorApi:
     if settings.trusted_proxies:
         # The client address (logs, the login rate limit) from X-Forwarded-For, as set by
         # that many proxies in front; without them a client could choose its own address.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     app.json = ApiJSONProvider(app)
     # Bodies read whole or refused with a 413, whatever their framing.
     app.request_class = ApiRequest

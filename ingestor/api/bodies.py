@@ -70,7 +70,7 @@ class ApiRequest(Request):
             if self.content_length is not None and self.content_length > limit:
                 raise BodyTooLarge(limit)
             if self.content_length is None and "wsgi.input_terminated" in self.environ:
-                return _BodyUpToTheLimit(self.environ["wsgi.input"], limit)
+                return t.cast(t.IO[bytes], _BodyUpToTheLimit(self.environ["wsgi.input"], limit))
         return super().stream
 
 

@@ -35,6 +35,8 @@ PLAIN_SCHEMES = ("amqp", "pyamqp")
 class ReadAheadTCPTransport(TCPTransport):
     """py-amqp's TCP transport, with `_read` asking the socket for a buffer's worth."""
 
+    _read_buffer: bytes  # py-amqp's own, set when it connects
+
     def _read(
         self, n: int, initial: bool = False, _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)
     ) -> bytes:
@@ -114,9 +116,9 @@ class Transport(pyamqp.Transport):
 
     def _make_reader(
         self,
-        connection: Connection,
+        connection: Any,  # our Connection: a py-amqp connection
         timeout: type[BaseException] = socket.timeout,
-        error: type[BaseException] = OSError,
+        error: type[OSError] = OSError,
         _unavail: tuple[int, ...] = (errno.EAGAIN, errno.EINTR),
     ) -> Callable[[Any], None]:
         """The event loop's callback for a readable socket: kombu's, draining the buffer too.

@@ -76,6 +76,8 @@ class ExactJsonRequest(Request):
     nothing else today) keeps Celery's own handling.
     """
 
+    _content_type: str | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # `_content_type` is what Celery passes to the pool with the body

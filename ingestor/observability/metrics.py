@@ -325,8 +325,9 @@ def prepare_multiprocess_dir(role: str) -> str:
     """
     path = tempfile.mkdtemp(prefix=f"ingestor-{role}-metrics-", dir=os.environ.get(MULTIPROC_ENV) or None)
     os.environ[MULTIPROC_ENV] = path
-    values = sys.modules.get("prometheus_client.values")
-    if values is not None:
+    if "prometheus_client.values" in sys.modules:
+        from prometheus_client import values
+
         # Imported already, by someone else: the `celery` command loads every installed
         # plugin at start-up, and Flower's imports prometheus-client, before the worker
         # gets here. Its value class was chosen then (in-process); choose it again, so

@@ -86,7 +86,7 @@ class MemoryWatch:
             extra={"redis_used_memory": usage.used_bytes, "redis_maxmemory": usage.maxmemory_bytes},
         )
 
-    def refused(self, source: str, exc: Exception, *, held: str, retry_in: float) -> None:
+    def refused(self, source: str, exc: BaseException, *, held: str, retry_in: float) -> None:
         """Log and count one batch that Redis refused for memory (`held`: what became of it)."""
         usage = self.usage()
         if usage is None or not usage.full:

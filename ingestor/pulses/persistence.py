@@ -25,14 +25,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg2
 import psycopg2.errors
 import redis.exceptions
+from psycopg2.extensions import cursor as DriverCursor
 from redis import Redis
 from redis.exceptions import LockError
-from sqlalchemy import text
+from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert
 
 from ingestor.database import Database
@@ -47,6 +48,7 @@ from ingestor.pulses.snapshot_rows import (
     server_side_chunks,
     snapshot_chunks,
 )
+from ingestor.redis_store import text_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -229,8 +231,8 @@ class Persister:
             # Redis refuses it, and the lock must not outlive the refusal.
             self._redis.incr(keys.USAGE_VERSION)
             # Leftovers of a crashed run first, then the live windows.
-            for snapshot in sorted(self._members(keys.PENDING_SNAPSHOTS)):
-                self._persist_or_quarantine(snapshot, report)
+            for leftover in sorted(self._members(keys.PENDING_SNAPSHOTS)):
+                self._persist_or_quarantine(leftover, report)
                 self._renew(lock)
             for window in sorted(self._members(keys.PENDING_WINDOWS)):
                 snapshot = self.take_snapshot(window)
@@ -263,7 +265,7 @@ class Persister:
             pass  # expired already: reported once the run ends
 
     def _members(self, set_key: str) -> Iterable[str]:
-        return (member.decode() for member in self._redis.smembers(set_key))
+        return (text_of(member) for member in self._redis.smembers(set_key))
 
     def take_snapshot(self, window: str) -> str | None:
         """Rename a live window hash to a new snapshot; None if it no longer exists."""
@@ -328,7 +330,7 @@ class Persister:
     ) -> tuple[int, int] | None:
         with self._database.session() as session, session.begin():
             session.execute(SET_TRANSACTION_TIMEOUTS, self._transaction_timeouts)
-            flush_batch = FlushBatch.__table__
+            flush_batch = cast(Table, FlushBatch.__table__)
             claimed = session.execute(
                 insert(flush_batch)
                 .values(id=batch_id, window_start=window_start, group_count=0, pulse_count=0)
@@ -345,7 +347,7 @@ class Persister:
             groups = pulses = 0
             late_amounts = b""
             # COPY needs the driver's cursor; it runs inside the session's transaction.
-            with session.connection().connection.cursor() as cursor:
+            with cast(DriverCursor, session.connection().connection.cursor()) as cursor:
                 if not first_flush:
                     cursor.execute(CREATE_SNAPSHOT_ROWS)
                 for chunk in run_ahead(chunks):

@@ -18,6 +18,7 @@ from redis import Redis
 from ingestor.pulses.fake import fake_pulses
 from ingestor.pulses.keys import PREFIX
 from ingestor.pulses.publishing import publish_pulse_batch
+from ingestor.redis_store import text_of
 
 JOB_TTL_SECONDS = 7 * 24 * 3600
 
@@ -69,7 +70,7 @@ def create_job(redis: Redis, total: int, workers: int, buffer_size: int) -> str:
 
 def job_progress(redis: Redis, job_id: str) -> PopulateProgress | None:
     """The progress of job `job_id`, or None if there is no such job (or it expired)."""
-    fields = {k.decode(): v.decode() for k, v in redis.hgetall(job_key(job_id)).items()}
+    fields = {text_of(k): text_of(v) for k, v in redis.hgetall(job_key(job_id)).items()}
     if not fields:
         return None
     return PopulateProgress(

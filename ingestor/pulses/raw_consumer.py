@@ -60,7 +60,7 @@ from ingestor.messaging.dead_letters import DeadLetterPublisher, DeadLetterPubli
 from ingestor.messaging.topology import raw_queue
 from ingestor.observability import metrics
 from ingestor.observability.redis_memory import MemoryWatch
-from ingestor.outages import TRANSIENT_ERRORS
+from ingestor.outages import TRANSIENT_ERRORS, ErrorTypes
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.ingest import PulseValidator
@@ -69,6 +69,10 @@ from ingestor.redis_store import is_out_of_memory
 from ingestor.settings import settings_of
 
 logger = logging.getLogger(__name__)
+
+# A batch failing with these is held unacked and retried (the service may be back in
+# a moment; pulses.dead may confirm next time); any other error is a bug.
+RETRIED_ERRORS: ErrorTypes = (*TRANSIENT_ERRORS, DeadLetterPublishFailed)
 
 M = TypeVar("M")
 
@@ -306,6 +310,8 @@ class BareMessageConsumer(Consumer):
     straight to the channel (`ack_through`, `reject`).
     """
 
+    on_message: Callable[[Message], None]  # always given: this consumer has no other way
+
     def _receive_callback(self, message: Message) -> None:
         self.on_message(message)
 
@@ -508,7 +514,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             reasons = record_rejections_of_messages(
                 self.database, source=self.source, messages=batch.rejections()
             )
-        except (*TRANSIENT_ERRORS, DeadLetterPublishFailed) as exc:
+        except RETRIED_ERRORS as exc:
             self._postpone(exc)
             return False
         except Exception as exc:  # a bug: dead-letter the batch, never retry it forever
@@ -552,7 +558,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
                 ignore_errors(parent.connection, reject, message.handle, requeue=True)
         self.batch.clear()
 
-    def _postpone(self, exc: Exception) -> None:
+    def _postpone(self, exc: BaseException) -> None:
         delay = self.batch.postpone(time.monotonic())
         if is_out_of_memory(exc):  # a capacity incident: said loudly, held as long as it lasts
             self.memory.refused(

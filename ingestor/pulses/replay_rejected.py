@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -36,6 +37,12 @@ from ingestor.pulses.rejections import MAX_PAYLOAD_CHARS
 from ingestor.pulses.schema import DECIMAL_STRING, MAX_AMOUNT, MAX_FRACTION_DIGITS, rejection_reasons
 
 logger = logging.getLogger(__name__)
+
+
+def _same_key(key: bytes, _index: int) -> bytes:
+    # The fallback key of a replayed row: its own, whatever its index in the call.
+    return key
+
 
 # Rows locked, counted and deleted per transaction.
 CHUNK_ROWS = 1000
@@ -173,7 +180,7 @@ def _valid_pulses(
         # Without an id, a key of the row's own: unique per row, the same every replay.
         row_key = keys.dedupe_key_for_position(f"rejected:{row.message_id}", row.position)
         countable, rejections = validator.split(
-            [pulse], fallback_key=lambda _index, key=row_key: key, received_at=row.received_at
+            [pulse], fallback_key=partial(_same_key, row_key), received_at=row.received_at
         )
         if rejections:
             report.still_invalid += 1

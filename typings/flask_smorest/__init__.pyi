@@ -1,0 +1,6 @@
+# flask-smorest ships no types. Only what the type checker must know is spelled out:
+# `abort` never returns (so a check before it narrows, e.g. `User | None` to `User`).
+from typing import Any, NoReturn
+
+def abort(http_status_code: int, exc: Exception | None = None, **kwargs: Any) -> NoReturn: ...
+def __getattr__(name: str) -> Any: ...
