@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert
 
 from ingestor.database import Database
@@ -88,7 +89,7 @@ def record_rejections_of_messages(
         return []
     # Core insert of many rows in one executemany; a row already there (the same
     # message redelivered) is left alone.
-    statement = insert(RejectedPulse).on_conflict_do_nothing(index_elements=["message_id", "position"])
+    statement = insert(cast(Table, RejectedPulse.__table__)).on_conflict_do_nothing(index_elements=["message_id", "position"])
     with database.session() as session, session.begin():
         session.execute(statement, rows)
     return [rejection.reasons for _, rejections in messages for rejection in rejections]
