@@ -89,7 +89,9 @@ def record_rejections_of_messages(
         return []
     # Core insert of many rows in one executemany; a row already there (the same
     # message redelivered) is left alone.
-    statement = insert(cast(Table, RejectedPulse.__table__)).on_conflict_do_nothing(index_elements=["message_id", "position"])
+    statement = insert(cast(Table, RejectedPulse.__table__)).on_conflict_do_nothing(
+        index_elements=["message_id", "position"]
+    )
     with database.session() as session, session.begin():
         session.execute(statement, rows)
     return [rejection.reasons for _, rejections in messages for rejection in rejections]
