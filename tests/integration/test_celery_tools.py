@@ -113,6 +113,9 @@ def test_celery_inspect_answers_normally(settings, worker, command):
         assert reply["task_acks_late"] is True
 
 
+HELD_SECONDS = 40
+
+
 def test_a_pulse_task_in_hand_shows_in_inspect_and_still_sums_exactly(settings, producer, worker, database):
     # A task the worker holds (here: until its countdown) is listed with its args by
     # `inspect scheduled|active|reserved` and Flower: standard JSON, floats included.
@@ -126,10 +129,15 @@ def test_a_pulse_task_in_hand_shows_in_inspect_and_still_sums_exactly(settings, 
         "timestamp": hour.isoformat(),
     }
     task_id = producer.send_task(
-        "ingestor.ingest_pulses", args=[[pulse]], exchange="pulses", routing_key="pulses", countdown=15
+        "ingestor.ingest_pulses",
+        args=[[pulse]],
+        exchange="pulses",
+        routing_key="pulses",
+        countdown=HELD_SECONDS,
     ).id
 
-    deadline = time.monotonic() + 15
+    # Each `celery inspect` starts a Python process: seconds on a loaded machine.
+    deadline = time.monotonic() + HELD_SECONDS - 10
     while True:
         result = celery_cli(settings, "inspect", "scheduled", "-d", worker.name, "--timeout", "10", "--json")
         assert result.returncode == 0, result.stdout + result.stderr
