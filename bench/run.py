@@ -38,7 +38,7 @@ from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
-from ingestor.pulses.queries import encode_cursor
+from ingestor.pulses.keyset import encode_cursor
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
 from tests.support.services import recreate_database, recreate_vhost, settings_env
@@ -566,7 +566,7 @@ def _deep_cursor(bench: Bench, offset: int) -> str:
             .offset(offset)
             .limit(1)
         ).one()
-        return encode_cursor(row)
+        return encode_cursor(row.window_start, row.id)
 
 
 def bench_redis_memory(bench: Bench, report: Report) -> None:
