@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Table
@@ -45,6 +46,16 @@ def payload_text(payload: Any) -> str:
     if len(text) > MAX_PAYLOAD_CHARS:
         text = text[:MAX_PAYLOAD_CHARS] + "...(truncated)"
     return text
+
+
+def stored_payload(text: str) -> Any | None:
+    """The pulse `payload_text` stored, fractional numbers as Decimal; None when it was cut."""
+    if len(text) > MAX_PAYLOAD_CHARS:  # cut when stored, so no longer JSON
+        return None
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except ValueError:
+        return None
 
 
 def _tenant_of(payload: Any) -> str | None:

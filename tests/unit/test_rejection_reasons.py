@@ -9,6 +9,13 @@ import pytest
 
 from ingestor.observability.metrics import rejected_fields
 from ingestor.pulses.ingest import PulseValidator
+from ingestor.pulses.schema import (
+    REASON_CODES,
+    reason_code,
+    reason_prefixes,
+    reasons_per_field,
+    rejection_reasons,
+)
 from ingestor.settings import Settings
 
 VALID = {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "1"}
@@ -55,3 +62,37 @@ def test_the_metric_counts_a_pulse_once_per_field_and_reason() -> None:
         [{("used_amount", "negative")}, {("used_amount", "negative"), ("_schema", "type")}]
     )
     assert tally == {("used_amount", "negative"): 2, ("pulse", "type"): 1}
+
+
+def test_reasons_per_field_keep_the_messages_order_and_each_code_once() -> None:
+    errors = {
+        "used_amount": ["Must not be negative.", "Must be at most 1.", "Must not be negative again."],
+        "tenant": "Missing data for required field.",  # not a list: one message
+        "nested": {"0": ["Must not be negative."]},  # not a message at all
+        "empty": [],
+    }
+    assert reasons_per_field(errors) == {
+        "used_amount": ["negative", "too_large"],
+        "tenant": ["missing"],
+        "nested": ["invalid"],
+        "empty": [],
+    }
+    assert rejection_reasons(errors) == {
+        ("used_amount", "negative"),
+        ("used_amount", "too_large"),
+        ("tenant", "missing"),
+        ("nested", "invalid"),
+    }
+
+
+def test_no_prefix_of_one_code_starts_another_codes_prefix() -> None:
+    # The API's reason filter (pulses/quarantine.py) matches a message against a code's
+    # prefixes in SQL, any of them, where `reason_code` takes the first that matches:
+    # the same answer only while no message can start with two codes' prefixes.
+    prefixes = [(prefix, code) for code in REASON_CODES for prefix in reason_prefixes(code)]
+    assert reason_prefixes("invalid") == ()
+    for prefix, code in prefixes:
+        assert reason_code(prefix) == code
+        for other, other_code in prefixes:
+            if other_code != code:
+                assert not other.startswith(prefix), (prefix, other)
