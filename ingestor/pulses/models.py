@@ -69,10 +69,12 @@ class RejectedPulse(Base):
     """A pulse that failed validation, kept with its reasons instead of being counted."""
 
     __tablename__ = "rejected_pulse"
-    # A redelivered message carries the same message id: its rejections are kept once.
     __table_args__ = (
+        # A redelivered message carries the same message id: its rejections are kept once.
         UniqueConstraint("message_id", "position"),
-        Index(None, "received_at"),
+        # The API's order, (received_at DESC, id DESC), unfiltered and by tenant.
+        Index("ix_rejected_pulse_received_at_id", "received_at", "id"),
+        Index("ix_rejected_pulse_tenant_received_at_id", "tenant", "received_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
