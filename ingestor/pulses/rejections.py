@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from ingestor.database import Database
 from ingestor.pulses.models import RejectedPulse
-from ingestor.pulses.schema import rejection_reasons
+from ingestor.pulses.schema import rejection_codes, rejection_reasons
 
 # A rejected pulse is kept for a human to read, not replayed: past this many
 # characters its payload is cut, so a hostile 100 MB string cannot bloat the table.
@@ -92,6 +92,7 @@ def record_rejections_of_messages(
             "tenant": _tenant_of(rejection.payload),
             "payload": payload_text(rejection.payload),
             "errors": rejection.errors,
+            "reason_codes": rejection_codes(rejection.errors),
         }
         for message_id, rejections in messages
         for rejection in rejections

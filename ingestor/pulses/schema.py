@@ -191,11 +191,6 @@ def reason_code(message: str) -> str:
 REASON_CODES = (*dict.fromkeys(code for _, code in _REASON_CODES), "invalid")
 
 
-def reason_prefixes(code: str) -> tuple[str, ...]:
-    """The message prefixes that `reason_code` reads as `code` (none for `invalid`)."""
-    return tuple(prefix for prefix, prefix_code in _REASON_CODES if prefix_code == code)
-
-
 def reasons_per_field(errors: dict[str, Any]) -> dict[str, list[str]]:
     """{field: [reason codes]} of one rejected pulse's `errors` (marshmallow's messages),
     in the order of the messages, each code once per field."""
@@ -207,6 +202,11 @@ def reasons_per_field(errors: dict[str, Any]) -> dict[str, list[str]]:
             if code not in codes:
                 codes.append(code)
     return reasons
+
+
+def rejection_codes(errors: dict[str, Any]) -> list[str]:
+    """The reason codes of one rejected pulse, whatever their field, sorted, each once."""
+    return sorted({code for codes in reasons_per_field(errors).values() for code in codes})
 
 
 def rejection_reasons(errors: dict[str, Any]) -> set[tuple[str, str]]:

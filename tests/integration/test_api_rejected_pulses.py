@@ -13,15 +13,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import RAW_PULSES
 from ingestor.pulses.ingest import ingest_batch
 from ingestor.pulses.rejections import MAX_PAYLOAD_CHARS, Rejection, record_rejections
-from ingestor.pulses.schema import REASON_CODES, reasons_per_field
+from ingestor.pulses.schema import REASON_CODES, reasons_per_field, rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSES
 from tests.support.pulses import MISSING, pulse
 from tests.support.raw import body_of, publish_raw
+from tests.support.services import recreate_database
 from tests.support.worker import wait_until_idle, wait_until_settled
 
 URL = "/api/v1/rejected-pulses"
@@ -317,3 +320,44 @@ def test_a_reason_refused_lists_the_codes(client, auth, many_rejections):
     error = client.get(f"{URL}?reason=negativ", headers=auth).get_json()["error"]
 
     assert "fraction_digits" in str(error["details"])
+
+
+def test_rows_quarantined_before_the_reason_codes_column_get_theirs(settings):
+    """Revision 0004 fills `reason_codes` of the rows already there, as new rows get them."""
+    url = make_url(settings.database_url)
+    old = url.set(database=f"{url.database}_0004").render_as_string(hide_password=False)
+    recreate_database(old)
+    upgrade_schema(old, "0003")
+    errors = [
+        '{"used_amount": ["Must not be negative."], "tenant": ["Missing data for required field."]}',
+        '{"_schema": ["Invalid input type."]}',
+        '{"odd": {"0": ["not a list"]}}',
+        "{}",
+    ]
+    engine = create_engine(old)
+    try:
+        with engine.begin() as connection:
+            for n, value in enumerate(errors * 3):
+                connection.execute(
+                    text(
+                        "INSERT INTO rejected_pulse (source, message_id, position, payload, errors)"
+                        " VALUES ('test', 'before-0004', :n, '{}', CAST(:errors AS jsonb))"
+                    ),
+                    {"n": n, "errors": value},
+                )
+
+        upgrade_schema(old)
+
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT errors, reason_codes FROM rejected_pulse")).all()
+        assert len(rows) == 12
+        assert all(row.reason_codes == rejection_codes(row.errors) for row in rows)
+        assert {tuple(row.reason_codes) for row in rows} == {
+            ("missing", "negative"),
+            ("type",),
+            ("invalid",),
+            (),
+        }
+    finally:
+        engine.dispose()
+        recreate_database(old)  # left empty, not with stray rows

@@ -11,9 +11,8 @@ from ingestor.observability.metrics import rejected_fields
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.schema import (
     REASON_CODES,
-    reason_code,
-    reason_prefixes,
     reasons_per_field,
+    rejection_codes,
     rejection_reasons,
 )
 from ingestor.settings import Settings
@@ -85,14 +84,13 @@ def test_reasons_per_field_keep_the_messages_order_and_each_code_once() -> None:
     }
 
 
-def test_no_prefix_of_one_code_starts_another_codes_prefix() -> None:
-    # The API's reason filter (pulses/quarantine.py) matches a message against a code's
-    # prefixes in SQL, any of them, where `reason_code` takes the first that matches:
-    # the same answer only while no message can start with two codes' prefixes.
-    prefixes = [(prefix, code) for code in REASON_CODES for prefix in reason_prefixes(code)]
-    assert reason_prefixes("invalid") == ()
-    for prefix, code in prefixes:
-        assert reason_code(prefix) == code
-        for other, other_code in prefixes:
-            if other_code != code:
-                assert not other.startswith(prefix), (prefix, other)
+def test_rejection_codes_are_every_fields_codes_sorted_once() -> None:
+    errors = {
+        "used_amount": ["Must not be negative."],
+        "tenant": ["Missing data for required field."],
+        "product_sku": ["Missing data for required field."],
+        "odd": [{"nested": "x"}],
+    }
+    assert rejection_codes(errors) == ["invalid", "missing", "negative"]
+    assert rejection_codes({}) == []
+    assert REASON_CODES[-1] == "invalid" and len(set(REASON_CODES)) == len(REASON_CODES)
