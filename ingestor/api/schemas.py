@@ -146,7 +146,9 @@ class RejectedPulseSchema(Schema):
     source = fields.String(required=True, metadata={"description": "the task name, or raw:<queue>"})
     message_id = fields.String(required=True)
     position = fields.Integer(required=True, metadata={"description": "index of the pulse in its message"})
-    tenant = fields.String(allow_none=True, metadata={"description": "null when it was not a valid tenant"})
+    tenant = fields.String(
+        required=True, allow_none=True, metadata={"description": "null when it was not a valid tenant"}
+    )
     payload = fields.Raw(
         required=True,
         metadata={

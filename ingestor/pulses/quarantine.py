@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ingestor.pulses.keyset import Keyset
 from ingestor.pulses.models import RejectedPulse
-from ingestor.pulses.rejections import stored_payload
+from ingestor.pulses.rejections import payload_was_cut, stored_payload
 from ingestor.pulses.schema import reasons_per_field
 
 REJECTED_ORDER = Keyset(RejectedPulse.received_at, RejectedPulse.id)
@@ -49,8 +49,8 @@ class RejectedFilter:
 
 def describe(row: RejectedPulse) -> dict[str, Any]:
     """One rejected pulse as the API shows it: the payload parsed back, reasons per field."""
-    payload = stored_payload(row.payload)
-    truncated = payload is None
+    # A pulse sent as JSON null is stored as "null": not cut, and shown as null.
+    truncated = payload_was_cut(row.payload)
     return {
         "id": row.id,
         "received_at": row.received_at,
@@ -59,7 +59,7 @@ def describe(row: RejectedPulse) -> dict[str, Any]:
         "position": row.position,
         "tenant": row.tenant,
         # Cut when stored (past rejections.MAX_PAYLOAD_CHARS): the stored text as it is.
-        "payload": row.payload if truncated else payload,
+        "payload": row.payload if truncated else stored_payload(row.payload),
         "payload_truncated": truncated,
         "errors": row.errors,
         "reasons": reasons_per_field(row.errors),

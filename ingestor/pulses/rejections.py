@@ -48,9 +48,14 @@ def payload_text(payload: Any) -> str:
     return text
 
 
+def payload_was_cut(text: str) -> bool:
+    """Whether `payload_text` cut this stored payload (it is then no longer JSON)."""
+    return len(text) > MAX_PAYLOAD_CHARS
+
+
 def stored_payload(text: str) -> Any | None:
     """The pulse `payload_text` stored, fractional numbers as Decimal; None when it was cut."""
-    if len(text) > MAX_PAYLOAD_CHARS:  # cut when stored, so no longer JSON
+    if payload_was_cut(text):
         return None
     try:
         return json.loads(text, parse_float=Decimal)

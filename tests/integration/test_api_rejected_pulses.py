@@ -14,7 +14,6 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import RAW_PULSES
@@ -258,13 +257,16 @@ def test_each_reason_code_finds_exactly_the_rows_that_show_it(app, client, auth,
     assert 0 < len(expected) < len(every)
 
 
-def test_a_payload_cut_on_storing_comes_back_as_its_text(app, client, auth, clean_state):
+def test_a_payload_cut_on_storing_comes_back_as_its_text_and_null_as_null(app, client, auth, clean_state):
     reject(app, [pulse(tenant="acme", used_amount="-1", note="x" * (2 * MAX_PAYLOAD_CHARS))])
     reject(app, [pulse(tenant="acme", product_sku="nul\x00byte", used_amount="-1")])
+    reject(app, [None])
 
     items = client.get(URL, headers=auth).get_json()["items"]
 
-    nul, cut = items
+    null, nul, cut = items
+    assert null["payload"] is None and null["payload_truncated"] is False
+    assert null["reasons"] == {"_schema": ["type"]}
     assert cut["payload_truncated"] is True
     assert isinstance(cut["payload"], str) and cut["payload"].endswith("...(truncated)")
     assert cut["reasons"] == {"used_amount": ["negative"]}
@@ -322,10 +324,9 @@ def test_a_reason_refused_lists_the_codes(client, auth, many_rejections):
     assert "fraction_digits" in str(error["details"])
 
 
-def test_rows_quarantined_before_the_reason_codes_column_get_theirs(settings):
+def test_rows_quarantined_before_the_reason_codes_column_get_theirs(fresh_database_url):
     """Revision 0004 fills `reason_codes` of the rows already there, as new rows get them."""
-    url = make_url(settings.database_url)
-    old = url.set(database=f"{url.database}_0004").render_as_string(hide_password=False)
+    old = fresh_database_url
     recreate_database(old)
     upgrade_schema(old, "0003")
     errors = [
@@ -360,4 +361,3 @@ def test_rows_quarantined_before_the_reason_codes_column_get_theirs(settings):
         }
     finally:
         engine.dispose()
-        recreate_database(old)  # left empty, not with stray rows
