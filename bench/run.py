@@ -38,7 +38,8 @@ from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
-from ingestor.pulses.queries import encode_cursor
+from ingestor.pulses.keyset import encode_cursor
+from ingestor.pulses.schema import rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
 from tests.support.services import recreate_database, recreate_vhost, settings_env
@@ -482,7 +483,6 @@ def bench_queries(bench: Bench, report: Report) -> None:
     rows = bench.args.query_rows
     bench.reset()
     with bench.database.engine.begin() as connection:
-        connection.execute(text("DELETE FROM api_user"))
         connection.execute(
             text(
                 "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count) "
@@ -494,35 +494,10 @@ def bench_queries(bench: Bench, report: Report) -> None:
         )
     with bench.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE pulse_usage"))
-    client = bench.app.test_client()
-    # A real user and a real login: every request looks its token's user up.
-    password = "bench password, not a secret"
-    created = bench.app.test_cli_runner().invoke(args=["users", "create", "bench", "--password", password])
-    assert created.exit_code == 0, created.output
-    login = client.post("/api/v1/login", json={"username": "bench", "password": password})
-    assert login.status_code == 200, login.get_json()
-    headers = {"Authorization": f"Bearer {login.get_json()['access_token']}"}
-
-    def timed(url: str) -> tuple[float, dict]:
-        started = time.perf_counter()
-        response = client.get(url, headers=headers)
-        elapsed = time.perf_counter() - started
-        assert response.status_code == 200, response.get_json()
-        return elapsed, response.get_json()
+    timed = ApiTimer(bench).get
 
     def measure(name: str, urls: list[str], target: bool = True) -> None:
-        samples = [timed(url)[0] for url in urls]
-        p99 = percentile(samples, 0.99) * 1000
-        report.add(
-            Row(
-                name,
-                p99,
-                "ms p99",
-                "< 50 ms" if target else "",
-                (p99 < 50) if target else None,
-                f"p50 {percentile(samples, 0.5) * 1000:.1f} ms, {len(samples)} requests",
-            )
-        )
+        report.add(latency_row(name, [timed(url)[0] for url in urls], target))
 
     repeats = bench.args.query_repeats
     measure(f"GET /api/v1/pulses first page ({rows:,} rows)", ["/api/v1/pulses"] * repeats)
@@ -535,16 +510,8 @@ def bench_queries(bench: Bench, report: Report) -> None:
             elapsed, body = timed(url)
             walk.append(elapsed)
             url = f"/api/v1/pulses?limit=100&cursor={body['next_cursor']}"
-    p99 = percentile(walk, 0.99) * 1000
     report.add(
-        Row(
-            "GET /api/v1/pulses cursor walk (limit 100, top and 90% deep)",
-            p99,
-            "ms p99",
-            "< 50 ms",
-            p99 < 50,
-            f"p50 {percentile(walk, 0.5) * 1000:.1f} ms, {len(walk)} pages",
-        )
+        latency_row("GET /api/v1/pulses cursor walk (limit 100, top and 90% deep)", walk, what="pages")
     )
     deep_page = rows * 9 // 10 // 100
     measure(
@@ -552,6 +519,119 @@ def bench_queries(bench: Bench, report: Report) -> None:
         [f"/api/v1/pulses?page={deep_page}&limit=100"] * max(5, repeats // 10),
         target=False,
     )
+
+
+# The messages of a few common rejections, as the schema writes them.
+_REJECTION_ERRORS = (
+    '{"used_amount": ["Must not be negative."]}',
+    '{"used_amount": ["Must have at most 6 fractional digits."]}',
+    '{"tenant": ["Missing data for required field."]}',
+    '{"use_unity": ["Must be 1 to 32 characters long, got 40."], "used_amount": ["Not a valid decimal number."]}',
+    # The rare one, last.
+    '{"timestamp": ["Is older than the late limit of 35 days: that hour is closed."]}',
+)
+
+
+def bench_rejected(bench: Bench, report: Report) -> None:
+    """GET /api/v1/rejected-pulses over a large quarantine: pages, filters, a deep cursor walk."""
+    rows = bench.args.rejected_rows
+    bench.reset()
+    errors = "ARRAY[" + ", ".join(f"'{e}'::jsonb" for e in _REJECTION_ERRORS) + "]"
+    # As the worker stores them: the codes of each errors value (comma-joined, split by row).
+    codes = (
+        "ARRAY[" + ", ".join(f"'{','.join(rejection_codes(json.loads(e)))}'" for e in _REJECTION_ERRORS) + "]"
+    )
+    with bench.database.engine.begin() as connection:
+        # 1,000 tenants over 30 days; one in a thousand rejections is too old (a rare reason).
+        connection.execute(
+            text(
+                "INSERT INTO rejected_pulse"
+                " (received_at, source, message_id, position, tenant, payload, errors, reason_codes) "
+                "SELECT timestamptz '2026-11-01 00:00+00' + make_interval(secs => g * 2592000.0 / :rows), "
+                "CASE WHEN g % 4 = 0 THEN 'raw:pulses.raw' ELSE 'ingestor.ingest_pulses' END, "
+                "'bench-' || (g / 10), g % 10, 'tenant-' || (g % 1000), "
+                '\'{"tenant": "tenant-\' || (g % 1000) || \'", "used_amount": "-1"}\', '
+                f"CASE WHEN g % 1000 = 7 THEN ({errors})[5] ELSE ({errors})[1 + g % 4] END, "
+                f"string_to_array(CASE WHEN g % 1000 = 7 THEN ({codes})[5] ELSE ({codes})[1 + g % 4] END, ',') "
+                "FROM generate_series(0, :rows - 1) g"
+            ).bindparams(rows=rows)
+        )
+    with bench.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM ANALYZE rejected_pulse"))
+    timed = ApiTimer(bench).get
+
+    def measure(name: str, samples: list[float]) -> None:
+        report.add(latency_row(name, samples))
+
+    def walk(query: str, pages: int) -> list[float]:
+        """Up to `pages` pages from the top, then as many from 90% deep."""
+        samples: list[float] = []
+        for cursor in (None, _deep_rejected_cursor(bench, rows * 9 // 10)):
+            for _ in range(pages):
+                elapsed, body = timed(f"{URL}?limit=100&{query}" + (f"&cursor={cursor}" if cursor else ""))
+                samples.append(elapsed)
+                if (cursor := body["next_cursor"]) is None:
+                    break
+        return samples
+
+    URL = "/api/v1/rejected-pulses"
+    repeats = bench.args.query_repeats
+    measure(f"GET {URL} first page ({rows:,} rows)", [timed(f"{URL}?limit=100")[0] for _ in range(repeats)])
+    measure(f"GET {URL} cursor walk (limit 100, top and 90% deep)", walk("", repeats // 2))
+    measure(f"GET {URL}?tenant= cursor walk (1 of 1,000 tenants)", walk("tenant=tenant-42", repeats // 2))
+    measure(f"GET {URL}?source= (1 of 2 sources)", walk("source=raw:pulses.raw", repeats // 2))
+    measure(f"GET {URL}?reason= (common: negative)", walk("reason=negative", repeats // 2))
+    measure(f"GET {URL}?reason= (rare: too_old, 1 in 1,000)", walk("reason=too_old", repeats // 10))
+
+
+class ApiTimer:
+    """GET requests through the Flask app in process, timed, as a real user logged in."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.client = bench.app.test_client()
+        # A real user and a real login: every request looks its token's user up.
+        password = "bench password, not a secret"
+        with bench.database.engine.begin() as connection:
+            connection.execute(text("DELETE FROM api_user"))
+        created = bench.app.test_cli_runner().invoke(
+            args=["users", "create", "bench", "--password", password]
+        )
+        assert created.exit_code == 0, created.output
+        login = self.client.post("/api/v1/login", json={"username": "bench", "password": password})
+        assert login.status_code == 200, login.get_json()
+        self.headers = {"Authorization": f"Bearer {login.get_json()['access_token']}"}
+
+    def get(self, url: str) -> tuple[float, dict]:
+        """(seconds, JSON body) of one 200 answer."""
+        started = time.perf_counter()
+        response = self.client.get(url, headers=self.headers)
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 200, response.get_json()
+        return elapsed, response.get_json()
+
+
+def latency_row(name: str, samples: list[float], target: bool = True, what: str = "requests") -> Row:
+    """The p99 of `samples` (seconds) against the queries' 50 ms target, p50 in the notes."""
+    p99 = percentile(samples, 0.99) * 1000
+    return Row(
+        name,
+        p99,
+        "ms p99",
+        "< 50 ms" if target else "",
+        (p99 < 50) if target else None,
+        f"p50 {percentile(samples, 0.5) * 1000:.1f} ms, {len(samples)} {what}",
+    )
+
+
+def _deep_rejected_cursor(bench: Bench, offset: int) -> str:
+    with bench.database.engine.connect() as connection:
+        moment, row_id = connection.execute(
+            text(
+                "SELECT received_at, id FROM rejected_pulse ORDER BY received_at DESC, id DESC OFFSET :n LIMIT 1"
+            ),
+            {"n": offset},
+        ).one()
+    return encode_cursor(moment, row_id)
 
 
 def _deep_cursor(bench: Bench, offset: int) -> str:
@@ -566,7 +646,7 @@ def _deep_cursor(bench: Bench, offset: int) -> str:
             .offset(offset)
             .limit(1)
         ).one()
-        return encode_cursor(row)
+        return encode_cursor(row.window_start, row.id)
 
 
 def bench_redis_memory(bench: Bench, report: Report) -> None:
@@ -636,6 +716,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--persist-rounds", type=int, default=3, help="interleaved rounds; the median is reported"
     )
     parser.add_argument("--query-rows", type=int, default=1_000_000)
+    parser.add_argument("--rejected-rows", type=int, default=1_000_000, help="rows of rejected_pulse")
     parser.add_argument("--query-repeats", type=int, default=200, help="requests per query measurement")
     # Just under 2**17: Redis's key tables are then nearly full, as they are most of
     # the time; right after a table doubles, each key carries twice the bucket space.
@@ -645,7 +726,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         nargs="*",
         default=[],
-        choices=["ingest", "raw", "http", "persist", "queries", "memory"],
+        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory"],
         help="run only these parts",
     )
     return parser.parse_args(argv)
@@ -653,7 +734,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = set(args.only) or {"ingest", "raw", "http", "persist", "queries", "memory"}
+    wanted = set(args.only) or {"ingest", "raw", "http", "persist", "queries", "rejected", "memory"}
     bench = Bench(args)
     report = Report()
     print(f"benchmark on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
@@ -669,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_persist(bench, report)
     if "queries" in wanted:
         bench_queries(bench, report)
+    if "rejected" in wanted:
+        bench_rejected(bench, report)
     if "memory" in wanted:
         bench_redis_memory(bench, report)
     bench.reset()

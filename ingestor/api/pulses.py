@@ -23,8 +23,9 @@ from ingestor.database import get_database
 from ingestor.messaging import topology
 from ingestor.observability import metrics
 from ingestor.pulses import get_pulses, populate
+from ingestor.pulses.keyset import InvalidCursor
 from ingestor.pulses.publishing import BrokerUnavailable, publish_pulse_batch, publish_task
-from ingestor.pulses.queries import InvalidCursor, UsageFilter, get_usage, list_usage
+from ingestor.pulses.queries import UsageFilter, get_usage, list_usage
 from ingestor.pulses.task_names import POPULATE_PULSES
 from ingestor.redis_store import get_redis
 from ingestor.settings import get_settings

@@ -23,12 +23,13 @@ from werkzeug.exceptions import BadRequest
 MAX_FILTER_VALUES = 100
 
 
-def multi_value(value_field: fields.Field, **kwargs: Any) -> fields.List:
+def multi_value(value_field: fields.Field, description: str = "", **kwargs: Any) -> fields.List:
     """A filter that may be repeated (`tenant=a&tenant=b`), meaning any of the values."""
+    repeat = f"repeat the parameter to match any of up to {MAX_FILTER_VALUES} values"
     return fields.List(
         value_field,
         validate=validate.Length(1, MAX_FILTER_VALUES),
-        metadata={"description": f"repeat the parameter to match any of up to {MAX_FILTER_VALUES} values"},
+        metadata={"description": f"{description}; {repeat}" if description else repeat},
         **kwargs,
     )
 

@@ -9,7 +9,7 @@ from typing import ClassVar
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
 from ingestor.api.query_strings import multi_value
-from ingestor.pulses.schema import PrintableString
+from ingestor.pulses.schema import REASON_CODES, PrintableString
 
 MAX_PAGE_LIMIT = 1000
 
@@ -50,6 +50,14 @@ class QueryDateTime(fields.AwareDateTime):
     def __init__(self, **kwargs) -> None:
         super().__init__(format="iso", default_timezone=UTC, **kwargs)
 
+    @classmethod
+    def bound(cls, name: str, meaning: str) -> QueryDateTime:
+        """The `from` or `to` of a half-open range, documented by what it keeps (`meaning`)."""
+        return cls(
+            data_key=name,
+            metadata={"description": f"{meaning} (ISO-8601; no offset means UTC; `+` sent as %2B)"},
+        )
+
     def _deserialize(self, value, attr, data, **kwargs):
         try:
             return super()._deserialize(value, attr, data, **kwargs)
@@ -63,11 +71,20 @@ class QueryDateTime(fields.AwareDateTime):
             raise
 
 
-class UsageQuerySchema(Schema):
+class CursorQuerySchema(Schema):
+    """The page size and keyset cursor every list of the API takes."""
+
+    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT))
+    cursor = PrintableString(
+        200,
+        metadata={"description": "next_cursor of a previous page"},
+    )
+
+
+class UsageQuerySchema(CursorQuerySchema):
     """Query string of GET /api/v1/pulses."""
 
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10**9))
-    limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=MAX_PAGE_LIMIT))
     cursor = PrintableString(
         200,
         metadata={"description": "next_cursor of a previous page; takes precedence over page"},
@@ -76,14 +93,8 @@ class UsageQuerySchema(Schema):
     tenant = multi_value(PrintableString(128))
     product_sku = multi_value(PrintableString(128))
     use_unity = multi_value(PrintableString(32))
-    window_from = QueryDateTime(
-        data_key="from",
-        metadata={"description": "window_start >= from (ISO-8601; no offset means UTC; `+` sent as %2B)"},
-    )
-    window_to = QueryDateTime(
-        data_key="to",
-        metadata={"description": "window_start < to (ISO-8601; no offset means UTC; `+` sent as %2B)"},
-    )
+    window_from = QueryDateTime.bound("from", "window_start >= from")
+    window_to = QueryDateTime.bound("to", "window_start < to")
 
 
 class UsageSchema(Schema):
@@ -108,6 +119,56 @@ class UsagePageSchema(Schema):
     page = fields.Integer(allow_none=True, metadata={"description": "null when walking with a cursor"})
     limit = fields.Integer(required=True)
     total = fields.Integer(required=True, metadata={"description": "rows matching the filters"})
+    next_cursor = fields.String(allow_none=True, metadata={"description": "null on the last page"})
+
+
+class RejectedQuerySchema(CursorQuerySchema):
+    """Query string of GET /api/v1/rejected-pulses."""
+
+    tenant = multi_value(PrintableString(128))
+    source = multi_value(
+        PrintableString(64),
+        "the path it came by: ingestor.ingest_pulses, ingestor.ingest_pulse or raw:<queue>",
+    )
+    reason = multi_value(
+        fields.String(validate=validate.OneOf(REASON_CODES)),
+        "a reason code, on any field: " + ", ".join(REASON_CODES),
+    )
+    received_from = QueryDateTime.bound("from", "received_at >= from")
+    received_to = QueryDateTime.bound("to", "received_at < to")
+
+
+class RejectedPulseSchema(Schema):
+    """One quarantined pulse, with what was wrong with it."""
+
+    id = fields.Integer(required=True)
+    received_at = fields.DateTime(required=True)
+    source = fields.String(required=True, metadata={"description": "the task name, or raw:<queue>"})
+    message_id = fields.String(required=True)
+    position = fields.Integer(required=True, metadata={"description": "index of the pulse in its message"})
+    tenant = fields.String(
+        required=True, allow_none=True, metadata={"description": "null when it was not a valid tenant"}
+    )
+    payload = fields.Raw(
+        required=True,
+        metadata={
+            "description": "the pulse as sent (fractional numbers as decimal strings); when it was"
+            " cut on storing (payload_truncated), the stored text as a string"
+        },
+    )
+    payload_truncated = fields.Boolean(required=True)
+    errors = fields.Dict(keys=fields.String(), required=True, metadata={"description": "messages per field"})
+    reasons = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        required=True,
+        metadata={"description": "reason codes per field (the `reason` filter's values)"},
+    )
+
+
+class RejectedPageSchema(Schema):
+    items = fields.List(fields.Nested(RejectedPulseSchema), required=True)
+    limit = fields.Integer(required=True)
     next_cursor = fields.String(allow_none=True, metadata={"description": "null on the last page"})
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ingestor.database import Base
@@ -69,10 +69,14 @@ class RejectedPulse(Base):
     """A pulse that failed validation, kept with its reasons instead of being counted."""
 
     __tablename__ = "rejected_pulse"
-    # A redelivered message carries the same message id: its rejections are kept once.
     __table_args__ = (
+        # A redelivered message carries the same message id: its rejections are kept once.
         UniqueConstraint("message_id", "position"),
-        Index(None, "received_at"),
+        # The API's order, (received_at DESC, id DESC), unfiltered and by tenant.
+        Index("ix_rejected_pulse_received_at_id", "received_at", "id"),
+        Index("ix_rejected_pulse_tenant_received_at_id", "tenant", "received_at", "id"),
+        # The API's reason filter: rows with any of the codes, however rare.
+        Index("ix_rejected_pulse_reason_codes", "reason_codes", postgresql_using="gin"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -85,3 +89,6 @@ class RejectedPulse(Base):
     # hold the NUL bytes a hostile producer may send. Truncated past a size limit.
     payload: Mapped[str] = mapped_column(Text)
     errors: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The reason codes of `errors` (schema.rejection_codes), any field, stored so an
+    # index finds a rare one.
+    reason_codes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))

@@ -1,14 +1,11 @@
 """Reading the persisted hourly sums: filters, stable order, pages and keyset cursors.
 
-Rows are ordered newest hour first, then by id: `(window_start DESC, id DESC)`, a total
-order, so pages never skip or repeat a row. A cursor names the last row of a page;
-the next page starts strictly after it, which an index walks as fast on the
-millionth row as on the first (OFFSET has to count its way there).
+Rows are ordered newest hour first, then by id: `(window_start DESC, id DESC)`, paged
+by `keyset.Keyset` (a cursor walks any depth at first-page speed).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -18,15 +15,12 @@ from datetime import datetime
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from ingestor.pulses import keys
+from ingestor.pulses.keyset import Keyset
 from ingestor.pulses.models import PulseUsage
-
-
-class InvalidCursor(ValueError):
-    """A cursor that this API did not produce."""
 
 
 @dataclass(frozen=True)
@@ -71,26 +65,7 @@ class UsagePage:
     next_cursor: str | None
 
 
-def encode_cursor(row: PulseUsage) -> str:
-    """An opaque cursor naming `row`'s place in the order."""
-    raw = json.dumps([row.window_start.isoformat(), row.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    """The (window_start, id) a cursor names; InvalidCursor if it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        window_start, row_id = json.loads(raw)
-        position = datetime.fromisoformat(window_start), int(row_id)
-    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
-        raise InvalidCursor("cursor is not valid: use the next_cursor of a previous response") from None
-    if position[0].tzinfo is None or not isinstance(row_id, int):
-        raise InvalidCursor("cursor is not valid: use the next_cursor of a previous response")
-    return position
-
-
-ORDER = (PulseUsage.window_start.desc(), PulseUsage.id.desc())
+USAGE_ORDER = Keyset(PulseUsage.window_start, PulseUsage.id)
 
 
 class TotalCache:
@@ -135,20 +110,12 @@ def list_usage(
 ) -> UsagePage:
     """A page of sums matching `usage_filter`: after `cursor` if given, else page `page`."""
     query = usage_filter.apply(select(PulseUsage))
-    if cursor is not None:
-        after = decode_cursor(cursor)
-        query = query.where(tuple_(PulseUsage.window_start, PulseUsage.id) < after)
-    else:
-        query = query.offset((page - 1) * limit)
-    # One row more than asked tells whether a next page exists.
-    rows = list(session.scalars(query.order_by(*ORDER).limit(limit + 1)))
+    items, next_cursor = USAGE_ORDER.page(session, query, limit, cursor=cursor, offset=(page - 1) * limit)
 
     def count() -> int:
         return session.scalar(usage_filter.apply(select(func.count()).select_from(PulseUsage))) or 0
 
     total = totals.total(usage_filter, count) if totals is not None else count()
-    items = rows[:limit]
-    next_cursor = encode_cursor(items[-1]) if len(rows) > limit else None
     return UsagePage(items=items, total=total, next_cursor=next_cursor)
 
 

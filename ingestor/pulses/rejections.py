@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Table
@@ -12,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from ingestor.database import Database
 from ingestor.pulses.models import RejectedPulse
-from ingestor.pulses.schema import rejection_reasons
+from ingestor.pulses.schema import rejection_codes, rejection_reasons
 
 # A rejected pulse is kept for a human to read, not replayed: past this many
 # characters its payload is cut, so a hostile 100 MB string cannot bloat the table.
@@ -45,6 +46,21 @@ def payload_text(payload: Any) -> str:
     if len(text) > MAX_PAYLOAD_CHARS:
         text = text[:MAX_PAYLOAD_CHARS] + "...(truncated)"
     return text
+
+
+def payload_was_cut(text: str) -> bool:
+    """Whether `payload_text` cut this stored payload (it is then no longer JSON)."""
+    return len(text) > MAX_PAYLOAD_CHARS
+
+
+def stored_payload(text: str) -> Any | None:
+    """The pulse `payload_text` stored, fractional numbers as Decimal; None when it was cut."""
+    if payload_was_cut(text):
+        return None
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except ValueError:
+        return None
 
 
 def _tenant_of(payload: Any) -> str | None:
@@ -81,6 +97,7 @@ def record_rejections_of_messages(
             "tenant": _tenant_of(rejection.payload),
             "payload": payload_text(rejection.payload),
             "errors": rejection.errors,
+            "reason_codes": rejection_codes(rejection.errors),
         }
         for message_id, rejections in messages
         for rejection in rejections

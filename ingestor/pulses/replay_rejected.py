@@ -17,7 +17,6 @@ in the hour it entered the system and the late limit still applies):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse, PulseCounter
 from ingestor.pulses.ingest import PulseValidator
 from ingestor.pulses.models import RejectedPulse
-from ingestor.pulses.rejections import MAX_PAYLOAD_CHARS
+from ingestor.pulses.rejections import stored_payload
 from ingestor.pulses.schema import DECIMAL_STRING, MAX_AMOUNT, MAX_FRACTION_DIGITS, rejection_reasons
 
 logger = logging.getLogger(__name__)
@@ -92,16 +91,6 @@ def round_half_even(pulse: Any) -> bool:
         return False
     pulse["used_amount"] = format(amount.quantize(_MICRO_UNIT, rounding=ROUND_HALF_EVEN), "f")
     return True
-
-
-def _payload_of(row: RejectedPulse) -> Any:
-    """The stored pulse, numbers as Decimal; None when it was cut or is not JSON."""
-    if len(row.payload) > MAX_PAYLOAD_CHARS:  # cut when stored (see rejections.payload_text)
-        return None
-    try:
-        return json.loads(row.payload, parse_float=Decimal)
-    except ValueError:
-        return None
 
 
 def _matches(row: RejectedPulse, reason: str | None) -> bool:
@@ -169,7 +158,7 @@ def _valid_pulses(
     rows: list[RejectedPulse], validator: PulseValidator, round_amounts: bool, report: ReplayReport
 ) -> Iterator[tuple[RejectedPulse, CountablePulse]]:
     for row in rows:
-        pulse = _payload_of(row)
+        pulse = stored_payload(row.payload)
         if pulse is None:
             report.unreadable += 1
             continue

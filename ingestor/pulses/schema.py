@@ -187,13 +187,31 @@ def reason_code(message: str) -> str:
     return "invalid"
 
 
+# Every code `reason_code` can give, `invalid` last (the one no prefix gives).
+REASON_CODES = (*dict.fromkeys(code for _, code in _REASON_CODES), "invalid")
+
+
+def reasons_per_field(errors: dict[str, Any]) -> dict[str, list[str]]:
+    """{field: [reason codes]} of one rejected pulse's `errors` (marshmallow's messages),
+    in the order of the messages, each code once per field."""
+    reasons: dict[str, list[str]] = {}
+    for field, messages in errors.items():
+        codes = reasons.setdefault(field, [])
+        for message in messages if isinstance(messages, list) else [messages]:
+            code = reason_code(message) if isinstance(message, str) else "invalid"
+            if code not in codes:
+                codes.append(code)
+    return reasons
+
+
+def rejection_codes(errors: dict[str, Any]) -> list[str]:
+    """The reason codes of one rejected pulse, whatever their field, sorted, each once."""
+    return sorted({code for codes in reasons_per_field(errors).values() for code in codes})
+
+
 def rejection_reasons(errors: dict[str, Any]) -> set[tuple[str, str]]:
     """(field, reason code) of one rejected pulse's `errors` (marshmallow's messages)."""
-    reasons = set()
-    for field, messages in errors.items():
-        for message in messages if isinstance(messages, list) else [messages]:
-            reasons.add((field, reason_code(message) if isinstance(message, str) else "invalid"))
-    return reasons
+    return {(field, code) for field, codes in reasons_per_field(errors).items() for code in codes}
 
 
 def to_micro_units(amount: Decimal) -> int:

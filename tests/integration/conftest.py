@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from tests.support.api import PASSWORD, StatusRecorder
 
@@ -41,3 +44,18 @@ def token(client, user) -> str:
 @pytest.fixture
 def auth(token) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def fresh_database_url(settings) -> Iterator[str]:
+    """The URL of a database that does not exist yet (the test database's name + `_cli`)."""
+    url = make_url(settings.database_url)
+    fresh = url.set(database=f"{url.database}_cli")
+    maintenance = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    drop = text(f'DROP DATABASE IF EXISTS "{fresh.database}" WITH (FORCE)')
+    with maintenance.connect() as connection:
+        connection.execute(drop)
+    yield fresh.render_as_string(hide_password=False)
+    with maintenance.connect() as connection:
+        connection.execute(drop)
+    maintenance.dispose()

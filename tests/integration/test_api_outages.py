@@ -60,6 +60,9 @@ KNOWN: dict[tuple[str, str], Call] = {
     ("pulses.Pulses", "GET"): Call("GET", "/api/v1/pulses?tenant=acme", frozenset({POSTGRESQL})),
     ("pulses.Pulses", "POST"): Call("POST", "/api/v1/pulses", frozenset({RABBITMQ}), [PULSE]),
     ("pulses.get_one", "GET"): Call("GET", "/api/v1/pulses/{usage_id}", frozenset({POSTGRESQL})),
+    ("rejected_pulses.list_rejected_pulses", "GET"): Call(
+        "GET", "/api/v1/rejected-pulses?tenant=acme&reason=negative", frozenset({POSTGRESQL})
+    ),
     ("pulses.start_populate", "POST"): Call(
         "POST",
         "/api/v1/pulses/populate",

@@ -6,15 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from ingestor.database import alembic_config
 from ingestor.pulses import keys
@@ -79,21 +76,6 @@ def test_flask_pulses_flush_persists_now(app, database):
 def test_the_migrations_build_exactly_the_models(settings):
     # Raises if `alembic revision --autogenerate` would find anything to do.
     command.check(alembic_config(settings.database_url))
-
-
-@pytest.fixture
-def fresh_database_url(settings) -> Iterator[str]:
-    """The URL of a database that does not exist yet (the test database's name + `_cli`)."""
-    url = make_url(settings.database_url)
-    fresh = url.set(database=f"{url.database}_cli")
-    maintenance = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    drop = text(f'DROP DATABASE IF EXISTS "{fresh.database}" WITH (FORCE)')
-    with maintenance.connect() as connection:
-        connection.execute(drop)
-    yield fresh.render_as_string(hide_password=False)
-    with maintenance.connect() as connection:
-        connection.execute(drop)
-    maintenance.dispose()
 
 
 def flask_db_upgrade(database_url: str) -> subprocess.CompletedProcess[str]:

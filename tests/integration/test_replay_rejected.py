@@ -93,8 +93,10 @@ def test_a_row_replayed_again_after_a_crash_counts_once(app, database):
     with database.engine.begin() as connection:
         connection.execute(
             text(
-                "INSERT INTO rejected_pulse (received_at, source, message_id, position, tenant, payload, errors) "
-                "VALUES (:received_at, :source, :message_id, :position, :tenant, :payload, CAST(:errors AS jsonb))"
+                "INSERT INTO rejected_pulse"
+                " (received_at, source, message_id, position, tenant, payload, errors, reason_codes)"
+                " VALUES (:received_at, :source, :message_id, :position, :tenant, :payload,"
+                " CAST(:errors AS jsonb), :reason_codes)"
             ),
             {**row, "errors": '{"used_amount": ["Must have at most 6 fractional digits."]}'},
         )

@@ -9,6 +9,12 @@ import pytest
 
 from ingestor.observability.metrics import rejected_fields
 from ingestor.pulses.ingest import PulseValidator
+from ingestor.pulses.schema import (
+    REASON_CODES,
+    reasons_per_field,
+    rejection_codes,
+    rejection_reasons,
+)
 from ingestor.settings import Settings
 
 VALID = {"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": "1"}
@@ -55,3 +61,36 @@ def test_the_metric_counts_a_pulse_once_per_field_and_reason() -> None:
         [{("used_amount", "negative")}, {("used_amount", "negative"), ("_schema", "type")}]
     )
     assert tally == {("used_amount", "negative"): 2, ("pulse", "type"): 1}
+
+
+def test_reasons_per_field_keep_the_messages_order_and_each_code_once() -> None:
+    errors = {
+        "used_amount": ["Must not be negative.", "Must be at most 1.", "Must not be negative again."],
+        "tenant": "Missing data for required field.",  # not a list: one message
+        "nested": {"0": ["Must not be negative."]},  # not a message at all
+        "empty": [],
+    }
+    assert reasons_per_field(errors) == {
+        "used_amount": ["negative", "too_large"],
+        "tenant": ["missing"],
+        "nested": ["invalid"],
+        "empty": [],
+    }
+    assert rejection_reasons(errors) == {
+        ("used_amount", "negative"),
+        ("used_amount", "too_large"),
+        ("tenant", "missing"),
+        ("nested", "invalid"),
+    }
+
+
+def test_rejection_codes_are_every_fields_codes_sorted_once() -> None:
+    errors = {
+        "used_amount": ["Must not be negative."],
+        "tenant": ["Missing data for required field."],
+        "product_sku": ["Missing data for required field."],
+        "odd": [{"nested": "x"}],
+    }
+    assert rejection_codes(errors) == ["invalid", "missing", "negative"]
+    assert rejection_codes({}) == []
+    assert REASON_CODES[-1] == "invalid" and len(set(REASON_CODES)) == len(REASON_CODES)
