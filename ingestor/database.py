@@ -112,11 +112,21 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 db_cli = AppGroup("db", help="Create and migrate the PostgreSQL database.")
 
 
+@contextmanager
+def _unreachable_in_one_line() -> Iterator[None]:
+    # Unreachable server, refused login: say so in one line, not a traceback.
+    try:
+        yield
+    except sqlalchemy.exc.OperationalError as exc:
+        raise click.ClickException(f"PostgreSQL: {str(exc.orig).strip()}") from None
+
+
 @db_cli.command("create")
 def create_command() -> None:
     """Create the database named by DATABASE_URL if it does not exist."""
     url = get_settings().database_url
-    created = create_database_if_missing(url)
+    with _unreachable_in_one_line():
+        created = create_database_if_missing(url)
     click.echo("database created" if created else "database already exists")
 
 
@@ -138,11 +148,8 @@ def _alembic_warnings_only() -> Iterator[None]:
 def upgrade_command() -> None:
     """Create the database if needed, then migrate it to the latest revision."""
     url = get_settings().database_url
-    try:
+    with _unreachable_in_one_line():
         created = create_database_if_missing(url)
         with _alembic_warnings_only():
             upgrade_schema(url)
-    except sqlalchemy.exc.OperationalError as exc:
-        # Unreachable server, refused login: say so in one line, not a traceback.
-        raise click.ClickException(f"PostgreSQL: {str(exc.orig).strip()}") from None
     click.echo(("database created, " if created else "") + "database at the latest revision")

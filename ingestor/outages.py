@@ -49,7 +49,8 @@ OUTAGE_ERRORS: dict[str, ErrorTypes] = {
 
 # Redis refusing a write because it reached maxmemory: not an outage (Redis answers,
 # and reads still work), a capacity incident lasting until an operator acts. The tasks
-# and the raw consumer hold and retry what it refused; the API does not list it.
+# and the raw consumer hold and retry what it refused; the API answers it 503 naming
+# Redis (ingestor.api.errors).
 REDIS_FULL_ERRORS: ErrorTypes = (redis.exceptions.OutOfMemoryError,)
 
 

@@ -114,8 +114,9 @@ class Settings:
     future_limit_seconds: int = 5 * 60
     # Pulses per Lua call: bounds how long one call holds Redis.
     redis_chunk_size: int = 5000
-    # Transient failures (Redis, PostgreSQL) are retried with exponential backoff
-    # up to this many times, then the message goes to the dead-letter queue.
+    # Transient failures (PostgreSQL, Redis, RabbitMQ outages: ingestor.outages) are
+    # retried with exponential backoff up to this many times, then the message goes
+    # to the dead-letter queue.
     task_max_retries: int = 20
     task_retry_backoff_max_seconds: int = 300
     # Redis memory: a WARNING (and the ingestor_redis_memory_low gauge) once used

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 # The services and their outage errors are defined once, beside the plumbing they
 # name; imported here under the names the API's modules use.
-from ingestor.outages import OUTAGE_ERRORS, POSTGRESQL, RABBITMQ, REDIS, SERVICE_NAMES
+from ingestor.outages import OUTAGE_ERRORS, POSTGRESQL, RABBITMQ, REDIS, REDIS_FULL_ERRORS, SERVICE_NAMES
 
 __all__ = [
     "OUTAGE_ERRORS",
@@ -81,8 +81,9 @@ def error_response(
 
 
 # OUTAGE_ERRORS (ingestor.outages) are each a 503 naming its service. Redis refusing a
-# write for memory (outages.REDIS_FULL_ERRORS) is not among them: the tasks hold and
-# retry it, an API request that meets it is answered 500 and logged.
+# write for memory (outages.REDIS_FULL_ERRORS: the login's attempt counters, a populate
+# job) is a 503 naming Redis too: the request changed nothing, and the same request
+# succeeds once an operator adds memory, as after an outage.
 
 # How long a client should wait before retrying after an outage: long enough for a
 # pooled connection to be re-established, short enough not to hold up a billing feed.
@@ -116,6 +117,11 @@ def _outage_handler(service: str):
     return handle
 
 
+def _redis_full(error: Exception):
+    logger.error("Redis refused a write for memory: %s", error)
+    return unavailable_response(REDIS, "It is out of memory; nothing was changed.")
+
+
 def _service_unavailable(error: ServiceUnavailable):
     logger.warning("%s unavailable: %r", error.service, error.__cause__)
     return unavailable_response(error.service, error.hint)
@@ -132,6 +138,8 @@ class IngestorApi(Api):
         for service, errors in OUTAGE_ERRORS.items():
             for error in errors:
                 self._app.register_error_handler(error, _outage_handler(service))
+        for error in REDIS_FULL_ERRORS:
+            self._app.register_error_handler(error, _redis_full)
         self._app.register_error_handler(ServiceUnavailable, _service_unavailable)
 
     def handle_http_exception(self, error: HTTPException):

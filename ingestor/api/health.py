@@ -1,7 +1,7 @@
 """Liveness (`GET /health`) and readiness (`GET /ready`) probes.
 
 `/ready` answers `{"status", "services": {name: state}}`: one state per service, "ok"
-or why not ("unavailable"). It is unauthenticated, so it never carries a driver's text
+or why not ("unavailable"; for Redis also "out of memory"). It is unauthenticated, so it never carries a driver's text
 (hosts, ports, database names): that goes to the log.
 """
 

@@ -223,5 +223,5 @@ class HealthSchema(Schema):
 
 class ReadinessSchema(Schema):
     status = fields.String(required=True)
-    # Service name -> "ok", or its state when not ok ("unavailable").
+    # Service name -> "ok", or its state when not ok ("unavailable", "out of memory").
     services = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

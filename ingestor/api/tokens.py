@@ -1,7 +1,7 @@
 """Bearer tokens (JWT, flask-jwt-extended): issued at login, checked on every other route.
 
-Every API route but login, health, readiness and the OpenAPI document requires
-`Authorization: Bearer <token>`; every way a token can be wrong answers 401 JSON.
+Every API route but login, health, readiness, metrics (its own METRICS_TOKEN) and the
+OpenAPI document requires `Authorization: Bearer <token>`; every way a token can be wrong answers 401 JSON.
 The token's user must still be active (ingestor.auth.users: looked up on every
 request, with a grace while PostgreSQL is unreachable).
 """

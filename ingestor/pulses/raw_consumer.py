@@ -115,7 +115,7 @@ def decode_body(body: bytes | str, max_bytes: int) -> list[Any]:
     hold is the schema's job.
     """
     # py-amqp hands over a str when the producer set a content_encoding it could apply.
-    data = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    data = body_bytes(body, "utf-8")
     if len(data) > max_bytes:
         raise UndecodableBody(f"body of {len(data)} bytes exceeds the limit of {max_bytes}", "too_large")
     try:
@@ -166,7 +166,7 @@ def rejection_id_of(body: bytes | str, amqp_message_id: str | None) -> str:
     """
     if not amqp_message_id:
         return f"raw:{uuid.uuid4().hex}"
-    data = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    data = body_bytes(body, "utf-8")
     mid = amqp_message_id.encode("utf-8", "surrogatepass")
     digest = hashlib.blake2b(b"%d:" % len(mid), digest_size=16)
     digest.update(mid)

@@ -78,9 +78,9 @@ def test_the_migrations_build_exactly_the_models(settings):
     command.check(alembic_config(settings.database_url))
 
 
-def flask_db_upgrade(database_url: str) -> subprocess.CompletedProcess[str]:
+def flask_db_upgrade(database_url: str, command: str = "upgrade") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "ingestor", "db", "upgrade"],
+        [sys.executable, "-m", "flask", "--app", "ingestor", "db", command],
         cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "INFO"},
         capture_output=True,
@@ -102,6 +102,14 @@ def test_flask_db_upgrade_prints_one_line_and_no_alembic_info(fresh_database_url
 
 def test_flask_db_upgrade_names_an_unreachable_server_in_one_line():
     result = flask_db_upgrade("postgresql+psycopg2://postgres@127.0.0.1:1/nowhere")
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: PostgreSQL: connection to server at"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flask_db_create_names_an_unreachable_server_in_one_line_too():
+    result = flask_db_upgrade("postgresql+psycopg2://postgres@127.0.0.1:1/nowhere", command="create")
 
     assert result.returncode == 1
     assert result.stderr.startswith("Error: PostgreSQL: connection to server at"), result.stderr

@@ -24,6 +24,7 @@ from ingestor.messaging.topology import PERSIST, PULSES, RAW_PULSES
 from ingestor.pulses import keys
 from ingestor.pulses.persistence import Persister
 from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
+from tests.support.api import PASSWORD
 from tests.support.faults import TASK_QUEUES, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.private_redis import PrivateRedis
@@ -172,3 +173,26 @@ def test_a_flush_refused_for_memory_after_taking_its_lock_releases_it(settings, 
     full.close()
 
     assert not redis_client.lock(keys.FLUSH_LOCK).locked()
+
+
+def test_the_api_answers_a_full_redis_with_a_503_naming_it_never_a_500(user, auth):
+    # Login counts its attempts in Redis and populate records its job there: both are
+    # writes a full Redis refuses. The request changed nothing and a retry succeeds
+    # once memory is added, as after an outage.
+    with PrivateRedis() as private:
+        client = Redis.from_url(private.url)
+        web = create_app(settings_for_tests(redis_url=private.url)).test_client()
+        client.config_set("maxmemory", 1)  # below what it uses: every write refused
+        try:
+            login = web.post("/api/v1/login", json={"username": user, "password": PASSWORD})
+            populate = web.post("/api/v1/pulses/populate", json={}, headers=auth)
+        finally:
+            client.config_set("maxmemory", 0)
+            client.close()
+
+    for response in (login, populate):
+        assert response.status_code == 503, response.get_json()
+        assert response.headers.get("Retry-After", "").isdigit()
+        error = response.get_json()["error"]
+        assert error["code"] == "service_unavailable" and error["details"] == {"service": "redis"}
+        assert "Redis is unavailable" in error["message"] and "out of memory" in error["message"], error
