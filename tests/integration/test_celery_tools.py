@@ -202,6 +202,7 @@ def test_celery_events_dump_captures_the_ingest_tasks(
             env=celery_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=default_sigint,
         )
     started.append(dump)
     pulse = {"id": "ev-1", "tenant": "events", "product_sku": "vm", "use_unity": "h", "used_amount": 0.25}
@@ -218,6 +219,15 @@ def test_celery_events_dump_captures_the_ingest_tasks(
     output = log.read_text(errors="replace")
     assert "task received" in output or "task succeeded" in output, output
     assert "Traceback" not in output and "Failed" not in output, output
+
+
+def default_sigint() -> None:
+    """In the child: SIGINT stops it, even when the test run itself ignores SIGINT.
+
+    A shell starts background jobs (`cmd &` without job control, nohup) with SIGINT
+    ignored, and children inherit that: `celery events` would never hear its Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def get_json(url: str) -> tuple[int, Any]:
@@ -251,6 +261,7 @@ def test_flower_sees_the_worker_and_the_ingest_tasks(
             env=celery_env(settings, FLOWER_UNAUTHENTICATED_API="true"),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=default_sigint,
         )
     started.append(flower)
     base = f"http://127.0.0.1:{port}"
