@@ -38,10 +38,14 @@ class Base(DeclarativeBase):
 class Database:
     """The engine and session factory of one process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connect_timeout_seconds: int = 5) -> None:
         # pre_ping: a worker idles for an hour between flushes, and the server or a
-        # proxy may have closed the connection meanwhile.
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        # proxy may have closed the connection meanwhile. connect_timeout: a server
+        # that drops packets is an OperationalError (an outage) in seconds, not a
+        # hang for the OS TCP timeout.
+        self.engine: Engine = create_engine(
+            url, pool_pre_ping=True, connect_args={"connect_timeout": connect_timeout_seconds}
+        )
         self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -57,7 +61,8 @@ class Database:
 
 def init_app(app: Flask) -> None:
     """Attach a `Database` built from the app's settings."""
-    app.extensions["database"] = Database(settings_of(app).database_url)
+    settings = settings_of(app)
+    app.extensions["database"] = Database(settings.database_url, settings.database_connect_timeout_seconds)
     app.cli.add_command(db_cli)
 
 

@@ -25,8 +25,17 @@ OOM_REPLY_TEXT = "command not allowed when used memory > 'maxmemory'"
 
 def init_app(app: Flask) -> None:
     """Attach a Redis client built from the app's settings."""
-    # health_check_interval: pooled connections idle for an hour are checked first.
-    app.extensions["redis"] = Redis.from_url(settings_of(app).redis_url, health_check_interval=30)
+    settings = settings_of(app)
+    app.extensions["redis"] = Redis.from_url(
+        settings.redis_url,
+        # Pooled connections idle for an hour are checked first.
+        health_check_interval=30,
+        # A Redis that drops packets raises TimeoutError (an outage: a 503, a task
+        # retry) instead of holding the caller for the OS TCP timeout. Set here, not
+        # left to redis-py's defaults: its 5 s read timeout would cut a long flush script.
+        socket_connect_timeout=settings.redis_connect_timeout_seconds,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+    )
 
 
 def get_redis() -> Redis:

@@ -85,6 +85,19 @@ class Settings:
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor"
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # A host that drops packets (a firewall, a dead machine) answers nothing and resets
+    # nothing: without these the client waits for the OS TCP timeout, minutes, and so
+    # does every request or task using it. With them an outage is a 503 or a retry.
+    # PostgreSQL: libpq's connect_timeout, the whole connection setup (TCP, startup, login).
+    database_connect_timeout_seconds: int = 5
+    # Redis: opening a connection...
+    redis_connect_timeout_seconds: int = 5
+    # ...and waiting for any one reply. Longer than any legitimate call: an ingest or
+    # flush script runs one chunk (REDIS_CHUNK_SIZE), and Redis itself answers BUSY to
+    # everyone else once a script passes 5 s (busy-reply-threshold), so 20 s is four
+    # times what Redis already treats as an incident; and shorter than gunicorn's 30 s
+    # worker timeout, so the web answers 503 before gunicorn kills the request.
+    redis_socket_timeout_seconds: int = 20
     # "development" allows the built-in insecure JWT key; anything else requires a
     # strong JWT_SECRET_KEY, and refuses to start without one.
     app_env: str = "development"

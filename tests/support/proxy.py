@@ -9,6 +9,9 @@ a network path or the server dies) and resets every new one at once until
 taken by another process meanwhile: a client sees "connection reset" rather than
 "connection refused", which every client under test treats as the same outage.
 
+`BlackHole` is the other kind of outage: a port that takes connections and never
+answers, as a firewall dropping packets or a dead host looks to a client.
+
 Threads, one per direction of each connection: the proxies of a test carry a few
 dozen connections at most, and blocking sockets keep the forwarding obvious.
 """
@@ -47,6 +50,14 @@ def _reset(sock: socket.socket) -> None:
         pass
 
 
+def _with_port(url: str, port: int) -> str:
+    """`url` with its host and port replaced by 127.0.0.1:`port` (credentials, path kept)."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target` until cut; use as a context manager."""
 
@@ -72,10 +83,7 @@ class TcpProxy:
 
     def url(self, url: str) -> str:
         """`url` with its host and port replaced by this proxy's (credentials, path kept)."""
-        parts = urlsplit(url)
-        credentials = parts.netloc.rpartition("@")[0]
-        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
+        return _with_port(url, self.port)
 
     @property
     def is_cut(self) -> bool:
@@ -169,3 +177,31 @@ class TcpProxy:
                 except OSError:
                     pass
                 sock.close()
+
+
+class BlackHole:
+    """A port on 127.0.0.1 that takes TCP connections and never says a word.
+
+    What a client meets when a firewall drops packets or a host died without a reset:
+    the kernel completes the handshake (the socket listens) but nothing ever accepts
+    the connection, so no byte comes back and no FIN or RST either; once the backlog
+    is full, even the handshake goes unanswered. Only a client's own timeout ends it.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=8)
+        self.port: int = self._listener.getsockname()[1]
+
+    def url(self, url: str) -> str:
+        """`url` with its host and port replaced by this black hole's (credentials, path kept)."""
+        return _with_port(url, self.port)
+
+    def close(self) -> None:
+        """Stop listening (the connections waiting in the backlog get a reset)."""
+        self._listener.close()
+
+    def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -26,6 +26,9 @@ INT_VARS = [
     ("RAW_BATCH_WAIT_MS", "raw_batch_wait_ms"),
     ("RAW_MAX_BODY_BYTES", "raw_max_body_bytes"),
     ("REDIS_MEMORY_CHECK_SECONDS", "redis_memory_check_seconds"),
+    ("DATABASE_CONNECT_TIMEOUT_SECONDS", "database_connect_timeout_seconds"),
+    ("REDIS_CONNECT_TIMEOUT_SECONDS", "redis_connect_timeout_seconds"),
+    ("REDIS_SOCKET_TIMEOUT_SECONDS", "redis_socket_timeout_seconds"),
 ]
 
 
@@ -39,6 +42,9 @@ def test_defaults_point_at_localhost() -> None:
     assert settings.late_limit_seconds == 35 * 24 * 3600
     assert settings.future_limit_seconds == 5 * 60
     assert settings.redis_chunk_size == 5000
+    # A silent PostgreSQL or Redis is an outage in seconds; a long script is never cut.
+    assert (settings.database_connect_timeout_seconds, settings.redis_connect_timeout_seconds) == (5, 5)
+    assert settings.redis_socket_timeout_seconds == 20
     assert settings.task_max_retries == 20
     assert settings.task_retry_backoff_max_seconds == 300
     assert settings.raw_queue == "pulses.raw"
