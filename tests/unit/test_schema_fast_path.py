@@ -41,18 +41,15 @@ timestamps = st.one_of(
     st.sampled_from(["2026-11-27T10:00:00", "yesterday", "2026-13-01T00:00:00Z", "", "2026-11-27"]),
     junk,
 )
-pulses = st.fixed_dictionaries(
-    {},
-    optional={
-        "id": strings,
-        "tenant": strings,
-        "product_sku": strings,
-        "use_unity": strings,
-        "used_amount": amounts,
-        "timestamp": timestamps,
-        "extra": junk,
-    },
-)
+FIELD_STRATEGIES = {
+    "id": strings,
+    "tenant": strings,
+    "product_sku": strings,
+    "use_unity": strings,
+    "used_amount": amounts,
+    "timestamp": timestamps,
+}
+pulses = st.fixed_dictionaries({}, optional={**FIELD_STRATEGIES, "extra": junk})
 
 VALID = {
     "id": "p-1",
@@ -61,14 +58,6 @@ VALID = {
     "use_unity": "vCPU-hour",
     "used_amount": "1.5",
     "timestamp": NOW.isoformat(),
-}
-FIELD_STRATEGIES = {
-    "id": strings,
-    "tenant": strings,
-    "product_sku": strings,
-    "use_unity": strings,
-    "used_amount": amounts,
-    "timestamp": timestamps,
 }
 
 
