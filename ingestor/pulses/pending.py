@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -294,17 +293,28 @@ def _cells(sources: Iterable[tuple[int, dict[bytes, bytes]]]) -> list[PendingCel
     """The fields of the keys kept, summed per (hour, group) with exact integers.
 
     `n|<group>` is a pulse count, `a|<group>` and its spills `a1|`, `a2|`... micro-units.
+    (A hot tenant's read goes through 200,000 fields per 100,000 groups: the plain
+    kinds are sliced off, not partitioned.)
     """
-    sums: dict[tuple[int, bytes], list[int]] = defaultdict(lambda: [0, 0])
+    counts: dict[tuple[int, bytes], int] = {}
+    amounts: dict[tuple[int, bytes], int] = {}
     for hour, fields in sources:
         for name, value in fields.items():
-            kind, _, group = name.partition(b"|")
-            if kind == b"n":
-                sums[(hour, group)][1] += int(value)
-            elif kind == b"a" or (kind[:1] == b"a" and kind[1:].isdigit()):
-                sums[(hour, group)][0] += int(value)
+            kind = name[:2]
+            if kind == b"n|":
+                cell, into = (hour, name[2:]), counts
+            elif kind == b"a|":
+                cell, into = (hour, name[2:]), amounts
+            else:
+                spill, _, group = name.partition(b"|")
+                if not (spill[:1] == b"a" and spill[1:].isdigit()):
+                    continue  # not a field INGEST writes: the flush sets such a snapshot aside
+                cell, into = (hour, group), amounts
+            into[cell] = into.get(cell, 0) + int(value)
     cells = []
-    for (hour, group), (micro_units, pulse_count) in sums.items():
-        tenant, product_sku, use_unity = keys.parse_group_field(group)
-        cells.append(PendingCell(hour, tenant, product_sku, use_unity, micro_units, pulse_count))
+    for cell in counts.keys() | amounts.keys():
+        tenant, product_sku, use_unity = keys.parse_group_field(cell[1])
+        cells.append(
+            PendingCell(cell[0], tenant, product_sku, use_unity, amounts.get(cell, 0), counts.get(cell, 0))
+        )
     return cells

@@ -48,6 +48,20 @@ def test_group_field_round_trips(group: tuple[str, str, str]) -> None:
     assert parse_group_field(field) == group
 
 
+@pytest.mark.parametrize("field", [b'["a","b"]', b'["a","b","c","d"]', b"not json", b'["a","b","\xff"]'])
+def test_parse_group_field_refuses_what_group_field_never_writes(field: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_group_field(field)
+
+
+def test_parse_group_field_agrees_with_json_on_every_plain_and_escaped_field() -> None:
+    import json
+
+    for group in [("a", "b", "c"), ("\x01", "\x1f", "x"), ("tab\t", 'q"', "\\"), ("", "", "")]:
+        field = group_field(*group)
+        assert parse_group_field(field) == tuple(json.loads(field)) == group
+
+
 def test_group_field_is_compact_json_array_of_utf8() -> None:
     # Compact: the flush turns '["t","s","u"]' into a CSV row by dropping the brackets.
     assert group_field("é", "s", "u") == '["é","s","u"]'.encode()
