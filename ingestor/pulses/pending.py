@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from ingestor.pulses import keys
 from ingestor.pulses.legacy_flush import legacy_keys_exist
 from ingestor.pulses.persistence import DEFAULT_GRACE_SECONDS
+from ingestor.settings import settings_of
 
 # Where begin_usage_snapshot leaves the monotonic time of the snapshot, in session.info.
 SNAPSHOT_STARTED = "ingestor.pending.snapshot_started"
@@ -179,8 +180,6 @@ def read_pending_usage(
 
 def _app_grace_seconds() -> int:
     if has_app_context():
-        from ingestor.settings import settings_of
-
         return settings_of(current_app).pending_read_grace_seconds
     return DEFAULT_GRACE_SECONDS
 
@@ -280,9 +279,7 @@ class _PendingRead:
             done = len(results) // 2
             again: list[tuple[str, bytes]] = []
             for (name, _), cursor, pairs in zip(batch, results[0::2], results[1::2], strict=False):
-                found = fields[name]
-                for i in range(0, len(pairs), 2):
-                    found[pairs[i]] = pairs[i + 1]
+                fields[name].update(zip(pairs[0::2], pairs[1::2], strict=True))
                 if cursor != b"0":
                     again.append((name, cursor))
             remaining = again + remaining[done:]
