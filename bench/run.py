@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.keyset import encode_cursor
+from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
 from ingestor.pulses.schema import rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
@@ -162,9 +163,14 @@ class Bench:
         return (total - first) / elapsed
 
     def dedupe_keys(self) -> int:
-        # Every counted pulse holds one dedupe key; the window hash and the pending
-        # set are the only other keys of a single-window run.
-        return max(0, self.redis.dbsize() - 2)
+        # Every counted pulse holds one dedupe key; the other keys of a single-window
+        # run are the registry and the window buckets of its 100 tenants (all present
+        # after the first few hundred pulses).
+        return max(0, self.redis.dbsize() - 1 - len(self.bench_buckets))
+
+    @property
+    def bench_buckets(self) -> set[int]:
+        return {keys.bucket_of(f"tenant-{n}") for n in range(100)}
 
 
 def bench_baseline(bench: Bench, report: Report) -> float:
@@ -382,15 +388,8 @@ REFERENCE_UPSERT = (
 def _persist_once(bench: Bench, groups: int) -> float:
     """Seconds our flush takes to move `groups` groups of one window from Redis to PostgreSQL."""
     services = bench.app.extensions["pulses"]
-    window = keys.window_key(keys.hour_of(bench.hour))
     pulses = [
-        CountablePulse(
-            keys.dedupe_key_for_position(f"persist-{uuid.uuid4()}", g),
-            window,
-            keys.group_field(f"tenant-{g}", "vm.small", "vCPU-hour"),
-            1_000_000 + g,
-        )
-        for g in range(groups)
+        _one_group_pulse(bench.hour, f"persist-{uuid.uuid4()}", g, f"tenant-{g}") for g in range(groups)
     ]
     for start in range(0, groups, 5000):
         services.counter.count(pulses[start : start + 5000])
@@ -399,6 +398,15 @@ def _persist_once(bench: Bench, groups: int) -> float:
     elapsed = time.perf_counter() - started
     assert result.groups == groups, result
     return elapsed
+
+
+def _one_group_pulse(
+    hour: datetime, scope: str, g: int, tenant: str, sku: str = "vm.small"
+) -> CountablePulse:
+    """A pulse without id (keyed by its position `g` in `scope`) of `hour`."""
+    dedupe_key = keys.dedupe_key_for_position(scope, g)
+    window = keys.window_key(keys.tag_of_dedupe_key(dedupe_key), keys.hour_of(hour), tenant)
+    return CountablePulse(dedupe_key, window, keys.group_field(tenant, sku, "vCPU-hour"), 1_000_000 + g)
 
 
 def _reference_once(bench: Bench, groups: int) -> float:
@@ -652,10 +660,10 @@ def _deep_cursor(bench: Bench, offset: int) -> str:
 def bench_redis_memory(bench: Bench, report: Report) -> None:
     services = bench.app.extensions["pulses"]
     n = bench.args.memory_pulses
-    window = keys.window_key(keys.hour_of(bench.hour))
     bench.reset()
     before = bench.redis.info("memory")["used_memory"]
     group = keys.group_field("tenant", "vm.small", "vCPU-hour")
+    window = keys.window_key(keys.SHARD_TAGS[0], keys.hour_of(bench.hour), "tenant")
     pulses = [
         CountablePulse(keys.dedupe_key_for_id("tenant", f"id-{uuid.uuid4()}"), window, group, 1)
         for _ in range(n)
@@ -673,23 +681,81 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
         )
     )
     bench.reset()
-    groups = [
-        CountablePulse(
-            keys.dedupe_key_for_position("m", g),
-            window,
-            keys.group_field(f"tenant-{g:06d}", "vm.small", "vCPU-hour"),
-            1234567,
-        )
-        for g in range(n)
-    ]
-    services.counter.count(groups)
-    per_group = bench.redis.memory_usage(window, samples=0) / n
+    groups = [_one_group_pulse(bench.hour, "m", g, f"tenant-{g:06d}") for g in range(n)]
+    for start in range(0, n, 5000):
+        services.counter.count(groups[start : start + 5000])
+    buckets = keys.window_bucket_keys(keys.SHARD_TAGS[0], keys.hour_of(bench.hour))
+    held = sum(bench.redis.memory_usage(key, samples=0) or 0 for key in buckets)
     report.add(
         Row(
             "Redis memory per aggregated group",
-            per_group,
+            held / n,
             "bytes",
-            detail=f"{n:,} groups, MEMORY USAGE of the window hash",
+            detail=f"{n:,} groups, MEMORY USAGE of the hour's 1024 window buckets",
+        )
+    )
+
+
+def bench_pending(bench: Bench, report: Report) -> None:
+    """The pending read of one tenant (include_pending), and the flush's RENAME of an hour.
+
+    100,000 pending groups over two live hours (10,000 tenants x 5 skus x 2 hours); one
+    tenant's read reads one bucket an hour. Then one tenant holding 100,000 groups
+    itself (its bucket read by budgeted HSCAN calls). Then the RENAME of each hour.
+    """
+    services = bench.app.extensions["pulses"]
+    groups, repeats = bench.args.pending_groups, bench.args.query_repeats
+    tenants = groups // 10
+    bench.reset()
+    hours = [bench.hour - timedelta(hours=1), bench.hour]
+    pulses = [
+        _one_group_pulse(at, f"pending-{h}", g, f"tenant-{g % tenants}", f"sku-{g // tenants}")
+        for h, at in enumerate(hours)
+        for g in range(groups // 2)
+    ]
+    for start in range(0, len(pulses), 5000):
+        services.counter.count(pulses[start : start + 5000])
+    hour_numbers = [keys.hour_of(at) for at in hours]
+    first, end = min(hour_numbers), max(hour_numbers) + 1
+
+    def read(tenant: str) -> float:
+        with bench.database.session() as session:
+            begin_usage_snapshot(session)
+            started = time.perf_counter()
+            cells = read_pending_usage(session, bench.redis, [tenant], first, end)
+            elapsed = time.perf_counter() - started
+            session.rollback()
+        assert cells, tenant
+        return elapsed
+
+    rng = random.Random(13)
+    samples = [read(f"tenant-{rng.randrange(tenants)}") for _ in range(repeats)]
+    report.add(latency_row("pending read: one tenant among 100,000 pending groups", samples, what="reads"))
+
+    bench.reset()
+    pulses = [_one_group_pulse(bench.hour, "hot", g, "hot-tenant", f"sku-{g}") for g in range(groups)]
+    for start in range(0, groups, 5000):
+        services.counter.count(pulses[start : start + 5000])
+    samples = [read("hot-tenant") for _ in range(max(5, repeats // 10))]
+    report.add(
+        latency_row("pending read: one tenant holding 100,000 pending groups", samples, False, "reads")
+    )
+
+    bench.reset()
+    renames = []
+    for h, at in enumerate(hours):
+        more = [_one_group_pulse(at, f"rename-{h}", g, f"tenant-{g}") for g in range(groups)]
+        for start in range(0, groups, 5000):
+            services.counter.count(more[start : start + 5000])
+        started = time.perf_counter()
+        assert services.persister.take_snapshot(keys.SHARD_TAGS[0], keys.hour_of(at)) is not None
+        renames.append((time.perf_counter() - started) * 1000)
+    report.add(
+        Row(
+            "flush: RENAME of one hour's 1024 buckets",
+            statistics.median(renames),
+            "ms",
+            detail=f"{groups:,} groups in the hour, median of {len(renames)}",
         )
     )
 
@@ -721,12 +787,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Just under 2**17: Redis's key tables are then nearly full, as they are most of
     # the time; right after a table doubles, each key carries twice the bucket space.
     parser.add_argument("--memory-pulses", type=int, default=130_000)
+    parser.add_argument(
+        "--pending-groups", type=int, default=100_000, help="pending groups for the pending read"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds any one measurement may take")
     parser.add_argument(
         "--only",
         nargs="*",
         default=[],
-        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory"],
+        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending"],
         help="run only these parts",
     )
     return parser.parse_args(argv)
@@ -734,7 +803,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = set(args.only) or {"ingest", "raw", "http", "persist", "queries", "rejected", "memory"}
+    wanted = set(args.only) or {
+        "ingest",
+        "raw",
+        "http",
+        "persist",
+        "queries",
+        "rejected",
+        "memory",
+        "pending",
+    }
     bench = Bench(args)
     report = Report()
     print(f"benchmark on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
@@ -754,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_rejected(bench, report)
     if "memory" in wanted:
         bench_redis_memory(bench, report)
+    if "pending" in wanted:
+        bench_pending(bench, report)
     bench.reset()
     print()
     print(report.table())

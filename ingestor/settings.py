@@ -127,6 +127,10 @@ class Settings:
     future_limit_seconds: int = 5 * 60
     # Pulses per Lua call: bounds how long one call holds Redis.
     redis_chunk_size: int = 5000
+    # A flushed snapshot stays readable in Redis this long after its commit, so a
+    # pending-usage read whose PostgreSQL snapshot predates the commit still finds it
+    # (pulses/pending.py); a read slower than half of it is refused.
+    pending_read_grace_seconds: int = 300
     # Transient failures (PostgreSQL, Redis, RabbitMQ outages: ingestor.outages) are
     # retried with exponential backoff up to this many times, then the message goes
     # to the dead-letter queue.

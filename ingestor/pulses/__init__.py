@@ -36,7 +36,9 @@ def init_app(app: Flask) -> None:
     app.extensions["pulses"] = PulseServices(
         validator=PulseValidator(settings),
         counter=PulseCounter(redis, settings.dedupe_horizon_seconds, settings.redis_chunk_size),
-        persister=Persister(redis, app.extensions["database"]),
+        persister=Persister(
+            redis, app.extensions["database"], grace_seconds=settings.pending_read_grace_seconds
+        ),
         totals=TotalCache(redis),
     )
     # What waits in Redis for the next flush, read at every scrape.

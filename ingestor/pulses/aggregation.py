@@ -1,9 +1,12 @@
 """Counting valid pulses into Redis hour windows, each at most once (guarantees 2, 3).
 
-A batch is applied by one Lua script, atomically: for each pulse, `SET dedupe-key NX
-EX horizon` and only if that set the key, `HINCRBY` its window hash. A redelivered
-message therefore finds its dedupe keys set and counts nothing twice, and a crash can
-never leave a pulse deduped but not counted (the script runs whole or not at all).
+A batch is applied by one Lua script per tag, atomically: for each pulse, `SET
+dedupe-key NX EX horizon` and only if that set the key, `HINCRBY` its window bucket.
+A redelivered message therefore finds its dedupe keys set and counts nothing twice,
+and a crash can never leave a pulse deduped but not counted (the script runs whole or
+not at all). The script also registers each hour that received counts in the tag's
+registry (`w:<h>`), bumping its version when the hour is new there, so a flush finds
+the hour without a SCAN and a pending read sees that the set of hours changed.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from ingestor.redis_store import is_out_of_memory
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
 # pulse only its dedupe key, its cell number and its micro-units.
-# KEYS: the pending-windows set, the W distinct window keys, then one dedupe key per pulse.
+# KEYS: the tag's registry, the W distinct window bucket keys, then one dedupe key per pulse.
 # ARGV: horizon, W, C, then C cells as (window number, group), then per pulse
-#       (cell number, micro-units).
+#       (cell number, micro-units), then per window its registry field `w:<hour>`.
 # Returns how many pulses were counted (the others were duplicates).
 #
 # Per pulse the script runs one command, the SET NX. Counts and amounts are summed per
@@ -77,15 +80,26 @@ for cell, count in pairs(counts) do
   end
   redis.call('HINCRBY', window, 'n|' .. group, count)
 end
-for w = 2, first_key - 1 do
-  if redis.call('EXISTS', KEYS[w]) == 1 then redis.call('SADD', KEYS[1], KEYS[w]) end
+-- Each hour that received counts is registered; a new hour is a change readers must see.
+local first_live_field = #ARGV - n_windows
+local registered = {}
+for cell, _ in pairs(counts) do
+  local field = ARGV[first_live_field + tonumber(ARGV[2 + 2 * cell])]
+  if not registered[field] then
+    registered[field] = true
+    if redis.call('HSETNX', KEYS[1], field, 1) == 1 then redis.call('HINCRBY', KEYS[1], 'v', 1) end
+  end
 end
 return counted
 """
 
 
 class CountablePulse(NamedTuple):
-    """A validated pulse reduced to what Redis needs to count it."""
+    """A validated pulse reduced to what Redis needs to count it.
+
+    `window_key` is its live window bucket, `keys.window_key(tag, hour, tenant)` with
+    the tag of its dedupe record (`keys.tag_of_dedupe_key`).
+    """
 
     dedupe_key: bytes
     window_key: str
@@ -104,29 +118,34 @@ class PulseCounter:
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
 
-        Large batches go in chunks so one call never holds Redis for long; each chunk
-        is idempotent, so a failure between chunks is safe to retry whole.
+        Pulses go in one call per tag (every key of a call in one slot), large batches
+        in chunks so one call never holds Redis for long; each chunk is idempotent, so
+        a failure between chunks is safe to retry whole.
 
         Redis refusing a chunk for memory raises `OutOfMemoryError`, whichever form the
         refusal took (Redis 7 passes the OOM reply on; earlier versions wrap it in a
         script error), so that callers hold the batch instead of dead-lettering it.
         """
         counted = 0
-        for start in range(0, len(pulses), self._chunk_size):
-            script_keys, script_args = self._script_arguments(pulses[start : start + self._chunk_size])
-            try:
-                counted += int(self._script(keys=script_keys, args=script_args))
-            except OutOfMemoryError:
-                raise
-            except ResponseError as exc:
-                if is_out_of_memory(exc):
-                    raise OutOfMemoryError(str(exc)) from exc
-                raise
+        for tag, of_tag in _per_tag(pulses):
+            for start in range(0, len(of_tag), self._chunk_size):
+                counted += self._count_chunk(tag, of_tag[start : start + self._chunk_size])
         return counted
 
+    def _count_chunk(self, tag: str, chunk: Sequence[CountablePulse]) -> int:
+        script_keys, script_args = self._script_arguments(tag, chunk)
+        try:
+            return int(self._script(keys=script_keys, args=script_args))
+        except OutOfMemoryError:
+            raise
+        except ResponseError as exc:
+            if is_out_of_memory(exc):
+                raise OutOfMemoryError(str(exc)) from exc
+            raise
+
     def _script_arguments(
-        self, chunk: Sequence[CountablePulse]
-    ) -> tuple[list[bytes | str], list[bytes | int]]:
+        self, tag: str, chunk: Sequence[CountablePulse]
+    ) -> tuple[list[bytes | str], list[bytes | int | str]]:
         """KEYS and ARGV of one script call (layout described above INGEST_SCRIPT)."""
         windows: dict[str, int] = {}
         cells: dict[tuple[str, bytes], int] = {}
@@ -141,5 +160,16 @@ class PulseCounter:
                 cell_args += (window, pulse.group)
             dedupe_keys.append(pulse.dedupe_key)
             pulse_args += (cell, pulse.micro_units)
-        script_keys = [keys.PENDING_WINDOWS, *windows, *dedupe_keys]
-        return script_keys, [self._horizon, len(windows), len(cells), *cell_args, *pulse_args]
+        script_keys = [keys.registry_key(tag), *windows, *dedupe_keys]
+        live_fields = [keys.live_field_of_window(window) for window in windows]
+        return script_keys, [self._horizon, len(windows), len(cells), *cell_args, *pulse_args, *live_fields]
+
+
+def _per_tag(pulses: Sequence[CountablePulse]) -> list[tuple[str, Sequence[CountablePulse]]]:
+    """The pulses of each tag, in their order (one tag on a single node: no copy)."""
+    if len(keys.SHARD_TAGS) == 1:
+        return [(keys.SHARD_TAGS[0], pulses)] if pulses else []
+    of_tag: dict[str, list[CountablePulse]] = {}
+    for pulse in pulses:
+        of_tag.setdefault(keys.tag_of_key(pulse.window_key), []).append(pulse)
+    return list(of_tag.items())

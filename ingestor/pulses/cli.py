@@ -29,6 +29,7 @@ def flush(wait: int) -> None:
 def stats() -> None:
     """What waits in Redis for the next flush, the last flush, the rejected pulses."""
     from ingestor.database import get_database
+    from ingestor.pulses import keys
     from ingestor.pulses.stats import pending_groups, pending_windows, persisted_stats
     from ingestor.redis_store import get_redis
 
@@ -37,10 +38,15 @@ def stats() -> None:
     persisted = persisted_stats(get_database())
     oldest = pending.oldest_hour
     age = f" ({pending.oldest_age_seconds(datetime.now(UTC)) / 3600:.1f} h ago)" if oldest else ""
-    click.echo(f"pending windows:     {len(pending.windows)}")
-    click.echo(f"pending snapshots:   {len(pending.snapshots)}")
-    click.echo(f"pending groups:      {pending_groups(redis, [*pending.windows, *pending.snapshots])}")
+    click.echo(f"pending windows:     {len(pending.windows) + len(pending.legacy_windows)}")
+    click.echo(f"pending snapshots:   {len(pending.snapshots) + len(pending.legacy_snapshots)}")
+    click.echo(f"pending groups:      {pending_groups(redis, pending.hash_keys())}")
     click.echo(f"oldest pending hour: {oldest.isoformat() if oldest else '-'}{age}")
+    click.echo(f"snapshots in grace:  {pending.in_grace} (persisted, readable until their grace ends)")
+    if pending.corrupt:
+        click.echo(f"corrupt snapshots:   {pending.corrupt} (set aside, see {keys.CORRUPT_SNAPSHOTS})")
+    if pending.legacy_windows or pending.legacy_snapshots:
+        click.echo("previous layout:     keys still to drain; the next flush persists them")
     last = persisted.last_flush_at
     click.echo(
         f"last persist:        {last.isoformat() if last else 'never'} ({persisted.flush_batches} batch(es))"

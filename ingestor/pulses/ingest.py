@@ -94,11 +94,12 @@ class PulseValidator:
                 dedupe_key = keys.dedupe_key_for_id(pulse["tenant"], pulse["id"])
             else:
                 dedupe_key = fallback_key(index)
+            # A pulse without a timestamp happened when it entered the system.
+            hour = keys.hour_of(pulse.get("timestamp") or received_at)
             countable.append(
                 CountablePulse(
                     dedupe_key=dedupe_key,
-                    # A pulse without a timestamp happened when it entered the system.
-                    window_key=keys.window_key(keys.hour_of(pulse.get("timestamp") or received_at)),
+                    window_key=keys.window_key(keys.tag_of_dedupe_key(dedupe_key), hour, pulse["tenant"]),
                     group=keys.group_field(pulse["tenant"], pulse["product_sku"], pulse["use_unity"]),
                     micro_units=to_micro_units(pulse["used_amount"]),
                 )

@@ -1,16 +1,23 @@
 """The flush: moving Redis hour windows into PostgreSQL exactly once (guarantees 4, 5).
 
-Per window hash:
-1. `RENAMENX` the live hash to `snapshot:<hour>:<batch-id>`, atomically with the
-   bookkeeping sets, so pulses arriving during the flush go to a fresh live hash;
-2. in ONE PostgreSQL transaction, insert the batch id into `flush_batch` and, only if
-   it was new, add the snapshot's sums to `pulse_usage`;
-3. delete the snapshot.
+Per tag, from its registry (`ingestor:{t}:pending`, see keys.py):
+1. entries committed longer ago than their grace are forgotten (their keys expired);
+2. batches a crashed run left pending are persisted first;
+3. per live hour, one script RENAMEs its 1024 window buckets to the snapshot buckets
+   of a fresh batch id β and registers β as pending, so pulses arriving during the
+   flush go to fresh live buckets;
+4. in ONE PostgreSQL transaction, β goes into `flush_batch` and, only if it was new,
+   the snapshot's sums are added to `pulse_usage`;
+5. after the commit, DONE: each snapshot bucket gets an expiry of the grace
+   (`PENDING_READ_GRACE_SECONDS`) and β is registered as committed with its deadline.
+   The grace is what lets a pending read (pending.py), whose PostgreSQL snapshot was
+   taken before the commit, still find the pulses in Redis.
 
-A crash between 1 and 2 leaves a snapshot that the next run persists; a crash between
-2 and 3 leaves one whose batch id is already in `flush_batch`, so the next run only
-deletes it. Every run finishes such leftovers first. A Redis lock keeps two runs from
-stampeding; the batch id is what makes two runs at once correct anyway.
+A crash between 3 and 4 leaves a pending batch that the next run persists; a crash
+between 4 and 5 leaves one whose id is already in `flush_batch`, so the next run only
+does DONE. A Redis lock keeps two runs from stampeding; the batch id is what makes two
+runs at once correct anyway. Each run first drains what the previous layout left
+(legacy_flush.py).
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Any, TypeVar, cast
 
 import psycopg2
@@ -38,6 +46,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from ingestor.database import Database
 from ingestor.pulses import keys
+from ingestor.pulses.legacy_flush import LegacyDrain
 from ingestor.pulses.models import FlushBatch
 from ingestor.pulses.snapshot_rows import (
     HSCAN_COUNT,
@@ -48,7 +57,6 @@ from ingestor.pulses.snapshot_rows import (
     server_side_chunks,
     snapshot_chunks,
 )
-from ingestor.redis_store import text_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,17 +69,49 @@ T = TypeVar("T")
 # keeps two runs from counting a snapshot twice.
 LOCK_TIMEOUT_SECONDS = 60
 
-# KEYS: live window, snapshot, pending-windows set, pending-snapshots set.
-# Returns 1 when the window was renamed, 0 when it no longer exists.
-SNAPSHOT_SCRIPT = """
-redis.call('SREM', KEYS[3], KEYS[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('RENAMENX', KEYS[1], KEYS[2]) == 0 then
-  return redis.error_reply('snapshot key already exists: ' .. KEYS[2])
+# RENAME. KEYS: the tag's registry, the hour's 1024 live buckets, the batch's 1024
+# snapshot buckets. ARGV: the hour's registry field `w:<h>`, the batch's `s:<β>`, its
+# pending state `<h>|p`. Returns the buckets renamed; 0 when the hour has no live
+# buckets any more (another run took them). Everything is checked before the first
+# write, so a refusal leaves nothing half done.
+RENAME_SCRIPT = """#!lua
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local n = (#KEYS - 1) / 2
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+  return redis.error_reply('flush batch already registered: ' .. ARGV[2])
 end
-redis.call('SADD', KEYS[4], KEYS[2])
-return 1
+for b = 1, n do
+  if redis.call('EXISTS', KEYS[1 + n + b]) == 1 then
+    return redis.error_reply('snapshot key already exists: ' .. KEYS[1 + n + b])
+  end
+end
+local renamed = 0
+for b = 1, n do
+  if redis.call('EXISTS', KEYS[1 + b]) == 1 then
+    redis.call('RENAME', KEYS[1 + b], KEYS[1 + n + b])
+    renamed = renamed + 1
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if renamed > 0 then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+return renamed
 """
+
+# DONE, after the commit. KEYS: the tag's registry, the batch's snapshot buckets.
+# ARGV: `s:<β>`, the hour stamp, the grace in seconds. `EXPIRE ... NX`: a rerun keeps
+# the first expiry. No version bump: readers treat pending and committed batches alike.
+# Returns the deadline (Redis clock, ms).
+DONE_SCRIPT = """#!lua
+local grace = tonumber(ARGV[3])
+for k = 2, #KEYS do redis.call('EXPIRE', KEYS[k], grace, 'NX') end
+local now = redis.call('TIME')
+local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + grace * 1000
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|d|' .. string.format('%d', deadline))
+return deadline
+"""
+# How long a committed snapshot stays readable, unless the settings say otherwise.
+DEFAULT_GRACE_SECONDS = 300
 
 
 @dataclass
@@ -200,13 +240,17 @@ class Persister:
         database: Database,
         lock_timeout_seconds: int = LOCK_TIMEOUT_SECONDS,
         transaction_timeout_ms: int = TRANSACTION_TIMEOUT_MS,
+        grace_seconds: int = DEFAULT_GRACE_SECONDS,
     ) -> None:
         self._redis = redis
         self._database = database
-        self._snapshot = redis.register_script(SNAPSHOT_SCRIPT)
+        self._rename = redis.register_script(RENAME_SCRIPT)
+        self._done = redis.register_script(DONE_SCRIPT)
         self._read_rows = redis.register_script(SERVER_SIDE_ROWS_SCRIPT)
+        self._legacy = LegacyDrain(redis)
         self._lock_timeout = lock_timeout_seconds
         self._transaction_timeouts = {"timeout": str(transaction_timeout_ms)}
+        self._grace = grace_seconds
 
     def persist_pending(self, wait_seconds: float = 0) -> PersistReport:
         """Persist every pending snapshot, then every live window; skip if a run holds the lock.
@@ -230,15 +274,12 @@ class Persister:
             # counts stale: bump first (see queries.TotalCache). Inside the try: a full
             # Redis refuses it, and the lock must not outlive the refusal.
             self._redis.incr(keys.USAGE_VERSION)
-            # Leftovers of a crashed run first, then the live windows.
-            for leftover in sorted(self._members(keys.PENDING_SNAPSHOTS)):
-                self._persist_or_quarantine(leftover, report)
+            # What the previous layout left first (the migration), then every tag.
+            for snapshot in self._legacy.snapshots():
+                self._persist_legacy(snapshot, report)
                 self._renew(lock)
-            for window in sorted(self._members(keys.PENDING_WINDOWS)):
-                snapshot = self.take_snapshot(window)
-                if snapshot is not None:
-                    self._persist_or_quarantine(snapshot, report)
-                    self._renew(lock)
+            for tag in keys.SHARD_TAGS:
+                self._flush_tag(tag, report, lock)
         finally:
             if lock.owned():
                 lock.release()
@@ -256,6 +297,35 @@ class Persister:
         )
         return report
 
+    def _flush_tag(self, tag: str, report: PersistReport, lock) -> None:
+        """One tag: forget expired batches, finish leftovers, then snapshot every live hour."""
+        registry = self.read_registry(tag)
+        self._forget_expired(registry)
+        for leftover in registry.in_state(keys.PENDING_STATE):
+            self.persist_batch(tag, leftover.hour, leftover.batch_id, report)
+            self._renew(lock)
+        for hour in registry.live_hours:
+            batch_id = self.take_snapshot(tag, hour)
+            if batch_id is not None:
+                self.persist_batch(tag, hour, batch_id, report)
+                self._renew(lock)
+
+    def read_registry(self, tag: str) -> keys.Registry:
+        """The tag's registry as it is now."""
+        return keys.parse_registry(tag, self._redis.hgetall(keys.registry_key(tag)))
+
+    def _forget_expired(self, registry: keys.Registry) -> None:
+        """Drop the registry entries of committed batches whose keys have expired."""
+        seconds, microseconds = self._redis.time()
+        now_ms = seconds * 1000 + microseconds // 1000
+        expired = [
+            keys.snapshot_field(entry.batch_id)
+            for entry in registry.in_state(keys.DONE_STATE)
+            if entry.deadline_ms is not None and entry.deadline_ms <= now_ms
+        ]
+        if expired:
+            self._redis.hdel(keys.registry_key(registry.tag), *expired)
+
     @staticmethod
     def _renew(lock) -> None:  # redis-py's Lock
         """Push the lock's expiry a full timeout away again, if the run still holds it."""
@@ -264,65 +334,108 @@ class Persister:
         except LockError:
             pass  # expired already: reported once the run ends
 
-    def _members(self, set_key: str) -> Iterable[str]:
-        return (text_of(member) for member in self._redis.smembers(set_key))
+    def take_snapshot(self, tag: str, hour: int) -> uuid.UUID | None:
+        """Rename the live buckets of (tag, hour) to a new batch; None if none is left."""
+        batch_id = uuid.uuid4()
+        renamed = self._rename(
+            keys=[
+                keys.registry_key(tag),
+                *keys.window_bucket_keys(tag, hour),
+                *keys.snapshot_bucket_keys(tag, hour, batch_id),
+            ],
+            args=[
+                keys.live_field(hour),
+                keys.snapshot_field(batch_id),
+                f"{keys.hour_stamp(hour)}|{keys.PENDING_STATE}",
+            ],
+        )
+        # 0: another run took this hour first.
+        return batch_id if renamed else None
 
-    def take_snapshot(self, window: str) -> str | None:
-        """Rename a live window hash to a new snapshot; None if it no longer exists."""
-        snapshot, _ = keys.new_snapshot_key(window)
-        renamed = self._snapshot(keys=[window, snapshot, keys.PENDING_WINDOWS, keys.PENDING_SNAPSHOTS])
-        # 0: another run took this window first.
-        return snapshot if renamed else None
+    def persist_batch(
+        self, tag: str, hour: int, batch_id: uuid.UUID, report: PersistReport | None = None
+    ) -> None:
+        """Add one batch's sums to PostgreSQL once, then mark it committed (DONE).
 
-    def _persist_or_quarantine(self, snapshot: str, report: PersistReport) -> None:
-        """Persist a snapshot; set a corrupt one aside so it cannot block every later flush."""
+        A corrupt snapshot is set aside instead, so it cannot block every later flush.
+        """
+        report = report if report is not None else PersistReport()
+        snapshot_keys = self._existing(keys.snapshot_bucket_keys(tag, hour, batch_id))
         try:
-            self.persist_snapshot(snapshot, report)
+            written = self._write(batch_id, keys.hour_start(hour), snapshot_keys)
         except CorruptSnapshot:
             # Its transaction rolled back: nothing of it is counted. It stays in Redis,
             # named in CORRUPT_SNAPSHOTS, for an operator; the other windows go on.
-            logger.exception("corrupt snapshot set aside: %s", snapshot, extra={"snapshot": snapshot})
+            logger.exception("corrupt snapshot set aside: %s", batch_id, extra={"batch_id": str(batch_id)})
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.srem(keys.PENDING_SNAPSHOTS, snapshot)
-                pipe.sadd(keys.CORRUPT_SNAPSHOTS, snapshot)
+                pipe.hset(
+                    keys.registry_key(tag),
+                    keys.snapshot_field(batch_id),
+                    f"{keys.hour_stamp(hour)}|{keys.CORRUPT_STATE}",
+                )
+                if snapshot_keys:
+                    pipe.sadd(keys.CORRUPT_SNAPSHOTS, *snapshot_keys)
                 pipe.execute()
+            report.corrupt_snapshots += snapshot_keys
+            return
+        self._record(report, batch_id, written)
+        self._done(
+            keys=[keys.registry_key(tag), *snapshot_keys],
+            args=[keys.snapshot_field(batch_id), keys.hour_stamp(hour), self._grace],
+        )
+
+    def _existing(self, candidates: Sequence[str]) -> list[str]:
+        """Those of `candidates` that exist (one pipelined round trip)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for key in candidates:
+                pipe.exists(key)
+            found = pipe.execute()
+        return [key for key, exists in zip(candidates, found, strict=True) if exists]
+
+    def _record(self, report: PersistReport, batch_id: uuid.UUID, written: tuple[int, int] | None) -> None:
+        report.snapshots += 1
+        report.batch_ids.append(str(batch_id))
+        if written is None:
+            report.already_persisted += 1
+        else:
+            self._redis.incr(keys.USAGE_VERSION)
+            report.groups += written[0]
+            report.pulses += written[1]
+
+    def _persist_legacy(self, snapshot: str, report: PersistReport) -> None:
+        """Persist a snapshot of the previous layout once, then delete it (no grace:
+        pending reads refuse to answer while such keys exist)."""
+        batch_id = keys.legacy_batch_id_of_snapshot(snapshot)
+        try:
+            # Gone: a crashed run deleted it after its commit; only the bookkeeping is left.
+            if self._redis.exists(snapshot):
+                written = self._write(batch_id, keys.legacy_window_start_of_key(snapshot), [snapshot])
+                self._record(report, batch_id, written)
+        except CorruptSnapshot:
+            logger.exception("corrupt snapshot set aside: %s", snapshot, extra={"snapshot": snapshot})
+            self._legacy.set_aside(snapshot)
             report.corrupt_snapshots.append(snapshot)
+            return
+        self._legacy.forget(snapshot)
 
-    def persist_snapshot(self, snapshot: str, report: PersistReport | None = None) -> None:
-        """Add one snapshot's sums to PostgreSQL once, then delete the snapshot."""
-        report = report if report is not None else PersistReport()
-        batch_id = keys.batch_id_of_snapshot(snapshot)
-        window_start = keys.window_start_of_key(snapshot)
-        # Gone: a crashed run deleted it after its commit; only the bookkeeping is left.
-        if self._redis.exists(snapshot):
-            written = self._write(batch_id, window_start, snapshot)
-            report.snapshots += 1
-            report.batch_ids.append(str(batch_id))
-            if written is None:
-                report.already_persisted += 1
-            else:
-                self._redis.incr(keys.USAGE_VERSION)
-                report.groups += written[0]
-                report.pulses += written[1]
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.unlink(snapshot)  # freed in the background: a big hash would block Redis
-            pipe.srem(keys.PENDING_SNAPSHOTS, snapshot)
-            pipe.execute()
-
-    def _write(self, batch_id: uuid.UUID, window_start: datetime, snapshot: str) -> tuple[int, int] | None:
-        """The one transaction of a snapshot: (groups, pulses) added, or None if its
-        batch id was already persisted.
+    def _write(
+        self, batch_id: uuid.UUID, window_start: datetime, snapshot_keys: Sequence[str]
+    ) -> tuple[int, int] | None:
+        """The one transaction of a snapshot (the keys of one batch): (groups, pulses)
+        added, or None if its batch id was already persisted.
 
         The rows come from the server-side reader; anything it cannot vouch for rolls
         its transaction back and the careful reader does the snapshot again.
         """
         window = window_start.isoformat().encode()
         try:
-            chunks = server_side_chunks(self._read_rows, self._redis, snapshot, window)
+            chunks = server_side_chunks(self._read_rows, snapshot_keys, window)
             return self._write_chunks(batch_id, window_start, chunks)
         except CAREFUL_READ_ERRORS as exc:
-            logger.info("snapshot %s read again, carefully: %s", snapshot, exc, extra={"snapshot": snapshot})
-        fields = self._redis.hscan_iter(snapshot, count=HSCAN_COUNT)
+            logger.info(
+                "snapshot %s read again, carefully: %s", batch_id, exc, extra={"batch_id": str(batch_id)}
+            )
+        fields = chain.from_iterable(self._redis.hscan_iter(key, count=HSCAN_COUNT) for key in snapshot_keys)
         return self._write_chunks(batch_id, window_start, snapshot_chunks(fields, window))
 
     def _write_chunks(

@@ -1,6 +1,7 @@
-"""A snapshot hash read as CSV rows of `pulse_usage`, in chunks, for COPY.
+"""A snapshot (the bucket hashes of one flush batch) read as CSV rows of `pulse_usage`,
+in chunks, for COPY.
 
-A snapshot holds, per (tenant, product_sku, use_unity) group, a field `n|<group JSON>`
+A snapshot bucket holds, per (tenant, product_sku, use_unity) group, a field `n|<group JSON>`
 with its pulse count and a field `a|<group JSON>` with its micro-units (sums past 64
 bits spill into `a1|`, `a2|`...). A row is
 `"tenant","product_sku","use_unity",<window start>,<units>,<pulse count>`: exactly the
@@ -8,7 +9,8 @@ columns COPY writes, amounts already in units, so PostgreSQL only parses.
 
 Two readers give the same rows:
 - `server_side_chunks`, the usual one: a Lua script pairs each count with its amount
-  and builds the CSV inside Redis, a few thousand fields per call. Python's share per
+  and builds the CSV inside Redis, a few thousand fields per call, over as many of
+  the batch's bucket keys as that budget allows. Python's share per
   group is nil, so it overlaps PostgreSQL's instead of competing with it for the GIL
   (profiled: pairing 200k fields in Python cost ~0.5 s of a 1.85 s flush of 100k
   groups, most of it while PostgreSQL waited on the GIL). It handles only the plain
@@ -22,10 +24,8 @@ Two readers give the same rows:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-
-from redis import Redis
 
 from ingestor.pulses import keys
 
@@ -41,28 +41,22 @@ CHUNK_GROUPS = 10_000
 # Fields per HSCAN call (a hint); one server-side call blocks Redis for a few ms.
 HSCAN_COUNT = 2000
 
-# KEYS: the snapshot. ARGV: HSCAN cursor, HSCAN count, window start as text.
-# Scans only the count fields `n|<group>`, fetches their amounts `a|<group>` with
-# HMGET, and returns {next cursor, CSV rows, rows, pulses in them, count fields
-# scanned, amounts found beside them, slow groups as a flat list of (group, count,
-# micro-units or nil)}. A slow group is one whose field or values do not have the
-# plain shape (a quote or backslash in a value, a value that is not digits): Python
-# decodes those. Pulse counts are summed in Lua: exact below 2^53, far above a call's.
+# KEYS: a run of snapshot keys (buckets of one batch). ARGV: HSCAN cursor in the first
+# key, a budget of count fields per call, window start as text.
+# Per key: its HLEN when starting it, then HSCAN of only the count fields `n|<group>`,
+# their amounts `a|<group>` fetched with HMGET. Stops once the budget is spent (at a key
+# boundary, or inside a key too big for it). Returns {keys finished, cursor inside the
+# next key, CSV rows, rows, pulses in them, count fields scanned, amounts found beside
+# them, fields held by the keys started, slow groups as a flat list of (group, count,
+# micro-units or nil)}. A slow group is one whose field or values do not have the plain
+# shape (a quote or backslash in a value, a value that is not digits): Python decodes
+# those. Pulse counts are summed in Lua: exact below 2^53, far above a call's.
 # (Profiled per 100k groups: scanning every field into Lua cost 0.39 s and one HGET
 # per group 0.3 s; the MATCH scan and batched HMGET cost 0.36 s together.)
-SERVER_SIDE_ROWS_SCRIPT = r"""
-local scan = redis.call('HSCAN', KEYS[1], ARGV[1], 'MATCH', 'n|*', 'COUNT', ARGV[2])
-local fields = scan[2]
+SERVER_SIDE_ROWS_SCRIPT = r"""#!lua
+local budget = tonumber(ARGV[2])
 local window = ARGV[3]
 local plain = '^%["[^"\\%c]*","[^"\\%c]*","[^"\\%c]*"%]$'
-
-local names = {}
-for i = 1, #fields, 2 do names[#names + 1] = 'a' .. string.sub(fields[i], 2) end
-local amounts = {}
-for first = 1, #names, 1000 do  -- unpack() is limited to a few thousand values
-  local part = redis.call('HMGET', KEYS[1], unpack(names, first, math.min(first + 999, #names)))
-  for k = 1, #part do amounts[first + k - 1] = part[k] end
-end
 
 local function units(micro)
   local n = #micro
@@ -71,21 +65,40 @@ local function units(micro)
 end
 
 local rows, slow = {}, {}
-local pulses, matched = 0, 0
-for j = 1, #names do
-  local group, count, micro = string.sub(fields[2 * j - 1], 3), fields[2 * j], amounts[j]
-  if micro then matched = matched + 1 end
-  if string.find(group, plain) and string.find(count, '^%d+$') and (not micro or string.find(micro, '^%d+$')) then
-    rows[#rows + 1] = string.sub(group, 2, -2) .. ',' .. window .. ',' .. units(micro or '0') .. ',' .. count .. '\n'
-    pulses = pulses + tonumber(count)
-  else
-    slow[#slow + 1] = group
-    slow[#slow + 1] = count
-    slow[#slow + 1] = micro
+local pulses, seen, matched, held = 0, 0, 0, 0
+local k, cursor = 1, ARGV[1]
+while k <= #KEYS and seen < budget do
+  local key = KEYS[k]
+  if cursor == '0' then held = held + redis.call('HLEN', key) end
+  local scan = redis.call('HSCAN', key, cursor, 'MATCH', 'n|*', 'COUNT', budget - seen)
+  local fields = scan[2]
+  local names = {}
+  for i = 1, #fields, 2 do names[#names + 1] = 'a' .. string.sub(fields[i], 2) end
+  local amounts = {}
+  for first = 1, #names, 1000 do  -- unpack() is limited to a few thousand values
+    local part = redis.call('HMGET', key, unpack(names, first, math.min(first + 999, #names)))
+    for j = 1, #part do amounts[first + j - 1] = part[j] end
   end
+  for j = 1, #names do
+    local group, count, micro = string.sub(fields[2 * j - 1], 3), fields[2 * j], amounts[j]
+    if micro then matched = matched + 1 end
+    if string.find(group, plain) and string.find(count, '^%d+$') and (not micro or string.find(micro, '^%d+$')) then
+      rows[#rows + 1] = string.sub(group, 2, -2) .. ',' .. window .. ',' .. units(micro or '0') .. ',' .. count .. '\n'
+      pulses = pulses + tonumber(count)
+    else
+      slow[#slow + 1] = group
+      slow[#slow + 1] = count
+      slow[#slow + 1] = micro
+    end
+  end
+  seen = seen + #names
+  cursor = scan[1]
+  if cursor == '0' then k = k + 1 end
 end
-return {scan[1], table.concat(rows), #rows, pulses, #names, matched, slow}
+return {k - 1, cursor, table.concat(rows), #rows, pulses, seen, matched, held, slow}
 """
+# Snapshot keys named per call: a batch has 1024 buckets, most of them small.
+KEYS_PER_CALL = 128
 
 
 class CorruptSnapshot(ValueError):
@@ -154,30 +167,32 @@ def _row(group: bytes, window: bytes, count: bytes, micro_units: int) -> bytes:
 
 def server_side_chunks(
     read_rows,  # the registered SERVER_SIDE_ROWS_SCRIPT (redis-py Script)
-    redis: Redis,
-    snapshot: str,
+    snapshot_keys: Sequence[str],
     window: bytes,
     chunk_groups: int = CHUNK_GROUPS,
 ) -> Iterator[SnapshotChunk]:
-    """The snapshot's rows, built by Redis; `UnusualSnapshot` when it cannot vouch for them.
+    """The rows of a snapshot's keys (one batch), built by Redis; `UnusualSnapshot`
+    when it cannot vouch for them.
 
     The check ends the iteration: read every chunk before committing them. It is that
-    the hash holds nothing but the count fields scanned and the amounts found beside
+    the keys hold nothing but the count fields scanned and the amounts found beside
     them, so no spill, no stray field, no amount without a count. The rows must also
     go where a group twice is refused (HSCAN may return a field twice): straight into
     pulse_usage, whose unique key refuses it, or into ONE upsert, which refuses to
-    touch a row twice.
+    touch a row twice. A group is in one key only: its tenant's bucket.
     """
-    fields_held = redis.hlen(snapshot)
+    remaining = list(snapshot_keys)
     cursor: bytes | int = 0
-    fields_seen = 0
+    fields_seen = fields_held = 0
     rows: list[bytes] = []
     groups = pulses = 0
-    while True:
-        cursor, csv, plain_rows, plain_pulses, counts_seen, amounts_seen, slow_groups = read_rows(
-            keys=[snapshot], args=[cursor, HSCAN_COUNT, window]
+    while remaining:
+        finished, cursor, csv, plain_rows, plain_pulses, counts_seen, amounts_seen, held, slow_groups = (
+            read_rows(keys=remaining[:KEYS_PER_CALL], args=[cursor, HSCAN_COUNT, window])
         )
+        del remaining[:finished]
         fields_seen += counts_seen + amounts_seen
+        fields_held += held
         # The script's rows hold no control character, so no newline but their last.
         rows += csv.splitlines(keepends=True)
         groups, pulses = groups + plain_rows, pulses + plain_pulses
@@ -187,11 +202,9 @@ def server_side_chunks(
         if groups >= chunk_groups:
             yield SnapshotChunk(_sorted_rows(rows), groups, pulses)
             rows, groups, pulses = [], 0, 0
-        if int(cursor) == 0:
-            break
     if fields_seen != fields_held:
         raise UnusualSnapshot(
-            f"{snapshot}: {fields_held} fields held, {fields_seen} are counts and their amounts"
+            f"{snapshot_keys[0]}...: {fields_held} fields held, {fields_seen} are counts and their amounts"
             " (spills past 64 bits, or corruption)"
         )
     if groups:

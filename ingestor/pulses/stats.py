@@ -1,15 +1,15 @@
 """What is waiting in Redis for the next flush, and what the last flushes did.
 
 Read by `flask pulses stats` and at scrape time by `PendingWindowsCollector`, which
-`ingestor.pulses.init_app` adds to the app's metrics. Cheap on purpose: the pending
-sets name the window hashes (a few per hour), so nothing here scans the keyspace of
-millions of dedupe keys.
+`ingestor.pulses.init_app` adds to the app's metrics. Cheap on purpose: each tag's
+registry names its live hours and snapshot batches (a few per hour), so nothing here
+scans the keyspace of millions of dedupe keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,15 +24,24 @@ from ingestor.pulses.models import FlushBatch, RejectedPulse
 
 @dataclass(frozen=True)
 class PendingWindows:
-    """The hour windows and snapshots not persisted yet."""
+    """The hour windows and snapshots not persisted yet, from the tags' registries."""
 
-    windows: list[str]
-    snapshots: list[str]
+    # (tag, hour) with live buckets; batches renamed but not committed, as (tag, entry).
+    windows: list[tuple[str, int]]
+    snapshots: list[tuple[str, keys.SnapshotEntry]]
+    # Committed batches still readable (their grace), and corrupt ones set aside.
+    in_grace: int = 0
+    corrupt: int = 0
+    # Keys of the previous layout still to drain (the migration).
+    legacy_windows: list[str] = field(default_factory=list)
+    legacy_snapshots: list[str] = field(default_factory=list)
 
     @property
     def oldest_hour(self) -> datetime | None:
         """The start of the oldest pending hour (live or snapshotted), None if nothing waits."""
-        hours = [keys.window_start_of_key(key) for key in (*self.windows, *self.snapshots)]
+        hours = [keys.hour_start(hour) for _, hour in self.windows]
+        hours += [keys.hour_start(entry.hour) for _, entry in self.snapshots]
+        hours += [keys.legacy_window_start_of_key(k) for k in (*self.legacy_windows, *self.legacy_snapshots)]
         return min(hours, default=None)
 
     def oldest_age_seconds(self, now: datetime | None = None) -> float:
@@ -42,16 +51,41 @@ class PendingWindows:
             return 0.0
         return max(((now or datetime.now(UTC)) - oldest).total_seconds(), 0.0)
 
+    def hash_keys(self) -> list[str]:
+        """Every key that may hold pending groups (bucket keys may not all exist)."""
+        found = [key for tag, hour in self.windows for key in keys.window_bucket_keys(tag, hour)]
+        found += [
+            key
+            for tag, entry in self.snapshots
+            for key in keys.snapshot_bucket_keys(tag, entry.hour, entry.batch_id)
+        ]
+        return found + self.legacy_windows + self.legacy_snapshots
+
 
 def pending_windows(redis: Redis) -> PendingWindows:
-    """The pending window and snapshot keys, from the two bookkeeping sets."""
+    """The pending windows and snapshots, from each tag's registry (and the v1 sets)."""
     with redis.pipeline(transaction=False) as pipe:
-        pipe.smembers(keys.PENDING_WINDOWS)
-        pipe.smembers(keys.PENDING_SNAPSHOTS)
-        windows, snapshots = pipe.execute()
+        for tag in keys.SHARD_TAGS:
+            pipe.hgetall(keys.registry_key(tag))
+        pipe.smembers(keys.LEGACY_PENDING_WINDOWS)
+        pipe.smembers(keys.LEGACY_PENDING_SNAPSHOTS)
+        *registries, legacy_windows, legacy_snapshots = pipe.execute()
+    windows: list[tuple[str, int]] = []
+    snapshots: list[tuple[str, keys.SnapshotEntry]] = []
+    in_grace = corrupt = 0
+    for tag, fields in zip(keys.SHARD_TAGS, registries, strict=True):
+        registry = keys.parse_registry(tag, fields)
+        windows += [(tag, hour) for hour in registry.live_hours]
+        snapshots += [(tag, entry) for entry in registry.in_state(keys.PENDING_STATE)]
+        in_grace += len(registry.in_state(keys.DONE_STATE))
+        corrupt += len(registry.in_state(keys.CORRUPT_STATE))
     return PendingWindows(
-        windows=sorted(member.decode() for member in windows),
-        snapshots=sorted(member.decode() for member in snapshots),
+        windows=sorted(windows),
+        snapshots=sorted(snapshots, key=lambda item: (item[1].hour, item[0], str(item[1].batch_id))),
+        in_grace=in_grace,
+        corrupt=corrupt,
+        legacy_windows=sorted(member.decode() for member in legacy_windows),
+        legacy_snapshots=sorted(member.decode() for member in legacy_snapshots),
     )
 
 
@@ -78,12 +112,17 @@ class PendingWindowsCollector:
         yield GaugeMetricFamily(
             "ingestor_redis_windows_pending",
             "Live hour windows waiting for a flush",
-            value=len(pending.windows),
+            value=len(pending.windows) + len(pending.legacy_windows),
         )
         yield GaugeMetricFamily(
             "ingestor_redis_snapshots_pending",
             "Snapshots taken but not persisted yet (a flush in progress, or one that failed)",
-            value=len(pending.snapshots),
+            value=len(pending.snapshots) + len(pending.legacy_snapshots),
+        )
+        yield GaugeMetricFamily(
+            "ingestor_redis_snapshots_in_grace",
+            "Snapshots persisted and still readable by pending-usage reads until their grace ends",
+            value=pending.in_grace,
         )
         yield GaugeMetricFamily(
             "ingestor_redis_oldest_pending_window_age_seconds",
@@ -97,9 +136,14 @@ def pending_groups(redis: Redis, hash_keys: list[str]) -> int:
 
     One `n|` count field per group (amounts may spill over several fields), counted
     with HSCAN so a huge hash never blocks Redis; meant for an operator's command.
+    Keys that do not exist (most buckets of an hour) are skipped in one round trip.
     """
+    with redis.pipeline(transaction=False) as pipe:
+        for key in hash_keys:
+            pipe.exists(key)
+        existing = [key for key, found in zip(hash_keys, pipe.execute(), strict=True) if found]
     pattern = keys.COUNT_FIELD_PREFIX + b"*"
-    return sum(1 for key in hash_keys for _ in redis.hscan_iter(key, match=pattern, count=1000))
+    return sum(1 for key in existing for _ in redis.hscan_iter(key, match=pattern, count=1000))
 
 
 @dataclass(frozen=True)

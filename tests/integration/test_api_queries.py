@@ -183,9 +183,10 @@ def _count_one(app, tenant: str) -> None:
     from ingestor.pulses import keys
     from ingestor.pulses.aggregation import CountablePulse
 
-    window = keys.window_key(keys.hour_of(datetime.now(UTC)))
+    dedupe_key = keys.dedupe_key_for_id(tenant, "1")
+    window = keys.window_key(keys.tag_of_dedupe_key(dedupe_key), keys.hour_of(datetime.now(UTC)), tenant)
     app.extensions["pulses"].counter.count(
-        [CountablePulse(keys.dedupe_key_for_id(tenant, "1"), window, keys.group_field(tenant, "vm", "h"), 1)]
+        [CountablePulse(dedupe_key, window, keys.group_field(tenant, "vm", "h"), 1)]
     )
 
 

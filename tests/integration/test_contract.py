@@ -59,7 +59,7 @@ def test_flask_pulses_flush_persists_now(app, database):
         [
             CountablePulse(
                 keys.dedupe_key_for_id("ops", "1"),
-                keys.window_key(keys.hour_of(hour)),
+                keys.window_key(keys.SHARD_TAGS[0], keys.hour_of(hour), "ops"),
                 keys.group_field("ops", "cli", "run"),
                 1_500_000,
             )

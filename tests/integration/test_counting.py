@@ -1,4 +1,5 @@
-"""Counting in the real Redis: dedupe keys, integer micro-units, 64-bit spills, chunks."""
+"""Counting in the real Redis: dedupe keys, integer micro-units, 64-bit spills, chunks,
+tenant buckets and the registry of live hours."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse, PulseCounter
 from ingestor.pulses.schema import MAX_AMOUNT, to_micro_units
 from tests.support.ledger import persisted_sums
+from tests.support.windows import countable
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-WINDOW = keys.window_key(keys.hour_of(HOUR))
+TAG = keys.SHARD_TAGS[0]
+WINDOW = keys.window_key(TAG, keys.hour_of(HOUR), "acme")
+REGISTRY = keys.registry_key(TAG)
 GROUP = keys.group_field("acme", "storage", "B")
 
 
@@ -31,7 +35,35 @@ def test_a_pulse_counted_twice_counts_once_and_its_id_expires_after_the_horizon(
 
     assert redis_client.hgetall(WINDOW) == {b"a|" + GROUP: b"4500000", b"n|" + GROUP: b"3"}
     assert 3590 < redis_client.ttl(pulse(1).dedupe_key) <= 3600
-    assert redis_client.smembers(keys.PENDING_WINDOWS) == {WINDOW.encode()}
+    assert redis_client.hgetall(REGISTRY) == {keys.live_field(keys.hour_of(HOUR)).encode(): b"1", b"v": b"1"}
+
+
+def test_tenants_go_to_their_buckets_and_only_a_new_hour_bumps_the_version(redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=60, chunk_size=100)
+    hour = keys.hour_of(HOUR)
+    tenants = [f"tenant-{i}" for i in range(50)]
+
+    def pulses(prefix, at):
+        return [countable(t, f"{prefix}-{t}", at, 1) for t in tenants]
+
+    assert counter.count(pulses("a", HOUR)) == 50
+    assert redis_client.hget(REGISTRY, "v") == b"1"
+    assert counter.count(pulses("b", HOUR)) == 50  # the same hour: no structural change
+    assert counter.count(pulses("b", HOUR)) == 0  # duplicates register nothing
+    assert redis_client.hget(REGISTRY, "v") == b"1"
+    assert counter.count(pulses("c", HOUR + timedelta(hours=1))) == 50
+    assert redis_client.hget(REGISTRY, "v") == b"2"
+    assert set(redis_client.hkeys(REGISTRY)) == {
+        b"v",
+        keys.live_field(hour).encode(),
+        keys.live_field(hour + 1).encode(),
+    }
+    for tenant in tenants:
+        bucket = keys.window_bucket_key(TAG, hour, keys.bucket_of(tenant))
+        assert redis_client.hget(bucket, b"n|" + keys.group_field(tenant, "vm", "hour")) == b"2"
+    assert sorted(redis_client.keys("ingestor:{*}:w:*")) == sorted(
+        {keys.window_key(TAG, h, t).encode() for h in (hour, hour + 1) for t in tenants}
+    )
 
 
 def test_chunks_count_every_pulse_once(redis_client):

@@ -6,7 +6,7 @@ two dangerous points, neither loses nor double counts.
   retries with backoff, the snapshot waits in Redis, the run after the outage
   persists it once.
 - The worker killed with SIGKILL between the rename and the commit, and between the
-  commit and the snapshot delete (`tests/support/crash_worker.py`): RabbitMQ
+  commit and DONE (`tests/support/crash_worker.py`): RabbitMQ
   redelivers the persist task, whose next run finishes the leftover snapshot first,
   once (the flush_batch row is what stops the second case from counting twice).
 
@@ -21,8 +21,9 @@ from sqlalchemy import text
 from ingestor.messaging.topology import PERSIST
 from ingestor.pulses import keys
 from ingestor.pulses.task_names import PERSIST_PULSES
-from tests.support.faults import TASK_QUEUES, pending_flush_keys, proxied, retries_logged, wait_for
+from tests.support.faults import TASK_QUEUES, proxied, retries_logged, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
+from tests.support.windows import pending_flush_keys, pending_snapshot_batches
 from tests.support.worker import WorkerProcess, wait_until_idle
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("clean_state")]
@@ -64,7 +65,7 @@ def test_postgresql_unreachable_during_a_persist_run_persists_everything_once(
                 send_persist(producer)
                 wait_for(lambda: retries_logged(worker) >= 2, what="two retries of the persist task")
                 assert persisted_sums(database) == {}
-                assert len(redis_client.smembers(keys.PENDING_SNAPSHOTS)) == 1, "the snapshot waits"
+                assert len(pending_snapshot_batches(redis_client)) == 1, "the snapshot waits"
             # Back: a retry persists the waiting snapshot once, then every other window.
             wait_until_idle(producer, worker, TASK_QUEUES)
         finally:
@@ -126,11 +127,11 @@ def test_worker_killed_mid_flush_leaves_nothing_lost_or_counted_twice(
     finally:
         doomed.stop()
     assert marker.exists()
-    [snapshot] = redis_client.smembers(keys.PENDING_SNAPSHOTS)  # it outlives the crash
+    [snapshot] = pending_snapshot_batches(redis_client)  # it outlives the crash
     assert flush_batches(database) == (1 if crash_point == "after_commit" else 0)
 
     # Late pulses for the hour of the snapshot arrive meanwhile, into a fresh live hash.
-    late_hour = keys.window_start_of_key(snapshot.decode())
+    late_hour = keys.hour_start(snapshot.hour)
     count_in_redis(app, make_pulses(ledger, 7, prefix="late", hour=late_hour))
 
     # The persist message was never acked: RabbitMQ redelivers it to the next worker,

@@ -16,19 +16,15 @@ from sqlalchemy import text
 
 from ingestor.database import Database
 from ingestor.pulses import keys
-from ingestor.pulses.aggregation import CountablePulse, PulseCounter
+from ingestor.pulses.aggregation import PulseCounter
 from ingestor.pulses.persistence import Persister
 from ingestor.pulses.schema import to_micro_units
-from tests.support.faults import pending_flush_keys
 from tests.support.ledger import Ledger, persisted_sums
+from tests.support.windows import countable, flush_dying_at, pending_flush_keys, pending_snapshot_batches
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
-
-
-class SimulatedCrash(Exception):
-    """Stands for the process dying at this point."""
 
 
 class Producer:
@@ -46,12 +42,7 @@ class Producer:
             for _ in range(n):
                 self.sequence += 1
                 pulses.append(
-                    CountablePulse(
-                        dedupe_key=keys.dedupe_key_for_id(tenant, f"pulse-{self.sequence}"),
-                        window_key=keys.window_key(keys.hour_of(hour)),
-                        group=keys.group_field(tenant, "vm", "hour"),
-                        micro_units=to_micro_units(Decimal(amount)),
-                    )
+                    countable(tenant, f"pulse-{self.sequence}", hour, to_micro_units(Decimal(amount)))
                 )
                 self.ledger.add(tenant, "vm", "hour", hour, amount)
         assert self.counter.count(pulses) == n
@@ -73,25 +64,25 @@ def producer(app, ledger) -> Producer:
 
 
 def pending_redis_keys(redis_client) -> list[bytes]:
-    bookkeeping = {keys.FLUSH_LOCK.encode(), keys.USAGE_VERSION.encode()}
-    return sorted(k for k in redis_client.keys(keys.PREFIX + "*") if k not in bookkeeping)
+    """What waits for a flush (committed snapshots, in their grace, do not)."""
+    return pending_flush_keys(redis_client)
 
 
 def test_pulses_arriving_during_a_flush_are_neither_lost_nor_double_counted(
     persister, producer, ledger, database, monkeypatch
 ):
     producer.count(100)
-    persist_snapshot = persister.persist_snapshot
+    persist_batch = persister.persist_batch
 
-    def persist_while_pulses_arrive(snapshot, report=None):
-        # After the rename, before the PostgreSQL transaction: a fresh live hash.
+    def persist_while_pulses_arrive(*args, **kwargs):
+        # After the rename, before the PostgreSQL transaction: fresh live buckets.
         producer.count(50)
         producer.count(5, tenant="newcomer")
-        persist_snapshot(snapshot, report)
+        persist_batch(*args, **kwargs)
         # After the commit, before the next run.
         producer.count(25)
 
-    monkeypatch.setattr(persister, "persist_snapshot", persist_while_pulses_arrive)
+    monkeypatch.setattr(persister, "persist_batch", persist_while_pulses_arrive)
     persister.persist_pending()
     assert persisted_sums(database) == {("acme", "vm", "hour", HOUR): (Decimal("0.0123"), 100)}
 
@@ -124,22 +115,10 @@ def test_concurrent_pulses_and_repeated_flushes_sum_exactly(persister, producer,
     assert producer.sequence > 100
 
 
-def test_crash_after_commit_before_snapshot_delete_does_not_double_count(
-    persister, producer, ledger, database, monkeypatch
-):
+def test_crash_after_commit_before_done_does_not_double_count(persister, producer, ledger, database):
     producer.count(10)
-    write = persister._write
-
-    def commit_then_crash(*args, **kwargs):
-        write(*args, **kwargs)
-        raise SimulatedCrash
-
-    monkeypatch.setattr(persister, "_write", commit_then_crash)
-    with pytest.raises(SimulatedCrash):
-        persister.persist_pending()
-    monkeypatch.undo()
-    snapshots = persister._redis.smembers(keys.PENDING_SNAPSHOTS)
-    assert len(snapshots) == 1, "the snapshot outlives the crash"
+    flush_dying_at(persister, "after_commit")
+    assert len(pending_snapshot_batches(persister._redis)) == 1, "the snapshot outlives the crash"
 
     producer.count(3)
     report = persister.persist_pending()
@@ -150,17 +129,10 @@ def test_crash_after_commit_before_snapshot_delete_does_not_double_count(
 
 
 def test_crash_between_rename_and_commit_persists_the_snapshot_on_the_next_run(
-    persister, producer, ledger, database, monkeypatch
+    persister, producer, ledger, database
 ):
     producer.count(10)
-
-    def crash_before_commit(*args, **kwargs):
-        raise SimulatedCrash
-
-    monkeypatch.setattr(persister, "_write", crash_before_commit)
-    with pytest.raises(SimulatedCrash):
-        persister.persist_pending()
-    monkeypatch.undo()
+    flush_dying_at(persister, "before_commit")
     assert persisted_sums(database) == {}
 
     producer.count(4)  # into a new live hash of the same hour
@@ -180,7 +152,7 @@ def test_postgresql_unreachable_keeps_the_snapshot_for_the_next_run(
     with pytest.raises(Exception, match=r"(?i)connect"):
         unreachable.persist_pending()
     assert persisted_sums(database) == {}
-    assert len(persister._redis.smembers(keys.PENDING_SNAPSHOTS)) == 1
+    assert len(pending_snapshot_batches(persister._redis)) == 1
 
     persister.persist_pending()
 
@@ -191,7 +163,7 @@ def test_two_runs_persisting_the_same_snapshot_at_once_count_it_once(
     persister, producer, ledger, database, monkeypatch
 ):
     producer.count(12)
-    snapshot = persister.take_snapshot(keys.window_key(keys.hour_of(HOUR)))
+    batch_id = persister.take_snapshot(keys.SHARD_TAGS[0], keys.hour_of(HOUR))
     both_read = threading.Barrier(2)
     write = persister._write
 
@@ -204,7 +176,7 @@ def test_two_runs_persisting_the_same_snapshot_at_once_count_it_once(
 
     def run():
         try:
-            persister.persist_snapshot(snapshot)
+            persister.persist_batch(keys.SHARD_TAGS[0], keys.hour_of(HOUR), batch_id)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

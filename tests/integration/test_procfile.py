@@ -22,13 +22,13 @@ from kombu import Connection
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from ingestor.pulses import keys
 from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
 from tests.integration.test_operations import metric_value
 from tests.support.ledger import Ledger, make_pulses, persisted_sums
 from tests.support.procfile import ROOT, ProcfileProcess, free_port
 from tests.support.pulses import pulse
 from tests.support.services import recreate_database, settings_env
+from tests.support.windows import live_fields
 from tests.support.worker import queue_counts, queue_depth
 
 BIN = str(Path(sys.executable).parent)
@@ -113,7 +113,7 @@ def test_web_serves_health_and_summed_metrics_then_stops_on_sigterm(settings):
 
 def window_count(redis_client, hour: datetime) -> int:
     """Pulses counted in the live window of `hour`."""
-    fields = redis_client.hgetall(keys.window_key(keys.hour_of(hour)))
+    fields = live_fields(redis_client, hour)
     return sum(int(v) for f, v in fields.items() if f.startswith(b"n|"))
 
 

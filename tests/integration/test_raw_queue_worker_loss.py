@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingestor.pulses import keys
 from tests.support.ledger import Ledger, persisted_sums
 from tests.support.raw import body_of, publish_raw
 from tests.support.services import settings_for_tests
+from tests.support.windows import live_fields
 from tests.support.worker import WorkerProcess, queue_counts, wait_until_settled
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -32,7 +32,7 @@ def last_hour() -> datetime:
 
 
 def counted_pulses(redis_client, hour: datetime) -> int:
-    window = redis_client.hgetall(keys.window_key(keys.hour_of(hour)))
+    window = live_fields(redis_client, hour)
     return sum(int(value) for field, value in window.items() if field.startswith(b"n|"))
 
 

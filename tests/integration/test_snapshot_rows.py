@@ -31,12 +31,13 @@ from ingestor.pulses.snapshot_rows import (
     snapshot_chunks,
 )
 from tests.support.ledger import persisted_sums
+from tests.support.windows import leave_pending_batch
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
 WINDOW = HOUR.isoformat().encode()
-SNAPSHOT = keys.window_key(keys.hour_of(HOUR)) + ":snapshot:test"
+SNAPSHOT = keys.window_bucket_key(keys.SHARD_TAGS[0], keys.hour_of(HOUR), 0) + ":snapshot:test"
 
 # Values as the ingest path accepts them (printable), quotes, commas and backslashes
 # included: those take the reader's slow, decoding path.
@@ -62,7 +63,7 @@ def write_snapshot(redis_client, contents: dict) -> None:
 
 def server_side_rows(redis_client, chunk_groups: int = 10_000) -> list[bytes]:
     script = redis_client.register_script(SERVER_SIDE_ROWS_SCRIPT)
-    chunks = server_side_chunks(script, redis_client, SNAPSHOT, WINDOW, chunk_groups)
+    chunks = server_side_chunks(script, [SNAPSHOT], WINDOW, chunk_groups)
     return sorted(row for chunk in chunks for row in chunk.csv.splitlines(keepends=True))
 
 
@@ -84,12 +85,35 @@ def test_the_server_side_reader_reads_a_big_snapshot_in_chunks(redis_client):
     write_snapshot(redis_client, contents)
     script = redis_client.register_script(SERVER_SIDE_ROWS_SCRIPT)
 
-    chunks = list(server_side_chunks(script, redis_client, SNAPSHOT, WINDOW, chunk_groups=10_000))
+    chunks = list(server_side_chunks(script, [SNAPSHOT], WINDOW, chunk_groups=10_000))
 
     assert len(chunks) >= 3  # many HSCAN calls, cut into chunks of about 10,000 groups
     assert sum(c.groups for c in chunks) == 25_000
     assert sum(c.pulses for c in chunks) == sum(count for count, _ in contents.values())
     assert server_side_rows(redis_client) == careful_rows(redis_client)
+
+
+def test_the_server_side_reader_reads_a_batch_of_bucket_keys_within_its_budget(redis_client):
+    # 3000 groups over the 1024 buckets of a batch, half of them empty, one big bucket:
+    # calls stop at the field budget, between keys or inside the big one.
+    hour, batch_id = keys.hour_of(HOUR), uuid.uuid4()
+    bucket_keys = keys.snapshot_bucket_keys(keys.SHARD_TAGS[0], hour, batch_id)
+    contents = {(f"tenant-{n}", "vm", "h"): (n % 5 + 1, n * 7) for n in range(3000)}
+    for (tenant, sku, unit), (count, micro) in contents.items():
+        key = bucket_keys[keys.bucket_of(tenant) % 512]
+        redis_client.hset(key, mapping={b"n|" + keys.group_field(tenant, sku, unit): count})
+        redis_client.hset(key, mapping={b"a|" + keys.group_field(tenant, sku, unit): micro})
+    big = {b"n|" + keys.group_field(f"big-{n}", "vm", "h"): 1 for n in range(5000)}
+    redis_client.hset(bucket_keys[700], mapping=big)
+    script = redis_client.register_script(SERVER_SIDE_ROWS_SCRIPT)
+
+    chunks = list(server_side_chunks(script, bucket_keys, WINDOW, chunk_groups=1000))
+
+    assert sum(c.groups for c in chunks) == 8000
+    assert sum(c.pulses for c in chunks) == sum(count for count, _ in contents.values()) + 5000
+    rows = sorted(row for chunk in chunks for row in chunk.csv.splitlines(keepends=True))
+    assert len(set(rows)) == 8000
+    assert b'"tenant-7","vm","h",' + WINDOW + b",0.000049,3\n" in rows
 
 
 @pytest.mark.parametrize(
@@ -208,10 +232,14 @@ def test_redis_refusing_the_script_falls_back_to_the_careful_reader(app, redis_c
     persister._read_rows = redis_client.register_script(
         "return redis.error_reply('NOPERM this user has no permissions to run the script')"
     )
-    write_snapshot(redis_client, {("acme", "vm", "h"): (3, 4_500_000)})
-    snapshot, _ = keys.new_snapshot_key(keys.window_key(keys.hour_of(HOUR)))
-    redis_client.rename(SNAPSHOT, snapshot)
-    redis_client.sadd(keys.PENDING_SNAPSHOTS, snapshot)
+    leave_pending_batch(
+        redis_client,
+        HOUR,
+        {
+            keys.COUNT_FIELD_PREFIX + keys.group_field("acme", "vm", "h"): 3,
+            keys.AMOUNT_FIELD_PREFIX + keys.group_field("acme", "vm", "h"): 4_500_000,
+        },
+    )
 
     report = persister.persist_pending()
 

@@ -1,20 +1,22 @@
 """How a flush sums a snapshot's fields (in PostgreSQL): exact, grouped, and guarded.
 
-Each test writes a snapshot hash by hand, as the ingest script would leave it, and
-persists it through the real Redis and PostgreSQL.
+Each test writes a snapshot batch by hand (its tenants' bucket hashes and its registry
+entry), as a crashed flush would leave it, and persists it through the real Redis and
+PostgreSQL.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from ingestor.pulses import keys
-from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.snapshot_rows import CorruptSnapshot
 from tests.support.ledger import persisted_sums
+from tests.support.windows import countable, leave_pending_batch, pending_snapshot_batches
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
@@ -31,13 +33,11 @@ def amount_field(*group: str, spill: int | None = None) -> bytes:
     return prefix + keys.group_field(*group)
 
 
-def persist(app, redis_client, fields: dict[bytes, int | bytes]) -> str:
+def persist(app, redis_client, fields: dict[bytes, int | bytes]) -> tuple[uuid.UUID, list[str]]:
     """Leave `fields` as a snapshot of a crashed flush, then run a flush."""
-    snapshot, _ = keys.new_snapshot_key(keys.window_key(keys.hour_of(HOUR)))
-    redis_client.hset(snapshot, mapping=fields)
-    redis_client.sadd(keys.PENDING_SNAPSHOTS, snapshot)
+    batch = leave_pending_batch(redis_client, HOUR, fields)
     app.extensions["pulses"].persister.persist_pending()
-    return snapshot
+    return batch
 
 
 def test_spills_are_summed_exactly_past_64_bits_and_28_digits(app, redis_client, database):
@@ -87,22 +87,19 @@ def test_a_count_without_an_amount_sums_to_zero(app, redis_client, database):
 def test_a_corrupt_snapshot_is_set_aside_whole_and_the_others_persist(app, redis_client, database, bad_field):
     fields = {count_field("t", "s", "u"): 1, amount_field("t", "s", "u"): 1, bad_field: 5}
     healthy = HOUR + timedelta(hours=1)
-    app.extensions["pulses"].counter.count(
-        [
-            CountablePulse(
-                keys.dedupe_key_for_id("ok", "1"),
-                keys.window_key(keys.hour_of(healthy)),
-                keys.group_field("ok", "s", "u"),
-                2_500_000,
-            )
-        ]
-    )
-    snapshot = persist(app, redis_client, fields)
+    app.extensions["pulses"].counter.count([countable("ok", "1", healthy, 2_500_000, "s", "u")])
+    batch_id, snapshot_keys = persist(app, redis_client, fields)
 
     # Nothing of the corrupt one is counted; it waits, whole, for an operator.
     assert persisted_sums(database) == {("ok", "s", "u", healthy): (Decimal("2.5"), 1)}
-    assert redis_client.smembers(keys.CORRUPT_SNAPSHOTS) == {snapshot.encode()}
-    assert redis_client.smembers(keys.PENDING_SNAPSHOTS) == set()
-    assert redis_client.hlen(snapshot) == 3
+    assert redis_client.smembers(keys.CORRUPT_SNAPSHOTS) == {key.encode() for key in snapshot_keys}
+    registry = keys.registry_key(keys.SHARD_TAGS[0])
+    assert redis_client.hget(registry, keys.snapshot_field(batch_id)).endswith(b"|c")
+    assert pending_snapshot_batches(redis_client) == []
+    assert sum(redis_client.hlen(key) for key in snapshot_keys) == 3
+    assert all(redis_client.ttl(key) == -1 for key in snapshot_keys), "set aside: no expiry"
+    # Later flushes leave it alone.
+    app.extensions["pulses"].persister.persist_pending()
+    assert sum(redis_client.hlen(key) for key in snapshot_keys) == 3
     with pytest.raises(CorruptSnapshot):
-        app.extensions["pulses"].persister.persist_snapshot(snapshot)
+        app.extensions["pulses"].persister._write(batch_id, HOUR, snapshot_keys)

@@ -10,11 +10,11 @@ from decimal import Decimal
 
 import pytest
 
-from ingestor.pulses import keys
 from ingestor.pulses.task_names import INGEST_PULSES
 from tests.support.faults import counted_pulses, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.services import settings_for_tests
+from tests.support.windows import live_fields
 from tests.support.worker import WorkerProcess, wait_until_idle
 
 pytestmark = pytest.mark.usefixtures("clean_state")
@@ -44,11 +44,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_counts_once(producer, redis_c
     while not 0 < redis_client.dbsize() and time.monotonic() < deadline:
         time.sleep(0.01)
     doomed.stop(signal.SIGKILL)
-    partially_counted = sum(
-        int(v)
-        for f, v in redis_client.hgetall(keys.window_key(keys.hour_of(hour))).items()
-        if f.startswith(b"n|")
-    )
+    partially_counted = sum(int(v) for f, v in live_fields(redis_client, hour).items() if f.startswith(b"n|"))
     assert 0 < partially_counted < len(batch), "the kill must land mid-batch"
 
     drain_and_persist(WorkerProcess(settings, "survivor", concurrency=1), producer, app)

@@ -7,8 +7,8 @@ the next run cope with a flush cut at that point:
 
 - `before_commit`: the live window is already renamed to a snapshot, nothing is
   written to PostgreSQL yet;
-- `after_commit`: the snapshot's sums and its batch id are committed, the snapshot
-  is not deleted yet.
+- `after_commit`: the snapshot's sums and its batch id are committed, DONE (the
+  snapshot's expiry, its registry entry marked committed) has not run yet.
 
 `CRASH_MARKER` names a file created when the hook fires (exclusively, so only the
 first crossing dies): a redelivered persist task in a restarted worker runs through.

@@ -15,10 +15,10 @@ from celery import Celery
 from redis import Redis
 
 from ingestor.messaging.topology import PERSIST, PULSES
-from ingestor.pulses import keys
 from ingestor.pulses.task_names import PERSIST_PULSES
 from ingestor.settings import Settings
 from tests.support.proxy import TcpProxy
+from tests.support.windows import live_fields
 from tests.support.worker import WorkerProcess, wait_until_idle
 
 TASK_QUEUES = (PULSES, PERSIST)
@@ -36,18 +36,9 @@ def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "
 
 
 def counted_pulses(redis_client: Redis, hour: datetime) -> int:
-    """How many pulses the live window hash of `hour` has counted so far."""
-    window = redis_client.hgetall(keys.window_key(keys.hour_of(hour)))
+    """How many pulses the live window buckets of `hour` have counted so far."""
+    window = live_fields(redis_client, hour)
     return sum(int(value) for field, value in window.items() if field.startswith(b"n|"))
-
-
-def pending_flush_keys(redis_client: Redis) -> list[bytes]:
-    """Every live window, snapshot and pending set still in Redis: [] once all is persisted."""
-    found = redis_client.keys(keys.WINDOW_PREFIX + "*") + redis_client.keys(keys.SNAPSHOT_PREFIX + "*")
-    found += [
-        key.encode() for key in (keys.PENDING_WINDOWS, keys.PENDING_SNAPSHOTS) if redis_client.exists(key)
-    ]
-    return sorted(found)
 
 
 def retries_logged(worker: WorkerProcess) -> int:

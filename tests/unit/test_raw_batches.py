@@ -158,7 +158,7 @@ def test_invalid_pulses_become_rejections_at_their_position() -> None:
 
 def test_a_pulse_without_timestamp_counts_in_the_hour_it_arrived() -> None:
     (pulse,) = prepare(b'{"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}').countable
-    assert pulse.window_key == keys.window_key(keys.hour_of(NOW))
+    assert pulse.window_key == keys.window_key(keys.SHARD_TAGS[0], keys.hour_of(NOW), "t")
     assert pulse.micro_units == 1_000_000
 
 
