@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -677,7 +678,21 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
             "bytes",
             "≤ 100",
             per_id <= 100,
-            f"{n:,} ids, used_memory delta (key tables ~99% full)",
+            f"{n:,} ids, used_memory delta (key tables ~99% full); "
+            f"{_per_gb_per_s(per_id):,.0f} pulses/s per GB at a 24 h horizon",
+        )
+    )
+    bench.reset()
+    per_pulse = _bytes_per_pulse_without_id(bench, n)
+    report.add(
+        Row(
+            "Redis memory per pulse without id held",
+            per_pulse,
+            "bytes",
+            "≤ 1",
+            per_pulse <= 1,
+            f"{n:,} pulses in messages of 1000, used_memory delta (one ledger per message); "
+            f"{_per_gb_per_s(per_pulse):,.0f} pulses/s per GB at a 24 h horizon",
         )
     )
     bench.reset()
@@ -694,6 +709,26 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
             detail=f"{n:,} groups, MEMORY USAGE of the hour's 1024 window buckets",
         )
     )
+
+
+def _per_gb_per_s(bytes_per_pulse: float) -> float:
+    """Pulses per second a GB of Redis sustains, each held a 24 h horizon."""
+    return 1e9 / (bytes_per_pulse * 24 * 3600)
+
+
+def _bytes_per_pulse_without_id(bench: Bench, n: int) -> float:
+    """used_memory per pulse without id counted, in messages of 1000 (window included)."""
+    services = bench.app.extensions["pulses"]
+    before = bench.redis.info("memory")["used_memory"]
+    body = [
+        {"tenant": "tenant", "product_sku": "vm.small", "use_unity": "vCPU-hour", "used_amount": "1"}
+    ] * 1000
+    for _ in range(n // 1000):
+        countable, _ = services.validator.split(
+            body, fallback_key=partial(keys.position_in_message, str(uuid.uuid4())), received_at=bench.hour
+        )
+        services.counter.count(countable)
+    return (bench.redis.info("memory")["used_memory"] - before) / (n // 1000 * 1000)
 
 
 def bench_pending(bench: Bench, report: Report) -> None:

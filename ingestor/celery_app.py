@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Retry
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from flask import Flask
 
 from ingestor.messaging import topology
@@ -25,6 +25,7 @@ from ingestor.messaging.shutdown import finish_task_on_group_sigterm
 from ingestor.observability import metrics
 from ingestor.pulses import task_names
 from ingestor.pulses.raw_consumer import RawPulseConsumerStep
+from ingestor.redis_store import check_redis_settings
 from ingestor.settings import Settings, settings_of
 
 
@@ -120,6 +121,11 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.steps["consumer"].add(RawPulseConsumerStep)
     celery_app.set_default()
     app.extensions["celery"] = celery_app
+
+    @worker_init.connect(weak=False)
+    def _check_redis(**_: object) -> None:
+        # Before any task: a Redis that may evict keys would double-count pulses.
+        check_redis_settings(app.extensions["redis"])
 
     @worker_process_init.connect(weak=False)
     def _forget_parent_connections(**_: object) -> None:

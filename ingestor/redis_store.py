@@ -23,6 +23,30 @@ from ingestor.settings import settings_of
 OOM_REPLY_TEXT = "command not allowed when used memory > 'maxmemory'"
 
 
+class RedisSettingsError(RuntimeError):
+    """The Redis the ingestor writes to is set up in a way that loses or double-counts."""
+
+
+def check_redis_settings(redis: Redis) -> None:
+    """Refuse to start on a Redis that may evict keys: `maxmemory-policy noeviction`.
+
+    An evicted dedupe key or message ledger is a pulse counted twice, an evicted window
+    revenue lost. A Redis whose CONFIG command is renamed away (some managed services)
+    cannot be checked: that is the operator's to ensure, as the README says.
+    """
+    try:
+        policy = redis.config_get("maxmemory-policy").get("maxmemory-policy")
+    except ResponseError:
+        return
+    if policy not in (None, "noeviction", b"noeviction"):
+        shown = policy.decode() if isinstance(policy, bytes) else policy
+        raise RedisSettingsError(
+            f"Redis maxmemory-policy is {shown!r}: the ingestor needs 'noeviction' (an evicted "
+            "dedupe key is a pulse counted twice); run CONFIG SET maxmemory-policy noeviction "
+            "and set it in redis.conf"
+        )
+
+
 def init_app(app: Flask) -> None:
     """Attach a Redis client built from the app's settings."""
     settings = settings_of(app)

@@ -1,7 +1,10 @@
 """Counting valid pulses into Redis hour windows, each at most once (guarantees 2, 3).
 
-A batch is applied by one Lua script per tag, atomically: for each pulse, `SET
-dedupe-key NX EX horizon` and only if that set the key, `HINCRBY` its window bucket.
+A batch is applied by one Lua script per tag, atomically. A pulse with an id: `SET
+dedupe-key NX EX horizon`, and only if that set the key it counts. A pulse without id:
+it counts only if its bit in its message's ledger (a bitmap, `keys.message_ledger_key`)
+is clear and its v1 dedupe key is absent, and the script sets the bit; each ledger
+then expires a horizon after this call. Counted pulses `HINCRBY` their window bucket.
 A redelivered message therefore finds its dedupe keys set and counts nothing twice,
 and a crash can never leave a pulse deduped but not counted (the script runs whole or
 not at all). The script also registers each hour that received counts in the tag's
@@ -22,12 +25,15 @@ from ingestor.redis_store import is_out_of_memory
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
 # pulse only its dedupe key, its cell number and its micro-units.
-# KEYS: the tag's registry, the W distinct window bucket keys, then one dedupe key per pulse.
-# ARGV: horizon, W, C, then C cells as (window number, group), then per pulse
-#       (cell number, micro-units), then per window its registry field `w:<hour>`.
+# KEYS: the tag's registry, the W distinct window bucket keys, the L distinct message
+#       ledgers, then one dedupe key per pulse (for a pulse without id, its v1 key).
+# ARGV: horizon, W, C, L, then C cells as (window number, group), then per pulse
+#       (cell number, micro-units, ledger number or 0 for a pulse with id, its bit),
+#       then per window its registry field `w:<hour>`.
 # Returns how many pulses were counted (the others were duplicates).
 #
-# Per pulse the script runs one command, the SET NX. Counts and amounts are summed per
+# Per pulse the script runs one command, the SET NX, or (without id) GETBIT, EXISTS
+# and SETBIT. The EXISTS honours v1 keys; it can go one horizon after the upgrade. Counts and amounts are summed per
 # cell in Lua and written with one HINCRBY each at the end: Lua numbers are doubles,
 # exact for integers below 2^53, so a cell's running sum stays in Lua only while it is
 # below 2^52; a pulse that would take it further is added by HINCRBY from its string.
@@ -49,17 +55,27 @@ local EXACT_IN_LUA = 4503599627370496  -- 2^52
 local horizon = ARGV[1]
 local n_windows = tonumber(ARGV[2])
 local n_cells = tonumber(ARGV[3])
-local first_key = 2 + n_windows
-local first_arg = 4 + 2 * n_cells
+local n_ledgers = tonumber(ARGV[4])
+local first_key = 2 + n_windows + n_ledgers
+local first_arg = 5 + 2 * n_cells
 
-local function cell_window(cell) return KEYS[1 + tonumber(ARGV[2 + 2 * cell])] end
-local function cell_group(cell) return ARGV[3 + 2 * cell] end
+local function cell_window(cell) return KEYS[1 + tonumber(ARGV[3 + 2 * cell])] end
+local function cell_group(cell) return ARGV[4 + 2 * cell] end
+
+-- Whether a pulse is new, marking it seen: by its id's key, or by its bit in a ledger.
+local function first_time(key, ledger, bit)
+  if ledger == 0 then return redis.call('SET', key, 1, 'NX', 'EX', horizon) end
+  local ledger_key = KEYS[1 + n_windows + ledger]
+  if redis.call('GETBIT', ledger_key, bit) == 1 or redis.call('EXISTS', key) == 1 then return false end
+  redis.call('SETBIT', ledger_key, bit, 1)
+  return true
+end
 
 local counts, sums = {}, {}
 local counted = 0
 for k = first_key, #KEYS do
-  if redis.call('SET', KEYS[k], 1, 'NX', 'EX', horizon) then
-    local i = first_arg + 2 * (k - first_key)
+  local i = first_arg + 4 * (k - first_key)
+  if first_time(KEYS[k], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])) then
     local cell = tonumber(ARGV[i])
     local micro_units = ARGV[i + 1]
     local value = tonumber(micro_units)
@@ -80,11 +96,13 @@ for cell, count in pairs(counts) do
   end
   redis.call('HINCRBY', window, 'n|' .. group, count)
 end
+-- A ledger lives a horizon after its message's last count (no-op when nothing set it).
+for ledger = 1, n_ledgers do redis.call('EXPIRE', KEYS[1 + n_windows + ledger], horizon) end
 -- Each hour that received counts is registered; a new hour is a change readers must see.
 local first_live_field = #ARGV - n_windows
 local registered = {}
 for cell, _ in pairs(counts) do
-  local field = ARGV[first_live_field + tonumber(ARGV[2 + 2 * cell])]
+  local field = ARGV[first_live_field + tonumber(ARGV[3 + 2 * cell])]
   if not registered[field] then
     registered[field] = true
     if redis.call('HSETNX', KEYS[1], field, 1) == 1 then redis.call('HINCRBY', KEYS[1], 'v', 1) end
@@ -98,13 +116,17 @@ class CountablePulse(NamedTuple):
     """A validated pulse reduced to what Redis needs to count it.
 
     `window_key` is its live window bucket, `keys.window_key(tag, hour, tenant)` with
-    the tag of its dedupe record (`keys.tag_of_dedupe_key`).
+    the tag of its dedupe record (`keys.tag_of_dedupe_key`). A pulse without id has a
+    `ledger` (`keys.message_ledger_key`, same tag) and its `bit` there (its index); its
+    `dedupe_key` is then its v1 key, only read.
     """
 
     dedupe_key: bytes
     window_key: str
     group: bytes
     micro_units: int
+    ledger: bytes = b""
+    bit: int = 0
 
 
 class PulseCounter:
@@ -148,6 +170,7 @@ class PulseCounter:
     ) -> tuple[list[bytes | str], list[bytes | int | str]]:
         """KEYS and ARGV of one script call (layout described above INGEST_SCRIPT)."""
         windows: dict[str, int] = {}
+        ledgers: dict[bytes, int] = {}
         cells: dict[tuple[str, bytes], int] = {}
         cell_args: list[bytes | int] = []
         dedupe_keys: list[bytes | str] = []
@@ -158,11 +181,13 @@ class PulseCounter:
                 window = windows.setdefault(pulse.window_key, len(windows) + 1)
                 cell = cells[(pulse.window_key, pulse.group)] = len(cells) + 1
                 cell_args += (window, pulse.group)
+            ledger = ledgers.setdefault(pulse.ledger, len(ledgers) + 1) if pulse.ledger else 0
             dedupe_keys.append(pulse.dedupe_key)
-            pulse_args += (cell, pulse.micro_units)
-        script_keys = [keys.registry_key(tag), *windows, *dedupe_keys]
+            pulse_args += (cell, pulse.micro_units, ledger, pulse.bit)
+        script_keys = [keys.registry_key(tag), *windows, *ledgers, *dedupe_keys]
         live_fields = [keys.live_field_of_window(window) for window in windows]
-        return script_keys, [self._horizon, len(windows), len(cells), *cell_args, *pulse_args, *live_fields]
+        counts = [self._horizon, len(windows), len(cells), len(ledgers)]
+        return script_keys, [*counts, *cell_args, *pulse_args, *live_fields]
 
 
 def _per_tag(pulses: Sequence[CountablePulse]) -> list[tuple[str, Sequence[CountablePulse]]]:

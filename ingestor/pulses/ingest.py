@@ -80,20 +80,23 @@ class PulseValidator:
         return wire, rejected
 
     def split(
-        self, pulses: list[Any], *, fallback_key: Callable[[int], bytes], received_at: datetime
+        self, pulses: list[Any], *, fallback_key: Callable[[int], keys.Position], received_at: datetime
     ) -> tuple[list[CountablePulse], list[Rejection]]:
         """Validate every pulse of a message; nothing in `pulses` can make this raise.
 
         A pulse with an `id` is deduplicated by (tenant, id); one without by
-        `fallback_key(index)`, its place in the message as the caller identifies it.
+        `fallback_key(index)`, its place in the message as the caller identifies it
+        (one bit in the message's ledger).
         """
         valid, rejected = self.check(pulses)
         countable: list[CountablePulse] = []
         for index, pulse in valid:
+            ledger, place = b"", 0
             if pulse.get("id") is not None:
                 dedupe_key = keys.dedupe_key_for_id(pulse["tenant"], pulse["id"])
             else:
-                dedupe_key = fallback_key(index)
+                dedupe_key, scope, place = fallback_key(index)
+                ledger = keys.message_ledger_key(keys.tag_of_dedupe_key(dedupe_key), scope)
             # A pulse without a timestamp happened when it entered the system.
             hour = keys.hour_of(pulse.get("timestamp") or received_at)
             countable.append(
@@ -102,6 +105,8 @@ class PulseValidator:
                     window_key=keys.window_key(keys.tag_of_dedupe_key(dedupe_key), hour, pulse["tenant"]),
                     group=keys.group_field(pulse["tenant"], pulse["product_sku"], pulse["use_unity"]),
                     micro_units=to_micro_units(pulse["used_amount"]),
+                    ledger=ledger,
+                    bit=place,
                 )
             )
         return countable, rejected
@@ -124,7 +129,7 @@ def ingest_batch(
     """
     received_at = received_at or datetime.now(UTC)
     countable, rejected = validator.split(
-        pulses, fallback_key=partial(keys.dedupe_key_for_position, message_id), received_at=received_at
+        pulses, fallback_key=partial(keys.position_in_message, message_id), received_at=received_at
     )
     counted = counter.count(countable) if countable else 0
     reasons = record_rejections(database, source=source, message_id=message_id, rejections=rejected)

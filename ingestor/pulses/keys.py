@@ -22,7 +22,13 @@ node; a pulse's tag comes from the digest of its dedupe record, `tag_of_record`)
 - `ingestor:corrupt-snapshots`: names of snapshot keys a flush set aside, untouched.
 - `ingestor:usage-version`, `ingestor:usage-total:<version>:<filter>`: cached row
   counts of the API, made unreachable by each flush commit (pulses/queries.py).
-- `d<11-byte digest>`: one dedupe key per counted pulse, expiring after the horizon.
+- `ingestor:{t}:m:<11-byte digest>`: the ledger of one message scope (a Celery task
+  id, an AMQP message_id), for its pulses WITHOUT id: a bitmap, bit i set once pulse i
+  of the message is counted, expiring a horizon after the message's last count. About
+  N/8 bytes and one key per message, where v1 held one `d` key (~100 B) per pulse.
+- `d<11-byte digest>`: one dedupe key per counted pulse with an id, expiring after the
+  horizon. Pulses without id had one too in v1: a pulse whose message has no bit set
+  still counts as seen while its v1 key lives (one horizon after the upgrade).
   Kept to 12 bytes on purpose: they are most of the memory the ingestor uses, and a
   key of 12 bytes or less takes the smallest allocation (about 100 bytes a key all
   told, against 117 at 18 bytes). 88 bits of digest: a billion ids held at once
@@ -48,6 +54,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import NamedTuple
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
@@ -309,6 +316,36 @@ def _digest(kind: bytes, *parts: str) -> bytes:
 def dedupe_key_for_id(tenant: str, pulse_id: str) -> bytes:
     """Dedupe key of a pulse the producer gave an id: (tenant, id) counts once."""
     return _digest(b"id", tenant, pulse_id)
+
+
+class Position(NamedTuple):
+    """Where a pulse without id sits: its message scope's digest and its index there,
+    and the v1 dedupe key it had before the message ledgers."""
+
+    legacy_key: bytes
+    scope: bytes
+    place: int
+
+
+@lru_cache(maxsize=4096)
+def _scope_digest(kind: bytes, message_id: str) -> bytes:
+    # One digest per message, not per pulse: its pulses share their ledger.
+    return _digest(kind, message_id)[len(DEDUPE_PREFIX) :]
+
+
+def message_ledger_key(tag: str, scope: bytes) -> bytes:
+    """The bitmap of the counted pulses of one message scope in a tag."""
+    return f"{PREFIX}{{{tag}}}:m:".encode() + scope
+
+
+def position_in_message(message_id: str, index: int) -> Position:
+    """The place of a pulse without id in a (Celery) message: stable on redelivery."""
+    return Position(dedupe_key_for_position(message_id, index), _scope_digest(b"pos", message_id), index)
+
+
+def position_in_amqp_message(message_id: str, index: int) -> Position:
+    """The place of a raw-queue pulse without id in the AMQP message its producer named."""
+    return Position(dedupe_key_for_amqp_message(message_id, index), _scope_digest(b"amqp", message_id), index)
 
 
 def dedupe_key_for_position(message_id: str, index: int) -> bytes:

@@ -131,7 +131,7 @@ def decode_body(body: bytes | str, max_bytes: int) -> list[Any]:
     raise UndecodableBody(f"a JSON {type(decoded).__name__}, not a pulse or an array of pulses", "not_pulses")
 
 
-def fallback_key_of(amqp_message_id: str | None) -> Callable[[int], bytes]:
+def fallback_key_of(amqp_message_id: str | None) -> Callable[[int], keys.Position]:
     """How a pulse without `id` in this message is deduplicated, by its index.
 
     By (message_id, index) when the producer set an AMQP message_id: stable across
@@ -139,15 +139,15 @@ def fallback_key_of(amqp_message_id: str | None) -> Callable[[int], bytes]:
     in normal operation, but a redelivery after the Redis write counts it again.
     """
     if amqp_message_id:
-        return partial(keys.dedupe_key_for_amqp_message, amqp_message_id)
+        return partial(keys.position_in_amqp_message, amqp_message_id)
     scope: list[str] = []
 
-    def random_scope_key(index: int) -> bytes:
+    def random_scope_key(index: int) -> keys.Position:
         # Drawn on first use only: most pulses carry an id, and uuid4 was 7% of the
         # consumer's time when drawn for every message.
         if not scope:
             scope.append(str(uuid.uuid4()))
-        return keys.dedupe_key_for_position(scope[0], index)
+        return keys.position_in_message(scope[0], index)
 
     return random_scope_key
 

@@ -38,7 +38,7 @@ from ingestor.pulses.schema import DECIMAL_STRING, MAX_AMOUNT, MAX_FRACTION_DIGI
 logger = logging.getLogger(__name__)
 
 
-def _same_key(key: bytes, _index: int) -> bytes:
+def _same_key(key: keys.Position, _index: int) -> keys.Position:
     # The fallback key of a replayed row: its own, whatever its index in the call.
     return key
 
@@ -166,8 +166,9 @@ def _valid_pulses(
         if isinstance(pulse, dict) and pulse.get("timestamp") is None:
             # It entered the system then: that hour, and the late limit applies to it.
             pulse["timestamp"] = row.received_at.isoformat()
-        # Without an id, a key of the row's own: unique per row, the same every replay.
-        row_key = keys.dedupe_key_for_position(f"rejected:{row.message_id}", row.position)
+        # Without an id, a place of the row's own: unique per row, the same every replay
+        # (its bit in the ledger of its message's rejected rows).
+        row_key = keys.position_in_message(f"rejected:{row.message_id}", row.position)
         countable, rejections = validator.split(
             [pulse], fallback_key=partial(_same_key, row_key), received_at=row.received_at
         )

@@ -55,7 +55,7 @@ def test_any_valid_amounts_sum_exactly_through_redis_and_persist(app, database, 
     services = app.extensions["pulses"]
     countable, rejected = services.validator.split(
         pulses,
-        fallback_key=lambda index: keys.dedupe_key_for_position(tenant, index),
+        fallback_key=lambda index: keys.position_in_message(tenant, index),
         received_at=entries[0][1],
     )
     assert rejected == []
