@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from celery import Celery
@@ -139,3 +140,15 @@ def test_quorum_over_existing_classic_queues_is_a_clear_topology_conflict(settin
         with pytest.raises(topology.TopologyConflict, match="BROKER_QUEUE_TYPE=quorum") as raised:
             topology.declare_topology(connection, raw_queue_name=None, queue_type=topology.QUORUM)
     assert "delete_queue pulses" in str(raised.value)
+
+
+def test_a_publisher_fails_over_to_the_next_node_listed_in_broker_url(quorum_settings):
+    # Port 1: nothing listens there, a node that is down.
+    dead_node = quorum_settings.broker_url.replace("127.0.0.1:5672", "127.0.0.1:1")
+    settings = replace(quorum_settings, broker_url=f"{dead_node};{quorum_settings.broker_url}")
+    celery_app = create_app(settings).extensions["celery"]
+    before = queue_depth(quorum_settings.broker_url, topology.PULSES)
+
+    publish_pulse_batch(celery_app, [], task_id="failover-0")
+
+    assert queue_depth(quorum_settings.broker_url, topology.PULSES) == before + 1
