@@ -152,3 +152,34 @@ def test_a_publisher_fails_over_to_the_next_node_listed_in_broker_url(quorum_set
     publish_pulse_batch(celery_app, [], task_id="failover-0")
 
     assert queue_depth(quorum_settings.broker_url, topology.PULSES) == before + 1
+
+
+def test_a_task_retried_with_backoff_on_quorum_queues_counts_once(quorum_settings, quorum_producer, database):
+    # Its first two runs fail on a transient Redis error: retried with a countdown,
+    # which on quorum queues travels through Celery's native delayed delivery.
+    app = create_app(quorum_settings)
+    ledger = Ledger()
+    batch = make_pulses(ledger, 100, prefix="retried", hour=hour_ago(2))
+    worker = WorkerProcess(
+        quorum_settings,
+        "quorum-flaky",
+        app="tests.support.flaky_worker",
+        extra_env={"FAIL_KEY": "test:flaky-failures", "FAIL_TIMES": "2"},
+    )
+    dead_before = queue_depth(quorum_settings.broker_url, topology.DEAD_LETTERS)
+    worker.start(quorum_producer)
+    try:
+        publish_pulse_batch(app.extensions["celery"], batch, task_id="retried-0")
+        deadline = time.monotonic() + 60
+        while app.extensions["redis"].get("test:flaky-failures") in (None, b"1", b"2"):
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.2)
+        wait_until_idle(quorum_producer, worker, QUEUES)
+        quorum_producer.send_task(PERSIST_PULSES, exchange=topology.PERSIST, routing_key=topology.PERSIST)
+        wait_until_idle(quorum_producer, worker, QUEUES)
+    finally:
+        worker.stop()
+    log = worker.log.read_text()
+    assert log.count("Retry in") == 2, worker.tail()
+    assert persisted_sums(database) == ledger.expected()
+    assert queue_depth(quorum_settings.broker_url, topology.DEAD_LETTERS) == dead_before
