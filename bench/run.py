@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.client import HTTPConnection
@@ -36,7 +36,7 @@ from sqlalchemy import text
 from ingestor import create_app
 from ingestor.auth.models import User
 from ingestor.database import upgrade_schema
-from ingestor.messaging.topology import ALL_QUEUES, declare_topology, raw_queue
+from ingestor.messaging.topology import ALL_QUEUES, QUORUM, declare_topology, raw_queue
 from ingestor.pulses import keys
 from ingestor.pulses.aggregation import CountablePulse
 from ingestor.pulses.keyset import encode_cursor
@@ -135,18 +135,23 @@ class Bench:
             "timestamp": self.hour.isoformat(),
         }
 
-    def worker(self, name: str, app: str = "ingestor") -> WorkerProcess:
+    def worker(self, name: str, app: str = "ingestor", settings: Settings | None = None) -> WorkerProcess:
         return WorkerProcess(
-            self.settings,
+            settings or self.settings,
             f"bench-{name}",
             concurrency=os.cpu_count() or 2,
             app=app,
             extra_env={"REDIS_URL": REDIS_URL},
         )
 
-    def time_consumption(self, worker: WorkerProcess, counted: Callable[[], int], total: int) -> float:
-        """Start `worker` on the queued messages; pulses/s from the first counted to the last."""
-        worker.start(self.producer)
+    def time_consumption(
+        self, worker: WorkerProcess, counted: Callable[[], int], total: int, control: Celery | None = None
+    ) -> float:
+        """Start `worker` on the queued messages; pulses/s from the first counted to the last.
+
+        `control`: a Celery app on the worker's vhost (default: the bench's), to ping it.
+        """
+        worker.start(control or self.producer)
         try:
             deadline = time.monotonic() + self.args.timeout
             while (first := counted()) == 0:
@@ -191,13 +196,23 @@ def bench_baseline(bench: Bench, report: Report) -> float:
     return rate
 
 
-def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
+def _ingest_pulses_rate(
+    bench: Bench, settings: Settings | None = None, producer: Celery | None = None
+) -> float:
+    """pulses/s of ingest_pulses batches through `settings`' broker (default: the bench's)."""
     n, size = bench.args.pulses, bench.args.batch_size
+    producer = producer or bench.producer
     bench.reset()
     for start in range(0, n, size):
         batch = [bench.pulse(i) for i in range(start, min(n, start + size))]
-        bench.producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
-    rate = bench.time_consumption(bench.worker("batches"), bench.dedupe_keys, n)
+        producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
+    worker = bench.worker("batches", settings=settings)
+    return bench.time_consumption(worker, bench.dedupe_keys, n, control=producer)
+
+
+def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
+    n, size = bench.args.pulses, bench.args.batch_size
+    rate = _ingest_pulses_rate(bench)
     report.add(
         Row(
             f"{INGEST_PULSES} (validated, deduped, late ack)",
@@ -210,6 +225,30 @@ def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
     )
     ratio = rate / baseline
     report.add(Row("  ratio to the baseline", ratio, "×", "≥ 25×", ratio >= 25))
+
+
+def bench_quorum(bench: Bench, report: Report) -> None:
+    """ingest_pulses on quorum task queues (BROKER_QUEUE_TYPE=quorum, one node) against classic.
+
+    Interleaved rounds, medians: both share the machine's noise alike.
+    """
+    broker_url = recreate_vhost(f"{VHOST}_quorum")
+    with Connection(broker_url) as connection:
+        declare_topology(connection, queue_type=QUORUM)
+    settings = replace(bench.settings, broker_url=broker_url, broker_queue_type=QUORUM)
+    producer = Celery("bench-quorum-producer", broker=broker_url, set_as_current=False)
+    classic, quorum = [], []
+    for _ in range(bench.args.worker_rounds):
+        classic.append(_ingest_pulses_rate(bench))
+        quorum.append(_ingest_pulses_rate(bench, settings, producer))
+    producer.close()
+    detail = f"{bench.args.pulses:,} pulses in batches of {bench.args.batch_size}, median of {len(quorum)}"
+    report.add(
+        Row(f"{INGEST_PULSES} on classic queues", statistics.median(classic), "pulses/s", detail=detail)
+    )
+    report.add(Row(f"{INGEST_PULSES} on quorum queues", statistics.median(quorum), "pulses/s", detail=detail))
+    ratio = statistics.median(quorum) / statistics.median(classic)
+    report.add(Row("  quorum to classic", ratio, "×"))
 
 
 def _ingest_pulse_rate(bench: Bench) -> float:
@@ -830,7 +869,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         nargs="*",
         default=[],
-        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending"],
+        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending", "quorum"],
         help="run only these parts",
     )
     return parser.parse_args(argv)
@@ -847,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
         "rejected",
         "memory",
         "pending",
+        "quorum",
     }
     bench = Bench(args)
     report = Report()
@@ -869,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_redis_memory(bench, report)
     if "pending" in wanted:
         bench_pending(bench, report)
+    if "quorum" in wanted:
+        bench_quorum(bench, report)
     bench.reset()
     print()
     print(report.table())

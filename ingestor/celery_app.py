@@ -31,6 +31,7 @@ from ingestor.settings import Settings, settings_of
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours."""
+    quorum = settings.broker_queue_type == topology.QUORUM
     return {
         "broker_url": settings.broker_url,
         # py-amqp reading the socket ahead, not 7 bytes at a time (see amqp_transport).
@@ -49,11 +50,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # their request class (see messaging/serialization.py); producers send json.
         "accept_content": ["json", EXACT_JSON],
         "task_serializer": "json",
-        "task_queues": topology.CONSUMED_QUEUES,
+        "task_queues": topology.task_queues(settings.broker_queue_type),
         "task_create_missing_queues": False,
         "task_default_queue": topology.PULSES,
         "task_default_exchange": topology.PULSES,
         "task_default_routing_key": topology.PULSES,
+        # Quorum queues: Celery 5.5+ sees their type (worker_detect_quorum_queues, on by
+        # default), turns global QoS off (quorum queues refuse it) and carries countdown
+        # retries through its native delayed delivery, which binds to topic exchanges.
+        "task_default_exchange_type": "topic" if quorum else "direct",
+        "task_default_queue_type": settings.broker_queue_type,
+        "worker_detect_quorum_queues": True,
         "task_routes": {
             task_names.PERSIST_PULSES: {"queue": topology.PERSIST, "routing_key": topology.PERSIST},
             task_names.POPULATE_PULSES: {"queue": topology.POPULATE, "routing_key": topology.POPULATE},

@@ -21,6 +21,8 @@ DEVELOPMENT = "development"
 DEVELOPMENT_JWT_SECRET = "development-only-insecure-jwt-secret-key"
 MIN_JWT_SECRET_LENGTH = 32
 LOG_FORMATS = ("json", "text")
+# As ingestor.messaging.topology.QUEUE_TYPES (settings import nothing of the project).
+BROKER_QUEUE_TYPES = ("classic", "quorum")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings for which 0 means "off" (every other one must be positive).
 ZERO_MEANS_OFF = frozenset({"metrics_port", "trusted_proxies", "user_lookup_grace_seconds"})
@@ -83,7 +85,13 @@ class Settings:
     """Runtime configuration of the web, worker and beat processes."""
 
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor"
+    # Several RabbitMQ nodes, separated by ";" (amqp://a//;amqp://b//): kombu fails
+    # over to the next one when a node is unreachable.
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    # The type of the Celery task queues (pulses, persist, populate): "classic", for a
+    # single RabbitMQ node (quorum replication buys nothing there and costs throughput),
+    # or "quorum", replicated across a RabbitMQ cluster (see messaging/topology.py).
+    broker_queue_type: str = "classic"
     redis_url: str = "redis://127.0.0.1:6379/0"
     # A host that drops packets (a firewall, a dead machine) answers nothing and resets
     # nothing: without these the client waits for the OS TCP timeout, minutes, and so
@@ -212,6 +220,10 @@ class Settings:
                 raise SettingsError(
                     f"{name.upper()} must be rate limits like '10/minute;100/hour', got {getattr(self, name)!r}"
                 ) from None
+        if self.broker_queue_type not in BROKER_QUEUE_TYPES:
+            raise SettingsError(
+                f"BROKER_QUEUE_TYPE must be one of {', '.join(BROKER_QUEUE_TYPES)}, got {self.broker_queue_type!r}"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError(f"METRICS_PORT must be a TCP port (0: off), got {self.metrics_port}")
         if self.app_env != DEVELOPMENT and (

@@ -24,7 +24,7 @@ from ingestor.messaging import topology
 from ingestor.observability import metrics
 from ingestor.pulses import get_pulses, populate
 from ingestor.pulses.keyset import InvalidCursor
-from ingestor.pulses.publishing import BrokerUnavailable, publish_pulse_batch, publish_task
+from ingestor.pulses.publishing import BrokerUnavailable, configured_queue, publish_pulse_batch, publish_task
 from ingestor.pulses.queries import UsageFilter, get_usage, list_usage
 from ingestor.pulses.task_names import POPULATE_PULSES
 from ingestor.redis_store import get_redis
@@ -149,7 +149,7 @@ def start_populate(job: dict):
             celery_app,
             POPULATE_PULSES,
             [job_id, worker_index, count, job["buffer_size"]],
-            topology.populate_queue,
+            configured_queue(celery_app, topology.POPULATE),
         )
     return _progress_or_404(job_id)
 

@@ -9,6 +9,7 @@ from celery import bootsteps
 from celery.worker.consumer import Consumer
 
 from ingestor.messaging.topology import declare_topology
+from ingestor.settings import settings_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,4 +40,5 @@ class DeclareTopology(bootsteps.StartStopStep):
 
     def start(self, parent: Consumer) -> None:
         # The raw queue is declared by the raw consumer step, under its configured name.
-        declare_topology(parent.connection, raw_queue_name=None)
+        queue_type = settings_of(parent.app.flask_app).broker_queue_type
+        declare_topology(parent.connection, raw_queue_name=None, queue_type=queue_type)

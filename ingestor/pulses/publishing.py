@@ -18,7 +18,7 @@ from ingestor.messaging import topology
 from ingestor.outages import BrokerUnavailable
 from ingestor.pulses.task_names import INGEST_PULSES
 
-__all__ = ["BrokerUnavailable", "publish_pulse_batch", "publish_task"]
+__all__ = ["BrokerUnavailable", "configured_queue", "publish_pulse_batch", "publish_task"]
 
 # Fail fast: an HTTP client waiting on a dead broker is better told 503 in seconds.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
@@ -55,4 +55,11 @@ def publish_task(celery_app: Celery, name: str, args: list[Any], queue, task_id:
 
 def publish_pulse_batch(celery_app: Celery, pulses: list[dict[str, Any]], task_id: str | None = None) -> str:
     """Enqueue `pulses` as one `ingestor.ingest_pulses` task; its task id."""
-    return publish_task(celery_app, INGEST_PULSES, [pulses], topology.pulses_queue, task_id)
+    return publish_task(
+        celery_app, INGEST_PULSES, [pulses], configured_queue(celery_app, topology.PULSES), task_id
+    )
+
+
+def configured_queue(celery_app: Celery, name: str) -> Any:
+    """The task queue `name` as `celery_app` is configured (its BROKER_QUEUE_TYPE)."""
+    return next(queue for queue in celery_app.conf.task_queues if queue.name == name)

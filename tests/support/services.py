@@ -43,6 +43,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "BROKER_URL": settings.broker_url,
+        "BROKER_QUEUE_TYPE": settings.broker_queue_type,
         "DEDUPE_HORIZON_SECONDS": str(settings.dedupe_horizon_seconds),
         "REDIS_CHUNK_SIZE": str(settings.redis_chunk_size),
         "RAW_QUEUE": settings.raw_queue,
