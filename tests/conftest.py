@@ -58,8 +58,7 @@ def redis_client(app: Flask) -> Redis:
 @pytest.fixture(scope="session")
 def producer(settings: Settings) -> Iterator[Celery]:
     """A Celery app that knows nothing of the project: what another service would have."""
-    producer = Celery("producer", broker=settings.broker_url, set_as_current=False)
-    producer.conf.broker_transport_options = {"confirm_publish": True}
+    producer = services.external_producer(settings.broker_url)
     yield producer
     producer.close()
 

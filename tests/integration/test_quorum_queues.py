@@ -8,8 +8,6 @@ classic queues, and a queue cannot be both.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -43,35 +41,15 @@ def quorum_settings(_services_ready: None) -> Settings:
 
 @pytest.fixture(scope="module")
 def quorum_producer(quorum_settings: Settings) -> Iterator[Celery]:
-    producer = Celery("producer", broker=quorum_settings.broker_url, set_as_current=False)
-    producer.conf.broker_transport_options = {"confirm_publish": True}
+    producer = services.external_producer(quorum_settings.broker_url)
     yield producer
     producer.close()
 
 
 def delayed_delivery_targets() -> set[str]:
     """The exchanges Celery's native delayed delivery exchange is bound to, in the quorum vhost."""
-    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    listing = subprocess.run(
-        [
-            ctl,
-            "-q",
-            "list_bindings",
-            "-p",
-            QUORUM_VHOST,
-            "--no-table-headers",
-            "source_name",
-            "destination_name",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {
-        destination
-        for source, _, destination in (line.partition("\t") for line in listing.splitlines())
-        if source == "celery_delayed_delivery"
-    }
+    rows = services.rabbitmqctl_rows("list_bindings", QUORUM_VHOST, "source_name", "destination_name")
+    return {destination for source, destination in rows if source == "celery_delayed_delivery"}
 
 
 def queue_type_of(broker_url: str, name: str) -> str:

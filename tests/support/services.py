@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from urllib.parse import quote
 
+from celery import Celery
 from kombu import Connection
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -81,3 +82,25 @@ def recreate_vhost(vhost: str = RABBITMQ_VHOST) -> str:
     with Connection(broker_url) as connection:
         connection.ensure_connection(max_retries=3)
     return broker_url
+
+
+def rabbitmqctl_rows(command: str, vhost: str, *columns: str) -> list[list[str]]:
+    """The rows `rabbitmqctl <command> -p <vhost> <columns...>` prints, split into columns."""
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    listing = subprocess.run(
+        [ctl, "-q", command, "-p", vhost, "--no-table-headers", *columns],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.split("\t") for line in listing.splitlines()]
+
+
+def external_producer(broker_url: str) -> Celery:
+    """A Celery app that knows nothing of the project (what another service would have).
+
+    Publishes with confirms, as every producer of pulses should. The caller closes it.
+    """
+    producer = Celery("producer", broker=broker_url, set_as_current=False)
+    producer.conf.broker_transport_options = {"confirm_publish": True}
+    return producer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from celery import Celery
 from kombu import Connection
 
 from ingestor.settings import Settings
+from tests.support import services
 from tests.support.services import RABBITMQ_VHOST, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,25 +124,10 @@ def queue_counts(queue: str) -> tuple[int, int]:
     The unacknowledged count needs `rabbitmqctl`: it is what tells a message held in
     a raw consumer's open batch from one counted and acked.
     """
-    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    listing = subprocess.run(
-        [
-            ctl,
-            "-q",
-            "list_queues",
-            "-p",
-            RABBITMQ_VHOST,
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in listing.splitlines():
-        name, ready, unacked = line.split("\t")
+    rows = services.rabbitmqctl_rows(
+        "list_queues", RABBITMQ_VHOST, "name", "messages_ready", "messages_unacknowledged"
+    )
+    for name, ready, unacked in rows:
         if name == queue:
             return int(ready), int(unacked)
     raise LookupError(f"no queue {queue!r} in vhost {RABBITMQ_VHOST!r}")
