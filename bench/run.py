@@ -2,9 +2,11 @@
 
 Every figure comes from real processes on the machine's PostgreSQL, Redis and
 RabbitMQ, in resources of the benchmark's own (database `pulse_ingestor_bench`, Redis
-db 13, vhost `pulse_ingestor_bench`). Throughputs are ratios against a naive baseline
-measured in the same run, so they compare on any machine; absolute targets are this
-2-core machine's. The table is printed and written to bench/results/<time>.json.
+db 13, vhost `pulse_ingestor_bench`; `BENCH_DATABASE_URL`, `BENCH_REDIS_URL` and
+`BENCH_RABBITMQ_VHOST` point them elsewhere, so two runs can share a machine).
+Throughputs are ratios against a naive baseline measured in the same run, so they
+compare on any machine; absolute targets are this 2-core machine's. The table is
+printed and written to bench/results/<time>.json.
 
 Worker throughput is timed from the first pulse counted to the last, with the
 messages queued beforehand: worker start-up is not in the figure.
@@ -47,9 +49,11 @@ from ingestor.settings import Settings
 from tests.support.services import recreate_database, recreate_vhost, settings_env
 from tests.support.worker import WorkerProcess
 
-DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor_bench"
-REDIS_URL = "redis://127.0.0.1:6379/13"
-VHOST = "pulse_ingestor_bench"
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/pulse_ingestor_bench"
+)
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+VHOST = os.environ.get("BENCH_RABBITMQ_VHOST", "pulse_ingestor_bench")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
