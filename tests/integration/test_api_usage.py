@@ -8,15 +8,21 @@ shows only what PostgreSQL holds. The refusals are 400s naming the parameter.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
+import subprocess
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import text
 
 from ingestor.api.usage import MAX_JSON_ROWS
 from ingestor.pulses import keys
@@ -302,8 +308,6 @@ def test_more_rows_than_the_json_cap_is_a_400_pointing_to_csv(client, auth, data
 
 def insert_groups(database, groups: int) -> None:
     """`groups` persisted sums of one hour (2026-11-01 00:00 UTC), sku-1..sku-N, amount N.000001 each."""
-    from sqlalchemy import text
-
     with database.engine.begin() as connection:
         connection.execute(
             text(
@@ -313,3 +317,94 @@ def insert_groups(database, groups: int) -> None:
             ),
             {"groups": groups},
         )
+
+
+# --- CSV through an outside client, against gunicorn as the Procfile runs it -----------------
+
+
+def curl(port: int, token: str, params: dict, output, *extra: str) -> subprocess.Popen:
+    url = f"http://127.0.0.1:{port}/api/v1/usage?{urlencode(params, doseq=True)}"
+    return subprocess.Popen(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--output",
+            str(output),
+            "-H",
+            f"Authorization: Bearer {token}",
+            *extra,
+            url,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_csv_streams_more_rows_than_the_json_cap_in_byte_order(gunicorn, token, database, tmp_path):
+    groups = MAX_JSON_ROWS + 5
+    insert_groups(database, groups)
+    output = tmp_path / "usage.csv"
+    params = {"from": FROM, "to": TO, "group_by": "product_sku", "window_size": "day", "format": "csv"}
+    process = curl(gunicorn, token, params, output, "--write-out", "%{http_code} %{content_type}")
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr
+    data = output.read_bytes()
+    assert data.endswith(b"\r\n"), "a complete CSV ends with its line end"
+    rows = list(csv.reader(io.StringIO(data.decode())))
+    assert rows[0] == ["window_start", "window_end", "product_sku", "used_amount", "pulse_count"]
+    assert len(rows) == groups + 1
+    skus = [row[2] for row in rows[1:]]
+    assert skus == sorted(f"sku-{n}" for n in range(1, groups + 1))  # sku-1, sku-10, sku-100, ...
+    assert {(row[0], row[1]) for row in rows[1:]} == {
+        ("2026-11-01T00:00:00+00:00", "2026-11-02T00:00:00+00:00")
+    }
+    amounts = {row[2]: row[3] for row in rows[1:]}
+    assert amounts["sku-100005"] == "100005.000001" and amounts["sku-7"] == "7.000001"
+
+
+def test_csv_by_accept_header_holds_the_json_rows_pending_included(
+    gunicorn, token, client, auth, ledger, tmp_path
+):
+    params = {
+        "from": (DAY - timedelta(days=1)).isoformat(),
+        "to": (DAY + timedelta(days=2)).isoformat(),
+        "window_size": "hour",
+        "group_by": ["tenant", "use_unity"],
+    }
+    output = tmp_path / "usage.csv"
+    process = curl(gunicorn, token, params, output, "-H", "Accept: text/csv")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    rows = list(csv.DictReader(io.StringIO(output.read_text())))
+    json_rows = client.get("/api/v1/usage", query_string=params, headers=auth).get_json()["rows"]
+    assert rows == [{name: str(value) for name, value in row.items()} for row in json_rows]
+    assert answered({"rows": json_rows}, utc_hour, ("tenant", "use_unity")) == expected(
+        ledger, utc_hour, ("tenant", "use_unity")
+    )
+
+
+def test_a_csv_broken_off_by_a_database_failure_is_visibly_incomplete(gunicorn, token, database, tmp_path):
+    insert_groups(database, MAX_JSON_ROWS + 5)
+    output = tmp_path / "usage.csv"
+    params = {"from": FROM, "to": TO, "group_by": "product_sku", "format": "csv"}
+    # Slow enough that the stream is still running when its database session is killed.
+    process = curl(gunicorn, token, params, output, "--limit-rate", "300k")
+    killed = 0
+    deadline = time.monotonic() + 30
+    while not killed and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not output.exists() or output.stat().st_size < 100_000:
+            continue  # not started yet: a failure now is an ordinary 503
+        with database.engine.begin() as connection:
+            killed = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND (query LIKE 'FETCH%' OR query LIKE '%width_bucket%')"
+                )
+            ).scalar_one()
+    _, stderr = process.communicate(timeout=120)
+    assert killed, "the streaming session was found"
+    assert process.returncode == 18, (process.returncode, stderr)  # curl: transfer closed, data missing
+    data = output.read_bytes()
+    assert data.startswith(b"window_start,") and not data.endswith(b"\r\n")
