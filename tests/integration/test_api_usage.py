@@ -384,6 +384,19 @@ def test_csv_by_accept_header_holds_the_json_rows_pending_included(
     )
 
 
+# The sessions of this test database fetching from a usage cursor (not this one's).
+STREAMING_SESSIONS = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND pid <> pg_backend_pid() AND (query LIKE 'FETCH%' OR query LIKE '%width_bucket%')"
+)
+
+
+def kill_streaming_sessions(database) -> int:
+    """Terminate the database sessions streaming a usage answer; how many there were."""
+    with database.engine.connect() as connection:
+        return connection.scalar(text(STREAMING_SESSIONS)) or 0
+
+
 def test_a_csv_broken_off_by_a_database_failure_is_visibly_incomplete(gunicorn, token, database, tmp_path):
     insert_groups(database, MAX_JSON_ROWS + 5)
     output = tmp_path / "usage.csv"
@@ -396,13 +409,7 @@ def test_a_csv_broken_off_by_a_database_failure_is_visibly_incomplete(gunicorn, 
         time.sleep(0.2)
         if not output.exists() or output.stat().st_size < 100_000:
             continue  # not started yet: a failure now is an ordinary 503
-        with database.engine.begin() as connection:
-            killed = connection.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND pid <> pg_backend_pid() AND (query LIKE 'FETCH%' OR query LIKE '%width_bucket%')"
-                )
-            ).scalar_one()
+        killed = kill_streaming_sessions(database)
     _, stderr = process.communicate(timeout=120)
     assert killed, "the streaming session was found"
     assert process.returncode == 18, (process.returncode, stderr)  # curl: transfer closed, data missing

@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import ClassVar
 
 import pytest
@@ -299,17 +300,10 @@ def test_a_bucket_bigger_than_the_field_budget_is_read_whole_in_several_calls(
 
 
 def test_reads_during_ingest_and_flushes_killed_mid_way_count_every_pulse_once(
-    settings, database, redis_client, ingest, persister, tmp_path
+    app, database, redis_client, ingest, tmp_path
 ):
     """The exactly-once proof (tests/support/pending_chaos.py): pulses counted and
     flushed (in process, and in processes killed after their rename or their commit)
     while a reader reads in a loop."""
-    reads_during_ingest_and_killed_flushes(
-        lambda tenants: read_usage(database, redis_client, tenants),
-        settings=settings,
-        redis_client=redis_client,
-        ingest=ingest,
-        persister=persister,
-        hours=HOURS,
-        tmp_path=tmp_path,
-    )
+    read = partial(read_usage, database, redis_client)
+    reads_during_ingest_and_killed_flushes(read, app, ingest, HOURS, tmp_path)

@@ -22,8 +22,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from flask import Flask
+
 from ingestor.pulses import keys
 from ingestor.pulses.persistence import Persister
+from ingestor.settings import settings_of
 from tests.support.services import settings_env
 from tests.support.windows import countable
 
@@ -110,18 +113,20 @@ def exceeds(left: Totals, right: Totals) -> dict[str, tuple]:
 
 def reads_during_ingest_and_killed_flushes(
     read: Read,
-    *,
-    settings,
-    redis_client,
+    app: Flask,
     ingest: Ingest,
-    persister: Persister,
     hours: list[datetime],
     tmp_path: Path,
+    *,
     seconds: float = 12,
     min_reads: int = 50,
     reads_between_crashes: int = 30,
 ) -> Counter[str]:
-    """The exactly-once proof for `read` (see the module docstring); the reads made, by kind."""
+    """The exactly-once proof for `read` (see the module docstring), pulses counted in
+    `hours` by `ingest` and flushed by `app`'s persister; the reads made, by kind."""
+    settings = settings_of(app)
+    redis_client = app.extensions["redis"]
+    persister: Persister = app.extensions["pulses"].persister
     tenants = ["acme", "globex", *bucket_mates("acme", 2)]
     stop = threading.Event()
     errors: list[BaseException] = []
