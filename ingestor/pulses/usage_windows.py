@@ -23,6 +23,9 @@ from zoneinfo import ZoneInfo
 
 WINDOW_SIZES = ("hour", "day", "month")
 MAX_RANGE = timedelta(days=400)
+# Bounds are refused outside these years: far from datetime's own limits (years 1 and
+# 9999), where converting to UTC or finding the next local month would overflow.
+FIRST_YEAR, LAST_YEAR = 1900, 9000
 _HOUR = timedelta(hours=1)
 
 
@@ -111,6 +114,11 @@ def _whole_hour(parameter: str, value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise WindowsRefused(
             parameter, f"'{parameter}' needs an offset (e.g. +00:00 or Z): {value.isoformat()}."
+        )
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
+        raise WindowsRefused(
+            parameter,
+            f"'{parameter}' ({value.isoformat()}) must be in the years {FIRST_YEAR} to {LAST_YEAR}.",
         )
     instant = value.astimezone(UTC)
     if (instant.minute, instant.second, instant.microsecond) != (0, 0, 0):

@@ -151,3 +151,20 @@ def test_zones_come_from_the_pinned_tzdata_not_the_host() -> None:
     with pytest.raises(WindowsRefused, match="Unknown time zone"):
         time_zone_of("right/UTC")
     assert time_zone_of("Europe/Berlin").key == "Europe/Berlin"
+
+
+@pytest.mark.parametrize(
+    ("window_from", "window_to", "parameter"),
+    [
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), utc(1, 1, 2), "from"),
+        (utc(2026, 5, 1), datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-1))), "to"),
+        (utc(9999, 12, 1), utc(9999, 12, 31), "from"),
+    ],
+)
+def test_bounds_near_the_ends_of_the_calendar_are_refused_not_overflowing(
+    window_from, window_to, parameter
+) -> None:
+    for size in ("day", "month"):
+        with pytest.raises(WindowsRefused, match="in the years 1900 to 9000") as refused:
+            usage_windows(window_from, window_to, size, "America/New_York")
+        assert refused.value.parameter == parameter
