@@ -240,6 +240,7 @@ FROM, TO = "2026-11-01T00:00:00Z", "2026-11-03T00:00:00Z"
         ({"from": "2026-11-01T00:30:00Z", "to": TO}, "from", "whole UTC hour"),
         ({"from": FROM, "to": "2026-11-02T10:00:00.5+00:00"}, "to", "whole UTC hour"),
         ({"from": TO, "to": FROM}, "to", "must be after"),
+        ({"from": "0001-01-01T00:00:00+01:00", "to": TO}, "from", "in the years 1900 to 9000"),
         ({"from": "2025-01-01T00:00:00Z", "to": "2026-02-05T01:00:00Z"}, "to", "400 days"),
         ({"from": FROM, "to": TO, "time_zone": "Mars/Olympus"}, "time_zone", "Unknown time zone"),
         (
