@@ -62,13 +62,14 @@ def init_app(app: Flask) -> IngestorApi:
         ),
     )
 
-    from ingestor.api import health, metrics, pulses, rejected
+    from ingestor.api import health, metrics, pulses, rejected, usage
 
     api.register_blueprint(health.blueprint)
     api.register_blueprint(metrics.blueprint)
     api.register_blueprint(login.blueprint)
     api.register_blueprint(pulses.blueprint)
     api.register_blueprint(rejected.blueprint)
+    api.register_blueprint(usage.blueprint)
     # Every route's query parameters, as the OpenAPI document states them.
     app.extensions["query_contract"] = QueryContract(api.spec.to_dict())
     check_requests_outside_api_blueprints(app)

@@ -10,6 +10,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, valida
 
 from ingestor.api.query_strings import multi_value
 from ingestor.pulses.schema import REASON_CODES, PrintableString
+from ingestor.pulses.usage import GROUP_FIELDS
+from ingestor.pulses.usage_windows import MAX_RANGE, WINDOW_SIZES
 
 MAX_PAGE_LIMIT = 1000
 
@@ -48,7 +50,8 @@ class QueryDateTime(fields.AwareDateTime):
     _PLUS_SENT_BARE = re.compile(r" [0-9]{2}(:?[0-9]{2})?\Z")
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(format="iso", default_timezone=UTC, **kwargs)
+        kwargs.setdefault("default_timezone", UTC)
+        super().__init__(format="iso", **kwargs)
 
     @classmethod
     def bound(cls, name: str, meaning: str) -> QueryDateTime:
@@ -69,6 +72,21 @@ class QueryDateTime(fields.AwareDateTime):
                     f" percent-encoded as %2B ({encoded})."
                 ) from None
             raise
+
+
+class OffsetDateTime(QueryDateTime):
+    """A QueryDateTime that must carry its offset: an instant, never a guess."""
+
+    def __init__(self, name: str, meaning: str) -> None:
+        super().__init__(
+            data_key=name,
+            required=True,
+            default_timezone=None,
+            error_messages={"invalid_awareness": "Needs an offset (Z, or %2B01:00 for +01:00)."},
+            metadata={
+                "description": f"{meaning} (ISO-8601 with an offset, a whole UTC hour; `+` sent as %2B)"
+            },
+        )
 
 
 class CursorQuerySchema(Schema):
@@ -120,6 +138,78 @@ class UsagePageSchema(Schema):
     limit = fields.Integer(required=True)
     total = fields.Integer(required=True, metadata={"description": "rows matching the filters"})
     next_cursor = fields.String(allow_none=True, metadata={"description": "null on the last page"})
+
+
+class UsageReportQuerySchema(Schema):
+    """Query string of GET /api/v1/usage."""
+
+    window_from = OffsetDateTime(
+        "from", f"the range's start, included; at most {MAX_RANGE.days} days before `to`"
+    )
+    window_to = OffsetDateTime("to", "the range's end, excluded")
+    window_size = fields.String(
+        validate=validate.OneOf(WINDOW_SIZES),
+        metadata={
+            "description": "hour, day or month (local days and months of time_zone); omitted: one total"
+        },
+    )
+    time_zone = fields.String(
+        load_default="UTC",
+        validate=validate.Length(1, 64),
+        metadata={
+            "description": "IANA zone where days and months begin (default UTC); one whose offset is"
+            " not a whole number of hours is refused for day and month windows"
+        },
+    )
+    group_by = multi_value(
+        fields.String(validate=validate.OneOf(GROUP_FIELDS)),
+        "a field to group by: " + ", ".join(GROUP_FIELDS),
+    )
+    tenant = multi_value(PrintableString(128))
+    product_sku = multi_value(PrintableString(128))
+    use_unity = multi_value(PrintableString(32))
+    include_pending = fields.Boolean(
+        load_default=True,
+        metadata={
+            "description": "add the usage not persisted yet (in Redis): current to the last counted pulse"
+        },
+    )
+    format = fields.String(
+        validate=validate.OneOf(("json", "csv")),
+        metadata={
+            "description": "csv: the same rows as streamed CSV (as `Accept: text/csv`); json by default"
+        },
+    )
+
+
+class UsageReportRowSchema(Schema):
+    """Usage of one window and group: only the fields grouped by are present."""
+
+    window_start = fields.String(
+        required=True, metadata={"format": "date-time", "description": "in time_zone's offset"}
+    )
+    window_end = fields.String(required=True, metadata={"format": "date-time", "description": "excluded"})
+    tenant = fields.String(metadata={"description": "when grouped by tenant"})
+    product_sku = fields.String(metadata={"description": "when grouped by product_sku"})
+    use_unity = fields.String(metadata={"description": "when grouped by use_unity"})
+    used_amount = fields.String(
+        required=True, metadata={"format": "decimal", "description": "exact, 6 fractional digits"}
+    )
+    pulse_count = fields.Integer(required=True)
+
+
+class UsageReportSchema(Schema):
+    window_from = fields.String(data_key="from", required=True, metadata={"format": "date-time"})
+    window_to = fields.String(data_key="to", required=True, metadata={"format": "date-time"})
+    window_size = fields.String(required=True, allow_none=True, metadata={"description": "null: one total"})
+    time_zone = fields.String(required=True)
+    rows = fields.List(
+        fields.Nested(UsageReportRowSchema),
+        required=True,
+        metadata={
+            "description": "by window_start, then the group fields in byte order; windows without usage have no row"
+        },
+    )
 
 
 class RejectedQuerySchema(CursorQuerySchema):

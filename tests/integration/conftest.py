@@ -1,7 +1,8 @@
-"""Fixtures of the API tests: a user, a token, a client recording every status code."""
+"""Fixtures of the API tests: a user, a token, a client recording every status code, gunicorn."""
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 
 import pytest
@@ -9,7 +10,9 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.integration.test_procfile import process_env, wait_for
 from tests.support.api import PASSWORD, StatusRecorder
+from tests.support.procfile import ProcfileProcess, free_port
 
 STATUS_RECORDER = StatusRecorder()
 
@@ -59,3 +62,27 @@ def fresh_database_url(settings) -> Iterator[str]:
     with maintenance.connect() as connection:
         connection.execute(drop)
     maintenance.dispose()
+
+
+@pytest.fixture(scope="module")
+def gunicorn(settings, _services_ready) -> Iterator[int]:
+    """The Procfile's web process (gunicorn, 2 workers) on the test services; its port."""
+    port = free_port()
+    env = process_env(
+        settings, PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}"
+    )
+    web = ProcfileProcess("web", env).start()
+    try:
+        wait_for(lambda: _get_status(port, "/health") == 200, 60, web, "answer on /health")
+        yield port
+    finally:
+        web.kill()
+
+
+def _get_status(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()

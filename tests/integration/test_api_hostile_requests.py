@@ -29,8 +29,6 @@ from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from tests.integration.test_procfile import process_env, wait_for
-from tests.support.procfile import ProcfileProcess, free_port
 from tests.support.worker import queue_depth
 
 PULSE = {"tenant": "acme", "product_sku": "vm", "use_unity": "hour", "used_amount": "1.5"}
@@ -69,29 +67,6 @@ def assert_names_the_limit(status: int, answer: dict, limit: int) -> None:
 
 
 # --- gunicorn, as the Procfile runs it ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gunicorn(settings, _services_ready) -> Iterator[int]:
-    port = free_port()
-    env = process_env(
-        settings, PORT=str(port), WEB_CONCURRENCY="2", GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}"
-    )
-    web = ProcfileProcess("web", env).start()
-    try:
-        wait_for(lambda: _get_status(port, "/health") == 200, 60, web, "answer on /health")
-        yield port
-    finally:
-        web.kill()
-
-
-def _get_status(port: int, path: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        return connection.getresponse().status
-    finally:
-        connection.close()
 
 
 def post_chunked(

@@ -63,6 +63,12 @@ KNOWN: dict[tuple[str, str], Call] = {
     ("rejected_pulses.list_rejected_pulses", "GET"): Call(
         "GET", "/api/v1/rejected-pulses?tenant=acme&reason=negative", frozenset({POSTGRESQL})
     ),
+    # Pending usage is read from Redis before the rows from PostgreSQL.
+    ("usage.get_usage_report", "GET"): Call(
+        "GET",
+        "/api/v1/usage?from=2026-11-01T00:00Z&to=2026-11-02T00:00Z&window_size=hour&tenant=acme",
+        frozenset({POSTGRESQL, REDIS}),
+    ),
     ("pulses.start_populate", "POST"): Call(
         "POST",
         "/api/v1/pulses/populate",

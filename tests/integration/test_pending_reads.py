@@ -16,16 +16,11 @@ The two mechanisms, each shown by a test that fails without it:
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from functools import partial
 from typing import ClassVar
 
 import pytest
@@ -40,17 +35,14 @@ from ingestor.pulses.pending import (
     read_pending_usage,
 )
 from ingestor.pulses.persistence import Persister
-from tests.support.services import settings_env
+from tests.support.pending_chaos import Ingest, Totals, bucket_mates, reads_during_ingest_and_killed_flushes
 from tests.support.windows import countable, flush_dying_at
 
 pytestmark = pytest.mark.usefixtures("clean_state")
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 HOURS = [NOW - timedelta(hours=3), NOW - timedelta(hours=2)]
 FIRST_HOUR, END_HOUR = keys.hour_of(HOURS[0]) - 1, keys.hour_of(NOW) + 1
-
-Totals = dict[str, tuple[int, int]]  # tenant -> (micro-units, pulses)
 
 
 def read_usage(database, redis_client, tenants=None, grace_seconds=300) -> Totals:
@@ -78,40 +70,9 @@ def read_usage(database, redis_client, tenants=None, grace_seconds=300) -> Total
     return {tenant: (micro, count) for tenant, (micro, count) in totals.items()}
 
 
-class Ingest:
-    """Counts pulses through the real PulseCounter and keeps its own ledger: what was
-    sent to Redis (`started`) and what Redis had answered for (`done`)."""
-
-    def __init__(self, counter) -> None:
-        self.counter = counter
-        self.lock = threading.Lock()
-        self.started: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        self.done: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        self.sequence = 0
-
-    def count(self, tenant: str, n: int = 1, hour: datetime = HOURS[0], micro_units: int = 1_234_567) -> None:
-        with self.lock:
-            first = self.sequence
-            self.sequence += n
-            self._add(self.started, tenant, n, micro_units)
-        pulses = [countable(tenant, f"p{first + i}", hour, micro_units + i) for i in range(n)]
-        assert self.counter.count(pulses) == n
-        with self.lock:
-            self._add(self.done, tenant, n, micro_units)
-
-    @staticmethod
-    def _add(ledger, tenant: str, n: int, micro_units: int) -> None:
-        ledger[tenant][0] += n * micro_units + n * (n - 1) // 2
-        ledger[tenant][1] += n
-
-    def snapshot(self, ledger) -> Totals:
-        with self.lock:
-            return {tenant: (micro, count) for tenant, (micro, count) in ledger.items()}
-
-
 @pytest.fixture
 def ingest(app) -> Ingest:
-    return Ingest(app.extensions["pulses"].counter)
+    return Ingest(app.extensions["pulses"].counter, HOURS[0])
 
 
 @pytest.fixture
@@ -286,17 +247,6 @@ def test_while_the_previous_layout_is_drained_pending_reads_are_refused(database
             read_pending_usage(session, redis_client, None, FIRST_HOUR, END_HOUR)
 
 
-def bucket_mates(tenant: str, how_many: int) -> list[str]:
-    """Other tenants in `tenant`'s bucket."""
-    mates, i = [], 0
-    while len(mates) < how_many:
-        candidate = f"mate-{i}"
-        if keys.bucket_of(candidate) == keys.bucket_of(tenant):
-            mates.append(candidate)
-        i += 1
-    return mates
-
-
 def test_a_tenant_s_read_holds_its_own_groups_only_whatever_shares_its_bucket(database, redis_client, ingest):
     look_alikes = ["acme", "acme2", 'acme"', "acme\\", "acm"]
     for tenant in [*look_alikes, *bucket_mates("acme", 3)]:
@@ -349,112 +299,11 @@ def test_a_bucket_bigger_than_the_field_budget_is_read_whole_in_several_calls(
     assert read_usage(database, redis_client) == expected
 
 
-def crash_flush(settings, crash_point: str, marker: Path) -> None:
-    """A flush in a process of its own, SIGKILLed at `crash_point` (crash_worker.py)."""
-    env = {
-        **os.environ,
-        **settings_env(settings),
-        "CRASH_POINT": crash_point,
-        "CRASH_MARKER": str(marker),
-    }
-    code = (
-        "from tests.support.crash_worker import _flask_app\n"
-        "_flask_app.extensions['pulses'].persister.persist_pending()\n"
-    )
-    # A session of its own: the crash kills its whole process group, not pytest.
-    process = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, start_new_session=True, timeout=120, check=False
-    )
-    assert process.returncode == -signal.SIGKILL, f"the flush was to die at {crash_point}"
-
-
-def exceeds(left: Totals, right: Totals) -> dict[str, tuple]:
-    """Tenants where `left` holds more (micro-units or pulses) than `right`."""
-    return {
-        tenant: (value, right.get(tenant, (0, 0)))
-        for tenant, value in left.items()
-        if value[0] > right.get(tenant, (0, 0))[0] or value[1] > right.get(tenant, (0, 0))[1]
-    }
-
-
 def test_reads_during_ingest_and_flushes_killed_mid_way_count_every_pulse_once(
-    settings, database, redis_client, ingest, persister, tmp_path
+    app, database, redis_client, ingest, tmp_path
 ):
-    """The exactly-once proof: pulses counted and flushed (in process, and in processes
-    killed after their rename or their commit) while a reader reads in a loop. Each read
-    holds at least what was counted before it began, at most what was sent to Redis
-    before it ended, and never less than the read before it; once ingest pauses, exactly
-    the ledger."""
-    tenants = ["acme", "globex", *bucket_mates("acme", 2)]
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def keep_ingesting(seed: int) -> None:
-        i = seed
-        try:
-            while not stop.is_set():
-                ingest.count(tenants[i % len(tenants)], 1 + i % 7, hour=HOURS[i % 2])
-                i += 1
-        except BaseException as exc:  # reported by the test
-            errors.append(exc)
-
-    in_process_flush = threading.Lock()  # held by the test while a doomed process flushes
-
-    def keep_flushing() -> None:
-        try:
-            while not stop.is_set():
-                with in_process_flush:
-                    persister.persist_pending()
-                time.sleep(0.005)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=keep_ingesting, args=(seed,)) for seed in range(2)]
-    threads.append(threading.Thread(target=keep_flushing))
-    for thread in threads:
-        thread.start()
-    reads: Counter[str] = Counter()
-    previous: dict[str | None, Totals] = {}
-    crashes = ["before_commit", "after_commit"]
-
-    def one_read(tenants_read: list[str] | None) -> None:
-        floor = ingest.snapshot(ingest.done)
-        got = read_usage(database, redis_client, tenants_read)
-        ceiling = ingest.snapshot(ingest.started)
-        if tenants_read is not None:
-            floor = {t: v for t, v in floor.items() if t in tenants_read}
-        assert exceeds(floor, got) == {}, "a pulse counted before the read is missing"
-        assert exceeds(got, ceiling) == {}, "a pulse counted twice, or one never sent"
-        key = None if tenants_read is None else tenants_read[0]
-        assert exceeds(previous.get(key, {}), got) == {}, "a total went down"
-        previous[key] = got
-        reads["reads"] += 1
-
-    try:
-        deadline = time.monotonic() + 12
-        while (time.monotonic() < deadline or crashes) and not errors:
-            one_read(None)
-            one_read(["acme"])
-            if crashes and reads["reads"] >= 30 * (3 - len(crashes)):
-                point = crashes.pop(0)
-                with in_process_flush:
-                    # A killed run's lock lives on for 3 s (crash_worker.py).
-                    while redis_client.exists(keys.FLUSH_LOCK):
-                        time.sleep(0.05)
-                    crash_flush(settings, point, tmp_path / point)
-                reads[point] += 1
-                one_read(None)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    assert errors == []
-    assert reads["before_commit"] == reads["after_commit"] == 1, reads
-    assert reads["reads"] > 50, reads
-
-    # Ingest paused: exact, before and after the last flush.
-    assert read_usage(database, redis_client) == ingest.snapshot(ingest.done)
-    time.sleep(3.5)  # the killed run's lock (crash_worker: 3 s)
-    assert not persister.persist_pending().skipped
-    assert read_usage(database, redis_client) == ingest.snapshot(ingest.done)
-    assert ingest.snapshot(ingest.done) == ingest.snapshot(ingest.started)
+    """The exactly-once proof (tests/support/pending_chaos.py): pulses counted and
+    flushed (in process, and in processes killed after their rename or their commit)
+    while a reader reads in a loop."""
+    read = partial(read_usage, database, redis_client)
+    reads_during_ingest_and_killed_flushes(read, app, ingest, HOURS, tmp_path)
