@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.client import HTTPConnection
@@ -35,8 +35,9 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import text
 
+from bench.report import Report, Row, latency_row, percentile
+from bench.serving import create_bench_user, gunicorn_api
 from ingestor import create_app
-from ingestor.auth.models import User
 from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import ALL_QUEUES, QUORUM, declare_topology, raw_queue
 from ingestor.pulses import keys
@@ -46,7 +47,7 @@ from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
 from ingestor.pulses.schema import rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
-from tests.support.services import recreate_database, recreate_vhost, settings_env
+from tests.support.services import recreate_database, recreate_vhost
 from tests.support.worker import WorkerProcess
 
 DATABASE_URL = os.environ.get(
@@ -56,46 +57,6 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 VHOST = os.environ.get("BENCH_RABBITMQ_VHOST", "pulse_ingestor_bench")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-@dataclass
-class Row:
-    """One line of the table."""
-
-    name: str
-    value: float
-    unit: str
-    target: str = ""
-    met: bool | None = None
-    detail: str = ""
-
-    @property
-    def shown(self) -> str:
-        # Ratios to two decimals: 0.76 must not read as a met 0.8.
-        return f"{self.value:,.2f} {self.unit}" if self.unit == "×" else f"{self.value:,.1f} {self.unit}"
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-
-    def add(self, row: Row) -> Row:
-        self.rows.append(row)
-        mark = "" if row.met is None else (" [ok]" if row.met else " [MISSED]")
-        print(f"  {row.name}: {row.shown} {row.detail}{mark}", flush=True)
-        return row
-
-    def table(self) -> str:
-        lines = ["| measurement | result | target | notes |", "|---|---|---|---|"]
-        for row in self.rows:
-            met = "" if row.met is None else (" ✓" if row.met else " ✗")
-            lines.append(f"| {row.name} | {row.shown} | {row.target}{met} | {row.detail} |")
-        return "\n".join(lines)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Bench:
@@ -321,46 +282,9 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
 
 def bench_http(bench: Bench, report: Report) -> None:
     """POST /api/v1/pulses under gunicorn, 1000-pulse bodies from concurrent clients."""
-    import socket
-    import subprocess
-
     bench.reset()
-    with bench.database.session() as session, session.begin():
-        session.execute(text("DELETE FROM api_user"))
-        user = User(username="bench")
-        user.set_password("bench-password-long-enough")
-        session.add(user)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, **settings_env(bench.settings), "REDIS_URL": REDIS_URL}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(os.cpu_count() or 2),
-            "ingestor:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                token = _login(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    create_bench_user(bench.database)
+    with gunicorn_api(bench.settings) as (port, token):
         bodies = [
             json.dumps([{**bench.pulse(i), "id": f"http-{r}-{i}"} for i in range(1000)]).encode()
             for r in range(bench.args.http_clients)
@@ -391,9 +315,6 @@ def bench_http(bench: Bench, report: Report) -> None:
         for thread in threads:
             thread.join()
         wall = time.monotonic() - started
-    finally:
-        server.terminate()
-        server.wait(30)
     report.add(
         Row(
             "POST /api/v1/pulses (gunicorn, 1000-pulse bodies)",
@@ -404,21 +325,6 @@ def bench_http(bench: Bench, report: Report) -> None:
             f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms",
         )
     )
-
-
-def _login(port: int) -> str:
-    connection = HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request(
-        "POST",
-        "/api/v1/login",
-        body=json.dumps({"username": "bench", "password": "bench-password-long-enough"}),
-        headers={"Content-Type": "application/json"},
-    )
-    response = connection.getresponse()
-    body = json.loads(response.read())
-    if response.status != 200:
-        raise OSError(f"login failed: {body}")
-    return body["access_token"]
 
 
 REFERENCE_UPSERT = (
@@ -660,19 +566,6 @@ class ApiTimer:
         elapsed = time.perf_counter() - started
         assert response.status_code == 200, response.get_json()
         return elapsed, response.get_json()
-
-
-def latency_row(name: str, samples: list[float], target: bool = True, what: str = "requests") -> Row:
-    """The p99 of `samples` (seconds) against the queries' 50 ms target, p50 in the notes."""
-    p99 = percentile(samples, 0.99) * 1000
-    return Row(
-        name,
-        p99,
-        "ms p99",
-        "< 50 ms" if target else "",
-        (p99 < 50) if target else None,
-        f"p50 {percentile(samples, 0.5) * 1000:.1f} ms, {len(samples)} {what}",
-    )
 
 
 def _deep_rejected_cursor(bench: Bench, offset: int) -> str:
