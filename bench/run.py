@@ -35,8 +35,10 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import text
 
+from bench.pulses import count_pending_groups, one_group_pulse
 from bench.report import Report, Row, latency_row, percentile
 from bench.serving import create_bench_user, gunicorn_api
+from bench.usage import bench_usage
 from ingestor import create_app
 from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import ALL_QUEUES, QUORUM, declare_topology, raw_queue
@@ -338,9 +340,7 @@ REFERENCE_UPSERT = (
 def _persist_once(bench: Bench, groups: int) -> float:
     """Seconds our flush takes to move `groups` groups of one window from Redis to PostgreSQL."""
     services = bench.app.extensions["pulses"]
-    pulses = [
-        _one_group_pulse(bench.hour, f"persist-{uuid.uuid4()}", g, f"tenant-{g}") for g in range(groups)
-    ]
+    pulses = [one_group_pulse(bench.hour, f"persist-{uuid.uuid4()}", g, f"tenant-{g}") for g in range(groups)]
     for start in range(0, groups, 5000):
         services.counter.count(pulses[start : start + 5000])
     started = time.perf_counter()
@@ -348,15 +348,6 @@ def _persist_once(bench: Bench, groups: int) -> float:
     elapsed = time.perf_counter() - started
     assert result.groups == groups, result
     return elapsed
-
-
-def _one_group_pulse(
-    hour: datetime, scope: str, g: int, tenant: str, sku: str = "vm.small"
-) -> CountablePulse:
-    """A pulse without id (keyed by its position `g` in `scope`) of `hour`."""
-    dedupe_key = keys.dedupe_key_for_position(scope, g)
-    window = keys.window_key(keys.tag_of_dedupe_key(dedupe_key), keys.hour_of(hour), tenant)
-    return CountablePulse(dedupe_key, window, keys.group_field(tenant, sku, "vCPU-hour"), 1_000_000 + g)
 
 
 def _reference_once(bench: Bench, groups: int) -> float:
@@ -632,7 +623,7 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
         )
     )
     bench.reset()
-    groups = [_one_group_pulse(bench.hour, "m", g, f"tenant-{g:06d}") for g in range(n)]
+    groups = [one_group_pulse(bench.hour, "m", g, f"tenant-{g:06d}") for g in range(n)]
     for start in range(0, n, 5000):
         services.counter.count(groups[start : start + 5000])
     buckets = keys.window_bucket_keys(keys.SHARD_TAGS[0], keys.hour_of(bench.hour))
@@ -676,16 +667,9 @@ def bench_pending(bench: Bench, report: Report) -> None:
     """
     services = bench.app.extensions["pulses"]
     groups, repeats = bench.args.pending_groups, bench.args.query_repeats
-    tenants = groups // 10
     bench.reset()
     hours = [bench.hour - timedelta(hours=1), bench.hour]
-    pulses = [
-        _one_group_pulse(at, f"pending-{h}", g, f"tenant-{g % tenants}", f"sku-{g // tenants}")
-        for h, at in enumerate(hours)
-        for g in range(groups // 2)
-    ]
-    for start in range(0, len(pulses), 5000):
-        services.counter.count(pulses[start : start + 5000])
+    tenants = count_pending_groups(services, hours, groups)
     hour_numbers = [keys.hour_of(at) for at in hours]
     first, end = min(hour_numbers), max(hour_numbers) + 1
 
@@ -704,7 +688,7 @@ def bench_pending(bench: Bench, report: Report) -> None:
     report.add(latency_row("pending read: one tenant among 100,000 pending groups", samples, what="reads"))
 
     bench.reset()
-    pulses = [_one_group_pulse(bench.hour, "hot", g, "hot-tenant", f"sku-{g}") for g in range(groups)]
+    pulses = [one_group_pulse(bench.hour, "hot", g, "hot-tenant", f"sku-{g}") for g in range(groups)]
     for start in range(0, groups, 5000):
         services.counter.count(pulses[start : start + 5000])
     samples = [read("hot-tenant") for _ in range(max(5, repeats // 10))]
@@ -715,7 +699,7 @@ def bench_pending(bench: Bench, report: Report) -> None:
     bench.reset()
     renames = []
     for h, at in enumerate(hours):
-        more = [_one_group_pulse(at, f"rename-{h}", g, f"tenant-{g}") for g in range(groups)]
+        more = [one_group_pulse(at, f"rename-{h}", g, f"tenant-{g}") for g in range(groups)]
         for start in range(0, groups, 5000):
             services.counter.count(more[start : start + 5000])
         started = time.perf_counter()
@@ -729,6 +713,10 @@ def bench_pending(bench: Bench, report: Report) -> None:
             detail=f"{groups:,} groups in the hour, median of {len(renames)}",
         )
     )
+
+
+# The parts of a run, in the order they run; `--only` picks some.
+PARTS = ("ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending", "quorum", "usage")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -761,12 +749,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pending-groups", type=int, default=100_000, help="pending groups for the pending read"
     )
+    parser.add_argument(
+        "--usage-rows",
+        type=int,
+        default=10_000_000,
+        help="hourly rows of the usage dataset (cached between runs)",
+    )
+    parser.add_argument(
+        "--usage-platform-repeats",
+        type=int,
+        default=3,
+        help="requests for the platform's month, JSON and CSV each",
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds any one measurement may take")
     parser.add_argument(
         "--only",
         nargs="*",
         default=[],
-        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending", "quorum"],
+        choices=PARTS,
         help="run only these parts",
     )
     return parser.parse_args(argv)
@@ -774,17 +774,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = set(args.only) or {
-        "ingest",
-        "raw",
-        "http",
-        "persist",
-        "queries",
-        "rejected",
-        "memory",
-        "pending",
-        "quorum",
-    }
+    wanted = set(args.only) or set(PARTS)
     bench = Bench(args)
     report = Report()
     print(f"benchmark on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
@@ -808,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_pending(bench, report)
     if "quorum" in wanted:
         bench_quorum(bench, report)
+    if "usage" in wanted:
+        bench_usage(bench, report)
     bench.reset()
     print()
     print(report.table())

@@ -50,6 +50,9 @@ def gunicorn_api(settings: Settings) -> Iterator[tuple[int, str]]:
             f"127.0.0.1:{port}",
             "--workers",
             str(os.cpu_count() or 2),
+            # The platform's month of usage takes seconds on hourly rows: not a hung worker.
+            "--timeout",
+            "300",
             "ingestor:create_app()",
         ],
         cwd=ROOT,
