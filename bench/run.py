@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.client import HTTPConnection
@@ -35,8 +35,11 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import text
 
+from bench.pulses import count_pending_groups, one_group_pulse
+from bench.report import Report, Row, latency_row, percentile
+from bench.serving import create_bench_user, gunicorn_api
+from bench.usage import bench_usage
 from ingestor import create_app
-from ingestor.auth.models import User
 from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import ALL_QUEUES, QUORUM, declare_topology, raw_queue
 from ingestor.pulses import keys
@@ -46,7 +49,7 @@ from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
 from ingestor.pulses.schema import rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
-from tests.support.services import recreate_database, recreate_vhost, settings_env
+from tests.support.services import recreate_database, recreate_vhost
 from tests.support.worker import WorkerProcess
 
 DATABASE_URL = os.environ.get(
@@ -56,46 +59,6 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 VHOST = os.environ.get("BENCH_RABBITMQ_VHOST", "pulse_ingestor_bench")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-@dataclass
-class Row:
-    """One line of the table."""
-
-    name: str
-    value: float
-    unit: str
-    target: str = ""
-    met: bool | None = None
-    detail: str = ""
-
-    @property
-    def shown(self) -> str:
-        # Ratios to two decimals: 0.76 must not read as a met 0.8.
-        return f"{self.value:,.2f} {self.unit}" if self.unit == "×" else f"{self.value:,.1f} {self.unit}"
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-
-    def add(self, row: Row) -> Row:
-        self.rows.append(row)
-        mark = "" if row.met is None else (" [ok]" if row.met else " [MISSED]")
-        print(f"  {row.name}: {row.shown} {row.detail}{mark}", flush=True)
-        return row
-
-    def table(self) -> str:
-        lines = ["| measurement | result | target | notes |", "|---|---|---|---|"]
-        for row in self.rows:
-            met = "" if row.met is None else (" ✓" if row.met else " ✗")
-            lines.append(f"| {row.name} | {row.shown} | {row.target}{met} | {row.detail} |")
-        return "\n".join(lines)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class Bench:
@@ -321,46 +284,9 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
 
 def bench_http(bench: Bench, report: Report) -> None:
     """POST /api/v1/pulses under gunicorn, 1000-pulse bodies from concurrent clients."""
-    import socket
-    import subprocess
-
     bench.reset()
-    with bench.database.session() as session, session.begin():
-        session.execute(text("DELETE FROM api_user"))
-        user = User(username="bench")
-        user.set_password("bench-password-long-enough")
-        session.add(user)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, **settings_env(bench.settings), "REDIS_URL": REDIS_URL}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(os.cpu_count() or 2),
-            "ingestor:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                token = _login(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    create_bench_user(bench.database)
+    with gunicorn_api(bench.settings) as (port, token):
         bodies = [
             json.dumps([{**bench.pulse(i), "id": f"http-{r}-{i}"} for i in range(1000)]).encode()
             for r in range(bench.args.http_clients)
@@ -391,9 +317,6 @@ def bench_http(bench: Bench, report: Report) -> None:
         for thread in threads:
             thread.join()
         wall = time.monotonic() - started
-    finally:
-        server.terminate()
-        server.wait(30)
     report.add(
         Row(
             "POST /api/v1/pulses (gunicorn, 1000-pulse bodies)",
@@ -404,21 +327,6 @@ def bench_http(bench: Bench, report: Report) -> None:
             f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms",
         )
     )
-
-
-def _login(port: int) -> str:
-    connection = HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request(
-        "POST",
-        "/api/v1/login",
-        body=json.dumps({"username": "bench", "password": "bench-password-long-enough"}),
-        headers={"Content-Type": "application/json"},
-    )
-    response = connection.getresponse()
-    body = json.loads(response.read())
-    if response.status != 200:
-        raise OSError(f"login failed: {body}")
-    return body["access_token"]
 
 
 REFERENCE_UPSERT = (
@@ -432,9 +340,7 @@ REFERENCE_UPSERT = (
 def _persist_once(bench: Bench, groups: int) -> float:
     """Seconds our flush takes to move `groups` groups of one window from Redis to PostgreSQL."""
     services = bench.app.extensions["pulses"]
-    pulses = [
-        _one_group_pulse(bench.hour, f"persist-{uuid.uuid4()}", g, f"tenant-{g}") for g in range(groups)
-    ]
+    pulses = [one_group_pulse(bench.hour, f"persist-{uuid.uuid4()}", g, f"tenant-{g}") for g in range(groups)]
     for start in range(0, groups, 5000):
         services.counter.count(pulses[start : start + 5000])
     started = time.perf_counter()
@@ -442,15 +348,6 @@ def _persist_once(bench: Bench, groups: int) -> float:
     elapsed = time.perf_counter() - started
     assert result.groups == groups, result
     return elapsed
-
-
-def _one_group_pulse(
-    hour: datetime, scope: str, g: int, tenant: str, sku: str = "vm.small"
-) -> CountablePulse:
-    """A pulse without id (keyed by its position `g` in `scope`) of `hour`."""
-    dedupe_key = keys.dedupe_key_for_position(scope, g)
-    window = keys.window_key(keys.tag_of_dedupe_key(dedupe_key), keys.hour_of(hour), tenant)
-    return CountablePulse(dedupe_key, window, keys.group_field(tenant, sku, "vCPU-hour"), 1_000_000 + g)
 
 
 def _reference_once(bench: Bench, groups: int) -> float:
@@ -662,19 +559,6 @@ class ApiTimer:
         return elapsed, response.get_json()
 
 
-def latency_row(name: str, samples: list[float], target: bool = True, what: str = "requests") -> Row:
-    """The p99 of `samples` (seconds) against the queries' 50 ms target, p50 in the notes."""
-    p99 = percentile(samples, 0.99) * 1000
-    return Row(
-        name,
-        p99,
-        "ms p99",
-        "< 50 ms" if target else "",
-        (p99 < 50) if target else None,
-        f"p50 {percentile(samples, 0.5) * 1000:.1f} ms, {len(samples)} {what}",
-    )
-
-
 def _deep_rejected_cursor(bench: Bench, offset: int) -> str:
     with bench.database.engine.connect() as connection:
         moment, row_id = connection.execute(
@@ -739,7 +623,7 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
         )
     )
     bench.reset()
-    groups = [_one_group_pulse(bench.hour, "m", g, f"tenant-{g:06d}") for g in range(n)]
+    groups = [one_group_pulse(bench.hour, "m", g, f"tenant-{g:06d}") for g in range(n)]
     for start in range(0, n, 5000):
         services.counter.count(groups[start : start + 5000])
     buckets = keys.window_bucket_keys(keys.SHARD_TAGS[0], keys.hour_of(bench.hour))
@@ -783,16 +667,9 @@ def bench_pending(bench: Bench, report: Report) -> None:
     """
     services = bench.app.extensions["pulses"]
     groups, repeats = bench.args.pending_groups, bench.args.query_repeats
-    tenants = groups // 10
     bench.reset()
     hours = [bench.hour - timedelta(hours=1), bench.hour]
-    pulses = [
-        _one_group_pulse(at, f"pending-{h}", g, f"tenant-{g % tenants}", f"sku-{g // tenants}")
-        for h, at in enumerate(hours)
-        for g in range(groups // 2)
-    ]
-    for start in range(0, len(pulses), 5000):
-        services.counter.count(pulses[start : start + 5000])
+    tenants = count_pending_groups(services, hours, groups)
     hour_numbers = [keys.hour_of(at) for at in hours]
     first, end = min(hour_numbers), max(hour_numbers) + 1
 
@@ -811,7 +688,7 @@ def bench_pending(bench: Bench, report: Report) -> None:
     report.add(latency_row("pending read: one tenant among 100,000 pending groups", samples, what="reads"))
 
     bench.reset()
-    pulses = [_one_group_pulse(bench.hour, "hot", g, "hot-tenant", f"sku-{g}") for g in range(groups)]
+    pulses = [one_group_pulse(bench.hour, "hot", g, "hot-tenant", f"sku-{g}") for g in range(groups)]
     for start in range(0, groups, 5000):
         services.counter.count(pulses[start : start + 5000])
     samples = [read("hot-tenant") for _ in range(max(5, repeats // 10))]
@@ -822,7 +699,7 @@ def bench_pending(bench: Bench, report: Report) -> None:
     bench.reset()
     renames = []
     for h, at in enumerate(hours):
-        more = [_one_group_pulse(at, f"rename-{h}", g, f"tenant-{g}") for g in range(groups)]
+        more = [one_group_pulse(at, f"rename-{h}", g, f"tenant-{g}") for g in range(groups)]
         for start in range(0, groups, 5000):
             services.counter.count(more[start : start + 5000])
         started = time.perf_counter()
@@ -836,6 +713,10 @@ def bench_pending(bench: Bench, report: Report) -> None:
             detail=f"{groups:,} groups in the hour, median of {len(renames)}",
         )
     )
+
+
+# The parts of a run, in the order they run; `--only` picks some.
+PARTS = ("ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending", "quorum", "usage")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -868,12 +749,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pending-groups", type=int, default=100_000, help="pending groups for the pending read"
     )
+    parser.add_argument(
+        "--usage-rows",
+        type=int,
+        default=10_000_000,
+        help="hourly rows of the usage dataset (cached between runs)",
+    )
+    parser.add_argument(
+        "--usage-platform-repeats",
+        type=int,
+        default=3,
+        help="requests for the platform's month, JSON and CSV each",
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds any one measurement may take")
     parser.add_argument(
         "--only",
         nargs="*",
         default=[],
-        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending", "quorum"],
+        choices=PARTS,
         help="run only these parts",
     )
     return parser.parse_args(argv)
@@ -881,17 +774,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = set(args.only) or {
-        "ingest",
-        "raw",
-        "http",
-        "persist",
-        "queries",
-        "rejected",
-        "memory",
-        "pending",
-        "quorum",
-    }
+    wanted = set(args.only) or set(PARTS)
     bench = Bench(args)
     report = Report()
     print(f"benchmark on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
@@ -915,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_pending(bench, report)
     if "quorum" in wanted:
         bench_quorum(bench, report)
+    if "usage" in wanted:
+        bench_usage(bench, report)
     bench.reset()
     print()
     print(report.table())

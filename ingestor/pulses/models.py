@@ -39,7 +39,14 @@ class PulseUsage(Base):
         CheckConstraint("pulse_count > 0", name="pulse_count_positive"),
         # The API's order, (window_start DESC, id DESC), unfiltered and by tenant.
         Index("ix_pulse_usage_window_start_id", "window_start", "id"),
-        Index("ix_pulse_usage_tenant_window_start_id", "tenant", "window_start", "id"),
+        # By tenant it also covers the usage sums (GET /api/v1/usage): an index-only scan.
+        Index(
+            "ix_pulse_usage_tenant_window_start_id_covering",
+            "tenant",
+            "window_start",
+            "id",
+            postgresql_include=["product_sku", "use_unity", "used_amount", "pulse_count"],
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
