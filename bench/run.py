@@ -951,6 +951,21 @@ def bench_pending(bench: Bench, report: Report) -> None:
     )
 
 
+# The parts of a run, each selectable with --only.
+PARTS = (
+    "ingest",
+    "raw",
+    "http",
+    "persist",
+    "queries",
+    "rejected",
+    "memory",
+    "memory-soak",
+    "pending",
+    "quorum",
+)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -989,18 +1004,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         nargs="*",
         default=[],
-        choices=[
-            "ingest",
-            "raw",
-            "http",
-            "persist",
-            "queries",
-            "rejected",
-            "memory",
-            "memory-soak",
-            "pending",
-            "quorum",
-        ],
+        choices=PARTS,
         help="run only these parts",
     )
     return parser.parse_args(argv)
@@ -1008,18 +1012,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = set(args.only) or {
-        "ingest",
-        "raw",
-        "http",
-        "persist",
-        "queries",
-        "rejected",
-        "memory",
-        "memory-soak",
-        "pending",
-        "quorum",
-    }
+    wanted = set(args.only) or set(PARTS)
     bench = Bench(args)
     report = Report()
     print(f"benchmark on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
