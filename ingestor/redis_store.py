@@ -54,13 +54,19 @@ def hash_listpack_entries(redis: Redis) -> int:
 def check_redis_settings(redis: Redis) -> None:
     """Refuse to start on a Redis set up against the dedupe design.
 
-    `maxmemory-policy` must be `noeviction`: an evicted dedupe record or message ledger
+    Redis 7.0 or later. `maxmemory-policy` must be `noeviction`: an evicted dedupe record or message ledger
     is a pulse counted twice, an evicted window revenue lost. `hash-max-listpack-entries`
     ≥ 64 and `hash-max-listpack-value` ≥ 16: the id index keeps its ids in small hashes
     of that encoding (about 13 bytes an id; a hashtable costs several times more). A
     Redis whose CONFIG command is renamed away (some managed services) cannot be
     checked: that is the operator's to ensure, as the README says.
     """
+    version = str(redis.info("server").get("redis_version", "0"))
+    if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (7, 0):
+        raise RedisSettingsError(
+            f"Redis is version {version}: the ingestor needs 7.0 or later (its ingest script reads "
+            "TIME before writing, and its id index relies on listpack hashes)"
+        )
     policy = _config_value(redis, "maxmemory-policy")
     if policy not in (None, "noeviction"):
         raise RedisSettingsError(

@@ -16,9 +16,10 @@ SOUND = {
 }
 
 
-def redis_with(error=None, **overrides) -> mock.Mock:
+def redis_with(error=None, version="7.0.15", **overrides) -> mock.Mock:
     config = {**SOUND, **{name.replace("_", "-"): value for name, value in overrides.items()}}
     redis = mock.Mock()
+    redis.info.return_value = {"redis_version": version}
     if error:
         redis.config_get.side_effect = error
     else:
@@ -49,3 +50,9 @@ def test_listpack_limits_too_small_for_the_id_index_refuse_the_start(setting, va
 def test_the_listpack_limit_is_read_or_defaults_when_config_is_refused() -> None:
     assert hash_listpack_entries(redis_with()) == 512
     assert hash_listpack_entries(redis_with(error=ResponseError("unknown command 'CONFIG'"))) == 128
+
+
+def test_a_redis_before_7_refuses_the_start() -> None:
+    with pytest.raises(RedisSettingsError, match=r"version 6.2.14: .*7.0 or later"):
+        check_redis_settings(redis_with(version="6.2.14"))
+    check_redis_settings(redis_with(version="7.2.4"))
