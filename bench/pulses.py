@@ -13,10 +13,15 @@ CHUNK = 5000
 
 
 def one_group_pulse(hour: datetime, scope: str, g: int, tenant: str, sku: str = "vm.small") -> CountablePulse:
-    """A pulse without id (keyed by its position `g` in `scope`) of `hour`."""
-    dedupe_key = keys.dedupe_key_for_position(scope, g)
-    window = keys.window_key(keys.tag_of_dedupe_key(dedupe_key), keys.hour_of(hour), tenant)
-    return CountablePulse(dedupe_key, window, keys.group_field(tenant, sku, "vCPU-hour"), 1_000_000 + g)
+    """A pulse without id of `hour`, at position `g` of message `scope`: its bit in the
+    message's ledger, as a worker counts it."""
+    dedupe_key, scope_digest, place = keys.position_in_message(scope, g)
+    tag = keys.tag_of_dedupe_key(dedupe_key)
+    window = keys.window_key(tag, keys.hour_of(hour), tenant)
+    ledger = keys.message_ledger_key(tag, scope_digest)
+    return CountablePulse(
+        dedupe_key, window, keys.group_field(tenant, sku, "vCPU-hour"), 1_000_000 + g, ledger, place
+    )
 
 
 def count_pending_groups(services, hours: Sequence[datetime], groups: int) -> int:

@@ -43,7 +43,7 @@ from ingestor import create_app
 from ingestor.database import upgrade_schema
 from ingestor.messaging.topology import ALL_QUEUES, QUORUM, declare_topology, raw_queue
 from ingestor.pulses import keys
-from ingestor.pulses.aggregation import CountablePulse
+from ingestor.pulses.aggregation import CountablePulse, PulseCounter, pulse_with_id
 from ingestor.pulses.keyset import encode_cursor
 from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
 from ingestor.pulses.schema import rejection_codes
@@ -135,11 +135,11 @@ class Bench:
             worker.stop()
         return (total - first) / elapsed
 
-    def dedupe_keys(self) -> int:
-        # Every counted pulse holds one dedupe key; the other keys of a single-window
-        # run are the registry and the window buckets of its 100 tenants (all present
-        # after the first few hundred pulses).
-        return max(0, self.redis.dbsize() - 1 - len(self.bench_buckets))
+    def ids_counted(self) -> int:
+        """Pulses with an id counted so far: the id totals of the index's buckets (one
+        small hash, so polling it costs Redis next to nothing)."""
+        fields = self.redis.hgetall(keys.id_index_key(keys.SHARD_TAGS[0]))
+        return sum(int(value) for name, value in fields.items() if name.startswith(b"t"))
 
     @property
     def bench_buckets(self) -> set[int]:
@@ -174,7 +174,7 @@ def _ingest_pulses_rate(
         batch = [bench.pulse(i) for i in range(start, min(n, start + size))]
         producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
     worker = bench.worker("batches", settings=settings)
-    return bench.time_consumption(worker, bench.dedupe_keys, n, control=producer)
+    return bench.time_consumption(worker, bench.ids_counted, n, control=producer)
 
 
 def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
@@ -223,7 +223,7 @@ def _ingest_pulse_rate(bench: Bench) -> float:
     bench.reset()
     for i in range(n):
         bench.producer.send_task(INGEST_PULSE, args=[bench.pulse(i)], exchange="pulses", routing_key="pulses")
-    return bench.time_consumption(bench.worker("single"), bench.dedupe_keys, n)
+    return bench.time_consumption(bench.worker("single"), bench.ids_counted, n)
 
 
 def _raw_queue_rate(bench: Bench) -> float:
@@ -241,7 +241,7 @@ def _raw_queue_rate(bench: Bench) -> float:
                 delivery_mode=2,
                 declare=[queue] if i == 0 else [],
             )
-    return bench.time_consumption(bench.worker("raw"), bench.dedupe_keys, n)
+    return bench.time_consumption(bench.worker("raw"), bench.ids_counted, n)
 
 
 def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, raw: bool) -> None:
@@ -588,25 +588,46 @@ def _deep_cursor(bench: Bench, offset: int) -> str:
 def bench_redis_memory(bench: Bench, report: Report) -> None:
     services = bench.app.extensions["pulses"]
     n = bench.args.memory_pulses
-    bench.reset()
-    before = bench.redis.info("memory")["used_memory"]
     group = keys.group_field("tenant", "vm.small", "vCPU-hour")
     window = keys.window_key(keys.SHARD_TAGS[0], keys.hour_of(bench.hour), "tenant")
-    pulses = [
-        CountablePulse(keys.dedupe_key_for_id("tenant", f"id-{uuid.uuid4()}"), window, group, 1)
-        for _ in range(n)
-    ]
-    services.counter.count(pulses)
-    per_id = (bench.redis.info("memory")["used_memory"] - before) / n
+
+    def with_ids() -> list[CountablePulse]:
+        return [pulse_with_id("tenant", f"id-{uuid.uuid4()}", window, group, 1) for _ in range(n)]
+
+    per_id, segments = _bytes_per_record_in_a_sized_bucket(bench, with_ids)
     report.add(
         Row(
-            "Redis memory per dedupe id held",
+            "Redis memory per pulse with id held",
             per_id,
             "bytes",
-            "≤ 100",
-            per_id <= 100,
-            f"{n:,} ids, used_memory delta (key tables ~99% full); "
-            f"{_per_gb_per_s(per_id):,.0f} pulses/s per GB at a 24 h horizon",
+            "≤ 16",
+            per_id <= 16,
+            f"{n:,} ids in a bucket of the id index sized from its predecessor ({segments}), MEMORY "
+            f"USAGE of its keys (v1: ~96); {_per_gb_per_s(per_id * _HELD_PER_HORIZON):,.0f} pulses/s per GB at 24 h",
+        )
+    )
+    body = [{"tenant": "tenant", "product_sku": "vm.small", "use_unity": "vCPU-hour", "used_amount": "1"}]
+
+    def alone() -> list[CountablePulse]:
+        return [
+            services.validator.split(
+                body,
+                fallback_key=partial(keys.position_in_message, str(uuid.uuid4())),
+                received_at=bench.hour,
+            )[0][0]
+            for _ in range(n)
+        ]
+
+    per_alone, segments = _bytes_per_record_in_a_sized_bucket(bench, alone)
+    report.add(
+        Row(
+            "Redis memory per pulse without id held, one per message",
+            per_alone,
+            "bytes",
+            "≤ 16",
+            per_alone <= 16,
+            f"{n:,} messages of one pulse in a sized bucket ({segments}), MEMORY USAGE (a ledger "
+            f"key each before: ~100); {_per_gb_per_s(per_alone * _HELD_PER_HORIZON):,.0f} pulses/s per GB at 24 h",
         )
     )
     bench.reset()
@@ -618,7 +639,7 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
             "bytes",
             "≤ 1",
             per_pulse <= 1,
-            f"{n:,} pulses in messages of 1000, used_memory delta (one ledger per message); "
+            f"{n:,} pulses in messages of 1000, MEMORY USAGE of the ledgers (one per message); "
             f"{_per_gb_per_s(per_pulse):,.0f} pulses/s per GB at a 24 h horizon",
         )
     )
@@ -638,24 +659,116 @@ def bench_redis_memory(bench: Bench, report: Report) -> None:
     )
 
 
+def _bytes_per_record_in_a_sized_bucket(
+    bench: Bench, make_pulses: Callable[[], list[CountablePulse]]
+) -> tuple[float, str]:
+    """used_memory per pulse recorded in the id index, in the steady state: in a bucket
+    sized from a predecessor of as many ids (a first bucket grows segment by segment).
+    Returns it and the bucket's segments (partition counts)."""
+    bench.reset()
+    horizon = 120  # buckets of 30 s: both fills fit in the first one's life
+    counter = PulseCounter(bench.redis, dedupe_horizon_seconds=horizon, chunk_size=1000)
+    index = keys.id_index_key(keys.SHARD_TAGS[0])
+
+    def buckets() -> dict[bytes, bytes]:
+        return {name: value for name, value in bench.redis.hgetall(index).items() if name.startswith(b"b")}
+
+    counter.count(make_pulses())
+    stop = max(int(value.split(b"|")[0]) for value in buckets().values())
+    time.sleep(max(0.0, stop - float(bench.redis.time()[0]) + 0.2))
+    pulses = make_pulses()
+    counter.count(pulses)
+    start, newest = max(buckets().items(), key=lambda item: int(item[0][1:]))
+    held = _bytes_of_keys(bench, f"{index}:{start[1:].decode()}:*")
+    return held / len(pulses), "segments of " + newest.split(b"|")[1].decode() + " partitions"
+
+
+# An id is held from its count to its bucket's end plus a horizon: on average 1 + 1/8
+# horizons with buckets of a quarter horizon, which the steady state pays for.
+_HELD_PER_HORIZON = 1 + 1 / (2 * keys.ID_BUCKETS_PER_HORIZON)
+
+
+def bench_memory_soak(bench: Bench, report: Report) -> None:
+    """Ids at a steady rate for several horizons (shortened): Redis memory must level off
+    once the first horizon and bucket have passed, old buckets expiring as new fill."""
+    horizon, rate, seconds = bench.args.soak_horizon, bench.args.soak_rate, bench.args.soak_seconds
+    bench.reset()
+    counter = PulseCounter(bench.redis, dedupe_horizon_seconds=horizon, chunk_size=5000)
+    group = keys.group_field("tenant", "vm.small", "vCPU-hour")
+    window = keys.window_key(keys.SHARD_TAGS[0], keys.hour_of(bench.hour), "tenant")
+    index = keys.id_index_key(keys.SHARD_TAGS[0])
+    settled = 2 * horizon  # every live bucket sized from a predecessor
+    # (seconds in, bytes of the index, ids it holds): memory saws between H and H + H/4
+    # of ids as buckets expire, so whole horizons are averaged.
+    samples: list[tuple[float, int, int]] = []
+    started = time.monotonic()
+    sent = 0
+    while (elapsed := time.monotonic() - started) < seconds:
+        due = int(elapsed * rate) - sent
+        if due > 0:
+            counter.count([pulse_with_id("tenant", str(uuid.uuid4()), window, group, 1) for _ in range(due)])
+            sent += due
+        if not samples or elapsed - samples[-1][0] >= 2:
+            samples.append((elapsed, _bytes_of_keys(bench, index + "*"), bench.ids_counted()))
+        time.sleep(0.05)
+    first = [s for s in samples if settled <= s[0] < settled + horizon]
+    last = [s for s in samples if s[0] >= seconds - horizon]
+    first_bytes = statistics.mean(used for _, used, _ in first)
+    last_bytes = statistics.mean(used for _, used, _ in last)
+    report.add(
+        Row(
+            "soak: Redis memory of the id index, last horizon / first settled one",
+            last_bytes / first_bytes,
+            "×",
+            "≤ 1.1",
+            last_bytes / first_bytes <= 1.1,
+            f"{rate:,} ids/s for {seconds} s, horizon {horizon} s; MEMORY USAGE of the index, means "
+            f"{first_bytes / 2**20:.2f} MiB from {settled} s, {last_bytes / 2**20:.2f} MiB over the last {horizon} s",
+        )
+    )
+    per_held = statistics.mean(used / held for _, used, held in last)
+    report.add(
+        Row(
+            "soak: Redis bytes per id held, steady state",
+            per_held,
+            "bytes",
+            "≤ 16",
+            per_held <= 16,
+            f"the index over the ids it holds, last horizon; per id of one horizon (what a rate costs): "
+            f"{last_bytes / (rate * horizon):.1f} bytes, {_per_gb_per_s(last_bytes / (rate * horizon)):,.0f} "
+            "pulses/s per GB at a 24 h horizon",
+        )
+    )
+
+
 def _per_gb_per_s(bytes_per_pulse: float) -> float:
     """Pulses per second a GB of Redis sustains, each held a 24 h horizon."""
     return 1e9 / (bytes_per_pulse * 24 * 3600)
 
 
-def _bytes_per_pulse_without_id(bench: Bench, n: int) -> float:
-    """used_memory per pulse without id counted, in messages of 1000 (window included)."""
+def _bytes_per_pulse_without_id(bench: Bench, n: int, per_message: int = 1000) -> float:
+    """Bytes of ledgers per pulse without id counted, in messages of `per_message`."""
     services = bench.app.extensions["pulses"]
-    before = bench.redis.info("memory")["used_memory"]
     body = [
         {"tenant": "tenant", "product_sku": "vm.small", "use_unity": "vCPU-hour", "used_amount": "1"}
-    ] * 1000
-    for _ in range(n // 1000):
+    ] * per_message
+    messages = n // per_message
+    for _ in range(messages):
         countable, _ = services.validator.split(
             body, fallback_key=partial(keys.position_in_message, str(uuid.uuid4())), received_at=bench.hour
         )
         services.counter.count(countable)
-    return (bench.redis.info("memory")["used_memory"] - before) / (n // 1000 * 1000)
+    ledgers = f"{keys.PREFIX}{{{keys.SHARD_TAGS[0]}}}:m:*"
+    return _bytes_of_keys(bench, ledgers) / (messages * per_message)
+
+
+def _bytes_of_keys(bench: Bench, match: str) -> int:
+    """MEMORY USAGE summed over the bench's keys matching `match`: used_memory moves
+    with whatever else shares the Redis server."""
+    return sum(
+        bench.redis.memory_usage(key, samples=0) or 0
+        for key in bench.redis.scan_iter(match=match, count=1000)
+    )
 
 
 def bench_pending(bench: Bench, report: Report) -> None:
@@ -715,8 +828,20 @@ def bench_pending(bench: Bench, report: Report) -> None:
     )
 
 
-# The parts of a run, in the order they run; `--only` picks some.
-PARTS = ("ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending", "quorum", "usage")
+# The parts of a run, each selectable with --only.
+PARTS = (
+    "ingest",
+    "raw",
+    "http",
+    "persist",
+    "queries",
+    "rejected",
+    "memory",
+    "memory-soak",
+    "pending",
+    "quorum",
+    "usage",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -746,6 +871,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Just under 2**17: Redis's key tables are then nearly full, as they are most of
     # the time; right after a table doubles, each key carries twice the bucket space.
     parser.add_argument("--memory-pulses", type=int, default=130_000)
+    parser.add_argument("--soak-horizon", type=int, default=30, help="dedupe horizon (s) of the memory soak")
+    parser.add_argument("--soak-rate", type=int, default=2000, help="ids/s of the memory soak")
+    parser.add_argument("--soak-seconds", type=int, default=180, help="length of the memory soak")
     parser.add_argument(
         "--pending-groups", type=int, default=100_000, help="pending groups for the pending read"
     )
@@ -794,6 +922,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_rejected(bench, report)
     if "memory" in wanted:
         bench_redis_memory(bench, report)
+    if "memory-soak" in wanted:
+        bench_memory_soak(bench, report)
     if "pending" in wanted:
         bench_pending(bench, report)
     if "quorum" in wanted:

@@ -27,24 +27,64 @@ class RedisSettingsError(RuntimeError):
     """The Redis the ingestor writes to is set up in a way that loses or double-counts."""
 
 
-def check_redis_settings(redis: Redis) -> None:
-    """Refuse to start on a Redis that may evict keys: `maxmemory-policy noeviction`.
+# Redis's default `hash-max-listpack-entries`, assumed where CONFIG cannot be read.
+DEFAULT_LISTPACK_ENTRIES = 128
+# Below these, the dedupe id index (pulses/aggregation.py: hashes of 9-byte fields kept
+# under the entry limit) would spend more on keys than on ids, or every hash of it
+# would be a hashtable: several times the memory per id.
+MIN_LISTPACK_ENTRIES = 64
+MIN_LISTPACK_VALUE_BYTES = 16
 
-    An evicted dedupe key or message ledger is a pulse counted twice, an evicted window
-    revenue lost. A Redis whose CONFIG command is renamed away (some managed services)
-    cannot be checked: that is the operator's to ensure, as the README says.
-    """
+
+def _config_value(redis: Redis, name: str) -> str | None:
+    """A CONFIG GET value as text; None when absent or CONFIG is refused (renamed away)."""
     try:
-        policy = redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        value = redis.config_get(name).get(name)
     except ResponseError:
-        return
-    if policy not in (None, "noeviction", b"noeviction"):
-        shown = policy.decode() if isinstance(policy, bytes) else policy
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def hash_listpack_entries(redis: Redis) -> int:
+    """Redis's `hash-max-listpack-entries`, or its default when CONFIG is unavailable."""
+    value = _config_value(redis, "hash-max-listpack-entries")
+    return int(value) if value else DEFAULT_LISTPACK_ENTRIES
+
+
+def check_redis_settings(redis: Redis) -> None:
+    """Refuse to start on a Redis set up against the dedupe design.
+
+    Redis 7.0 or later. `maxmemory-policy` must be `noeviction`: an evicted dedupe record or message ledger
+    is a pulse counted twice, an evicted window revenue lost. `hash-max-listpack-entries`
+    ≥ 64 and `hash-max-listpack-value` ≥ 16: the id index keeps its ids in small hashes
+    of that encoding (about 13 bytes an id; a hashtable costs several times more). A
+    Redis whose CONFIG command is renamed away (some managed services) cannot be
+    checked: that is the operator's to ensure, as the README says.
+    """
+    version = str(redis.info("server").get("redis_version", "0"))
+    if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (7, 0):
         raise RedisSettingsError(
-            f"Redis maxmemory-policy is {shown!r}: the ingestor needs 'noeviction' (an evicted "
+            f"Redis is version {version}: the ingestor needs 7.0 or later (its ingest script reads "
+            "TIME before writing, and its id index relies on listpack hashes)"
+        )
+    policy = _config_value(redis, "maxmemory-policy")
+    if policy not in (None, "noeviction"):
+        raise RedisSettingsError(
+            f"Redis maxmemory-policy is {policy!r}: the ingestor needs 'noeviction' (an evicted "
             "dedupe key is a pulse counted twice); run CONFIG SET maxmemory-policy noeviction "
             "and set it in redis.conf"
         )
+    for name, least in (
+        ("hash-max-listpack-entries", MIN_LISTPACK_ENTRIES),
+        ("hash-max-listpack-value", MIN_LISTPACK_VALUE_BYTES),
+    ):
+        value = _config_value(redis, name)
+        if value is not None and int(value) < least:
+            raise RedisSettingsError(
+                f"Redis {name} is {value}: the ingestor needs at least {least} (its dedupe "
+                "index of ids keeps small hashes listpack-encoded, about 13 bytes an id); "
+                f"run CONFIG SET {name} {least} or more and set it in redis.conf"
+            )
 
 
 def init_app(app: Flask) -> None:

@@ -1,11 +1,14 @@
 """Counting valid pulses into Redis hour windows, each at most once (guarantees 2, 3).
 
-A batch is applied by one Lua script per tag, atomically. A pulse with an id: `SET
-dedupe-key NX EX horizon`, and only if that set the key it counts. A pulse without id:
-it counts only if its bit in its message's ledger (a bitmap, `keys.message_ledger_key`)
-is clear and its v1 dedupe key is absent, and the script sets the bit; each ledger
-then expires a horizon after this call. Counted pulses `HINCRBY` their window bucket.
-A redelivered message therefore finds its dedupe keys set and counts nothing twice,
+A batch is applied by one Lua script per tag, atomically. A pulse with an id is looked
+up by its fingerprint in the tag's id index (time-bucketed, partitioned listpack
+hashes, `keys.id_index_key`; about 13 bytes an id) and counts only if it is not
+there, which the script then records; so is the one pulse of a message of one pulse
+without id. Any other pulse without id counts only if its bit in its message's ledger
+(a bitmap, `keys.message_ledger_key`) is clear, and the script sets the bit; each
+ledger then expires a horizon after its last count. Either way a pulse whose v1 dedupe
+key is still there is a duplicate. Counted pulses `HINCRBY` their window bucket.
+A redelivered message therefore finds its pulses recorded and counts nothing twice,
 and a crash can never leave a pulse deduped but not counted (the script runs whole or
 not at all). The script also registers each hour that received counts in the tag's
 registry (`w:<h>`), bumping its version when the hour is new there, so a flush finds
@@ -21,22 +24,35 @@ from redis import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from ingestor.pulses import keys
-from ingestor.redis_store import is_out_of_memory
+from ingestor.redis_store import DEFAULT_LISTPACK_ENTRIES, hash_listpack_entries, is_out_of_memory
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
 # pulse only its dedupe key, its cell number and its micro-units.
-# KEYS: the tag's registry, the W distinct window bucket keys, the L distinct message
-#       ledgers, then one dedupe key per pulse (for a pulse without id, its v1 key).
-# ARGV: horizon, W, C, L, then C cells as (window number, group), then per pulse
-#       (cell number, micro-units, ledger number or 0 for a pulse with id, its bit),
-#       then per window its registry field `w:<hour>`.
+# KEYS: the tag's registry, its id index, the W distinct window bucket keys, the L
+#       distinct message ledgers, then one dedupe key per pulse (its v1 key, only read).
+# ARGV: horizon, W, C, L, bucket seconds, hash-max-listpack-entries, then C cells as
+#       (window number, group), then per pulse (cell number, micro-units, ledger number
+#       or 0, its bit, its fingerprint's selector or -1, its fingerprint's field), then
+#       per window its registry field `w:<hour>`.
 # Returns how many pulses were counted (the others were duplicates).
 #
-# Per pulse the script runs one command, the SET NX, or (without id) GETBIT, EXISTS
-# and SETBIT. The EXISTS honours v1 keys; it can go one horizon after the upgrade. Counts and amounts are summed per
-# cell in Lua and written with one HINCRBY each at the end: Lua numbers are doubles,
-# exact for integers below 2^53, so a cell's running sum stays in Lua only while it is
-# below 2^52; a pulse that would take it further is added by HINCRBY from its string.
+# A pulse with a fingerprint (an id, or alone in its message) is looked up in the id
+# index: HEXISTS of its field in its partition of each segment of each bucket that
+# ended less than a horizon ago (5 in the steady state), and remembered with HSETNX in
+# the current bucket's last segment. Time is Redis's (TIME; effects replication, Redis
+# ≥ 5), so workers with skewed clocks agree. A bucket takes ids for `bucket seconds`
+# from its first; its partitions expire a horizon after its end, so an id is remembered
+# at least H and at most H + bucket seconds + 1 s. A bucket's first segment has the
+# partitions its predecessor's ids would fill to half the listpack limit; a segment
+# filled to 5/8 of it on average gets a successor with 4 times the partitions, so each
+# hash stays a listpack (about 13 bytes an id) whatever the rate does.
+# A pulse without fingerprint: its bit in its message's ledger must be clear.
+# The EXISTS of v1 keys and the GETBIT of a one-pulse message's ledger (how the
+# previous release deduplicated them) can go one horizon after the upgrade. Counts and
+# amounts are summed per cell in Lua and written with one HINCRBY each at the end: Lua
+# numbers are doubles, exact for integers below 2^53, so a cell's running sum stays in
+# Lua only while it is below 2^52; a pulse that would take it further is added by
+# HINCRBY from its string.
 INGEST_SCRIPT = """
 local function add_amount(window, group, micro_units)
   -- HINCRBY refuses to leave 64 bits; a sum that would spills into a, a1, a2...
@@ -52,30 +68,122 @@ local function add_amount(window, group, micro_units)
 end
 
 local EXACT_IN_LUA = 4503599627370496  -- 2^52
-local horizon = ARGV[1]
+local SELECTORS = 4294967296  -- 2^32: a fingerprint's selector is its first 4 bytes
+local MAX_PARTITIONS = 1048576
+local horizon = tonumber(ARGV[1])
 local n_windows = tonumber(ARGV[2])
 local n_cells = tonumber(ARGV[3])
 local n_ledgers = tonumber(ARGV[4])
-local first_key = 2 + n_windows + n_ledgers
-local first_arg = 5 + 2 * n_cells
+local bucket_seconds = tonumber(ARGV[5])
+local listpack_entries = tonumber(ARGV[6])
+local index_key = KEYS[2]
+local first_key = 3 + n_windows + n_ledgers
+local first_arg = 7 + 2 * n_cells
 
-local function cell_window(cell) return KEYS[1 + tonumber(ARGV[3 + 2 * cell])] end
-local function cell_group(cell) return ARGV[4 + 2 * cell] end
+local function cell_window(cell) return KEYS[2 + tonumber(ARGV[5 + 2 * cell])] end
+local function cell_group(cell) return ARGV[6 + 2 * cell] end
+local function ledger_key(ledger) return KEYS[2 + n_windows + ledger] end
 
--- Whether a pulse is new, marking it seen: by its id's key, or by its bit in a ledger.
-local function first_time(key, ledger, bit)
-  if ledger == 0 then return redis.call('SET', key, 1, 'NX', 'EX', horizon) end
-  local ledger_key = KEYS[1 + n_windows + ledger]
-  if redis.call('GETBIT', ledger_key, bit) == 1 or redis.call('EXISTS', key) == 1 then return false end
-  redis.call('SETBIT', ledger_key, bit, 1)
+-- The id index, read on the first pulse that needs it.
+local now, live, newest, current = nil, nil, nil, nil
+local function load_index()
+  now = tonumber(redis.call('TIME')[1])
+  live = {}
+  local raw = redis.call('HGETALL', index_key)
+  local by_start = {}
+  for i = 1, #raw, 2 do
+    local kind, start = string.sub(raw[i], 1, 1), string.sub(raw[i], 2)
+    local bucket = by_start[start]
+    if not bucket then
+      bucket = {start = start, filled = 0, total = 0}
+      by_start[start] = bucket
+    end
+    local value = raw[i + 1]
+    if kind == 'b' then
+      local sep = string.find(value, '|', 1, true)
+      bucket.stop = tonumber(string.sub(value, 1, sep - 1))
+      bucket.segments = {}
+      for p in string.gmatch(string.sub(value, sep + 1), '%d+') do
+        bucket.segments[#bucket.segments + 1] = tonumber(p)
+      end
+    elseif kind == 'c' then bucket.filled = tonumber(value)
+    elseif kind == 't' then bucket.total = tonumber(value) end
+  end
+  for start, bucket in pairs(by_start) do
+    if bucket.stop and bucket.stop + horizon > now then
+      live[#live + 1] = bucket
+    else  -- ended a horizon ago: its partitions have expired
+      redis.call('HDEL', index_key, 'b' .. start, 'c' .. start, 't' .. start)
+    end
+    if bucket.stop and (newest == nil or tonumber(start) > tonumber(newest.start)) then newest = bucket end
+  end
+end
+
+local function current_bucket()
+  if current then return current end
+  if newest and now < newest.stop then
+    current = newest
+    return current
+  end
+  local partitions, wanted = 1, (newest and newest.total or 0) / (listpack_entries / 2)
+  while partitions < wanted and partitions < MAX_PARTITIONS do partitions = partitions * 2 end
+  current = {start = tostring(now), stop = now + bucket_seconds, segments = {partitions}, filled = 0, total = 0}
+  live[#live + 1] = current
+  return current
+end
+
+local function partition_key(bucket, partitions, selector)
+  local partition = math.floor(selector / (SELECTORS / partitions))
+  return index_key .. ':' .. bucket.start .. ':' .. partitions .. ':' .. partition
+end
+
+local function in_index(selector, field)
+  for _, bucket in ipairs(live) do
+    for _, partitions in ipairs(bucket.segments) do
+      if redis.call('HEXISTS', partition_key(bucket, partitions, selector), field) == 1 then return true end
+    end
+  end
+  return false
+end
+
+local expiring = {}
+local function remember(selector, field)
+  local bucket = current_bucket()
+  local partitions = bucket.segments[#bucket.segments]
+  local key = partition_key(bucket, partitions, selector)
+  redis.call('HSETNX', key, field, 1)
+  expiring[key] = bucket.stop + horizon
+  bucket.filled = bucket.filled + 1
+  bucket.total = bucket.total + 1
+  bucket.changed = true
+  if bucket.filled >= partitions * listpack_entries * 5 / 8 and partitions < MAX_PARTITIONS then
+    bucket.segments[#bucket.segments + 1] = partitions * 4
+    bucket.filled = 0
+  end
+end
+
+-- Whether a pulse is new, marking it seen: in the id index, or by its bit in a ledger.
+local set_ledgers = {}
+local function first_time(key, ledger, bit, selector, field)
+  if selector >= 0 then
+    if not live then load_index() end
+    if redis.call('EXISTS', key) == 1 then return false end
+    if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+    if in_index(selector, field) then return false end
+    remember(selector, field)
+    return true
+  end
+  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 or redis.call('EXISTS', key) == 1 then return false end
+  redis.call('SETBIT', ledger_key(ledger), bit, 1)
+  set_ledgers[ledger] = true
   return true
 end
 
 local counts, sums = {}, {}
 local counted = 0
 for k = first_key, #KEYS do
-  local i = first_arg + 4 * (k - first_key)
-  if first_time(KEYS[k], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])) then
+  local i = first_arg + 6 * (k - first_key)
+  if first_time(KEYS[k], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), ARGV[i + 5]) then
     local cell = tonumber(ARGV[i])
     local micro_units = ARGV[i + 1]
     local value = tonumber(micro_units)
@@ -96,13 +204,18 @@ for cell, count in pairs(counts) do
   end
   redis.call('HINCRBY', window, 'n|' .. group, count)
 end
--- A ledger lives a horizon after its message's last count (no-op when nothing set it).
-for ledger = 1, n_ledgers do redis.call('EXPIRE', KEYS[1 + n_windows + ledger], horizon) end
+-- A ledger lives a horizon after its message's last count.
+for ledger, _ in pairs(set_ledgers) do redis.call('EXPIRE', ledger_key(ledger), horizon) end
+if current and current.changed then
+  redis.call('HSET', index_key, 'b' .. current.start, current.stop .. '|' .. table.concat(current.segments, ','),
+    'c' .. current.start, current.filled, 't' .. current.start, current.total)
+end
+for key, at in pairs(expiring) do redis.call('EXPIREAT', key, at) end
 -- Each hour that received counts is registered; a new hour is a change readers must see.
 local first_live_field = #ARGV - n_windows
 local registered = {}
 for cell, _ in pairs(counts) do
-  local field = ARGV[first_live_field + tonumber(ARGV[3 + 2 * cell])]
+  local field = ARGV[first_live_field + tonumber(ARGV[5 + 2 * cell])]
   if not registered[field] then
     registered[field] = true
     if redis.call('HSETNX', KEYS[1], field, 1) == 1 then redis.call('HINCRBY', KEYS[1], 'v', 1) end
@@ -116,9 +229,12 @@ class CountablePulse(NamedTuple):
     """A validated pulse reduced to what Redis needs to count it.
 
     `window_key` is its live window bucket, `keys.window_key(tag, hour, tenant)` with
-    the tag of its dedupe record (`keys.tag_of_dedupe_key`). A pulse without id has a
-    `ledger` (`keys.message_ledger_key`, same tag) and its `bit` there (its index); its
-    `dedupe_key` is then its v1 key, only read.
+    the tag of its dedupe record (`keys.tag_of_dedupe_key`); `dedupe_key` is its v1
+    key, only read. A pulse with an id, or alone in its message, has a `fingerprint`
+    (`keys.id_fingerprint`, `keys.place_fingerprint`) looked up in the id index; any
+    other pulse without id has a `ledger` (`keys.message_ledger_key`, same tag) and its
+    `bit` there (its index). A pulse with both has its ledger only read: how the
+    previous release recorded a message of one pulse.
     """
 
     dedupe_key: bytes
@@ -127,15 +243,40 @@ class CountablePulse(NamedTuple):
     micro_units: int
     ledger: bytes = b""
     bit: int = 0
+    fingerprint: bytes = b""
+
+
+def pulse_with_id(
+    tenant: str, pulse_id: str, window_key: str, group: bytes, micro_units: int
+) -> CountablePulse:
+    """The countable pulse of `tenant` with id `pulse_id` (its v1 key and fingerprint)."""
+    return CountablePulse(
+        keys.dedupe_key_for_id(tenant, pulse_id),
+        window_key,
+        group,
+        micro_units,
+        fingerprint=keys.id_fingerprint(tenant, pulse_id),
+    )
 
 
 class PulseCounter:
     """Applies validated pulses to the Redis hour windows through the Lua script."""
 
-    def __init__(self, redis: Redis, dedupe_horizon_seconds: int, chunk_size: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        dedupe_horizon_seconds: int,
+        chunk_size: int,
+        listpack_entries: int | None = None,
+    ) -> None:
+        """`listpack_entries`: the Redis `hash-max-listpack-entries` the id index sizes
+        its partitions for; read from Redis on first use when not given."""
+        self._redis = redis
         self._script = redis.register_script(INGEST_SCRIPT)
         self._horizon = dedupe_horizon_seconds
+        self._bucket_seconds = keys.id_bucket_seconds(dedupe_horizon_seconds)
         self._chunk_size = chunk_size
+        self._listpack_entries = listpack_entries
 
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
@@ -148,6 +289,8 @@ class PulseCounter:
         refusal took (Redis 7 passes the OOM reply on; earlier versions wrap it in a
         script error), so that callers hold the batch instead of dead-lettering it.
         """
+        if self._listpack_entries is None:
+            self._listpack_entries = hash_listpack_entries(self._redis)
         counted = 0
         for tag, of_tag in _per_tag(pulses):
             for start in range(0, len(of_tag), self._chunk_size):
@@ -175,6 +318,7 @@ class PulseCounter:
         cell_args: list[bytes | int] = []
         dedupe_keys: list[bytes | str] = []
         pulse_args: list[bytes | int] = []
+        selector_bytes = keys.ID_SELECTOR_BYTES
         for pulse in chunk:
             cell = cells.get((pulse.window_key, pulse.group))
             if cell is None:
@@ -183,10 +327,31 @@ class PulseCounter:
                 cell_args += (window, pulse.group)
             ledger = ledgers.setdefault(pulse.ledger, len(ledgers) + 1) if pulse.ledger else 0
             dedupe_keys.append(pulse.dedupe_key)
-            pulse_args += (cell, pulse.micro_units, ledger, pulse.bit)
-        script_keys = [keys.registry_key(tag), *windows, *ledgers, *dedupe_keys]
+            fingerprint = pulse.fingerprint
+            if fingerprint:
+                selector = int.from_bytes(fingerprint[:selector_bytes], "big")
+                pulse_args += (
+                    cell,
+                    pulse.micro_units,
+                    ledger,
+                    pulse.bit,
+                    selector,
+                    fingerprint[selector_bytes:],
+                )
+            elif ledger:
+                pulse_args += (cell, pulse.micro_units, ledger, pulse.bit, -1, b"")
+            else:
+                raise ValueError(f"a pulse with neither fingerprint nor ledger: {pulse!r}")
+        script_keys = [keys.registry_key(tag), keys.id_index_key(tag), *windows, *ledgers, *dedupe_keys]
         live_fields = [keys.live_field_of_window(window) for window in windows]
-        counts = [self._horizon, len(windows), len(cells), len(ledgers)]
+        counts = [
+            self._horizon,
+            len(windows),
+            len(cells),
+            len(ledgers),
+            self._bucket_seconds,
+            self._listpack_entries or DEFAULT_LISTPACK_ENTRIES,
+        ]
         return script_keys, [*counts, *cell_args, *pulse_args, *live_fields]
 
 

@@ -26,14 +26,23 @@ node; a pulse's tag comes from the digest of its dedupe record, `tag_of_record`)
   id, an AMQP message_id), for its pulses WITHOUT id: a bitmap, bit i set once pulse i
   of the message is counted, expiring a horizon after the message's last count. About
   N/8 bytes and one key per message, where v1 held one `d` key (~100 B) per pulse.
-- `d<11-byte digest>`: one dedupe key per counted pulse with an id, expiring after the
-  horizon. Pulses without id had one too in v1: a pulse whose message has no bit set
-  still counts as seen while its v1 key lives (one horizon after the upgrade).
-  Kept to 12 bytes on purpose: they are most of the memory the ingestor uses, and a
-  key of 12 bytes or less takes the smallest allocation (about 100 bytes a key all
-  told, against 117 at 18 bytes). 88 bits of digest: a billion ids held at once
-  collide with a probability of about 2 in a billion. The ingestor owns its Redis
-  database.
+- `ingestor:{t}:i`: the id index, a small hash naming its live time buckets: per
+  bucket starting at second `<s>`, `b<s>` = `<stop>|<P1>,<P2>...` (its end and the
+  partition count of each of its segments), `c<s>` (ids in its last segment) and `t<s>`
+  (ids in the bucket).
+- `ingestor:{t}:i:<s>:<P>:<p>`: partition p of the segment with P partitions of the
+  bucket starting at `<s>`, a hash (listpack) of 9-byte id fingerprints -> 1, expiring
+  a horizon after the bucket's end. A pulse with an id is remembered here, as is the
+  one pulse of a message of one pulse without id (see `id_fingerprint`).
+- `d<11-byte digest>`: v1's dedupe key per counted pulse with an id (and without one
+  before the message ledgers), expiring after the horizon; only read now, for one
+  horizon after the upgrade.
+
+The id index holds about 14.5 bytes an id (v1's `d` key about 96). Two ids collide
+only when their 72 field bits match within one partition, and a lookup compares at
+most a few thousand fields, so a billion ids held collide with a probability of about
+3 in 10 billion (v1's 88-bit keys: about 2 in a billion); a collision is a pulse not
+counted. The ingestor owns its Redis database.
 
 The previous layout (v1) is kept here only as what a flush drains while migrating
 (pulses/legacy_flush.py): `ingestor:window:<h>` (one hash per hour),
@@ -311,6 +320,48 @@ def _digest(kind: bytes, *parts: str) -> bytes:
         h.update(b"%d:" % len(data))
         h.update(data)
     return DEDUPE_PREFIX + h.digest()
+
+
+# The id index (see the module docstring and aggregation.INGEST_SCRIPT): a fingerprint
+# of 13 bytes, the first 4 choosing the partition, the other 9 the hash field. Fields
+# of one partition share no bits with its choice, so two ids collide only if their 72
+# field bits match, and each lookup compares with at most the few hundred fields of the
+# partitions it reads.
+ID_FINGERPRINT_BYTES = 13
+ID_SELECTOR_BYTES = 4
+# Buckets per horizon: an id is remembered between H and H + H/4 (+ 1 s), and a lookup
+# reads the partitions of the 5 buckets that may still hold it.
+ID_BUCKETS_PER_HORIZON = 4
+
+
+def id_index_key(tag: str) -> str:
+    """The id index of a tag, the hash naming its live buckets: `ingestor:{0.0}:i`."""
+    return f"{PREFIX}{{{tag}}}:i"
+
+
+def id_bucket_seconds(horizon_seconds: int) -> int:
+    """How long one bucket of the id index takes ids: a quarter of the horizon, ≥ 1 s."""
+    return max(1, -(-horizon_seconds // ID_BUCKETS_PER_HORIZON))
+
+
+def _fingerprint(kind: bytes, *parts: str | bytes) -> bytes:
+    h = hashlib.blake2b(kind, digest_size=ID_FINGERPRINT_BYTES, person=b"ingestor-id-idx")
+    for part in parts:
+        data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+        h.update(b"%d:" % len(data))
+        h.update(data)
+    return h.digest()
+
+
+def id_fingerprint(tenant: str, pulse_id: str) -> bytes:
+    """The id index fingerprint of a pulse with an id: (tenant, id) counts once."""
+    return _fingerprint(b"id", tenant, pulse_id)
+
+
+def place_fingerprint(scope: bytes, place: int) -> bytes:
+    """The id index fingerprint of a pulse without id alone in its message: its message
+    scope's digest and its place there (a kind of its own, never meeting an id)."""
+    return _fingerprint(b"place", scope, str(place))
 
 
 def dedupe_key_for_id(tenant: str, pulse_id: str) -> bytes:

@@ -181,12 +181,12 @@ def test_absent_or_invalid_ids_are_404_json(client, auth, usage_rows, path):
 
 def _count_one(app, tenant: str) -> None:
     from ingestor.pulses import keys
-    from ingestor.pulses.aggregation import CountablePulse
+    from ingestor.pulses.aggregation import pulse_with_id
 
     dedupe_key = keys.dedupe_key_for_id(tenant, "1")
     window = keys.window_key(keys.tag_of_dedupe_key(dedupe_key), keys.hour_of(datetime.now(UTC)), tenant)
     app.extensions["pulses"].counter.count(
-        [CountablePulse(dedupe_key, window, keys.group_field(tenant, "vm", "h"), 1)]
+        [pulse_with_id(tenant, "1", window, keys.group_field(tenant, "vm", "h"), 1)]
     )
 
 

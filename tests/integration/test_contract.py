@@ -15,7 +15,7 @@ from alembic import command
 
 from ingestor.database import alembic_config
 from ingestor.pulses import keys
-from ingestor.pulses.aggregation import CountablePulse
+from ingestor.pulses.aggregation import pulse_with_id
 from tests.support.ledger import persisted_sums, persisted_sums_per_group
 from tests.support.readme import readme_snippet, run_snippet
 from tests.support.worker import wait_until_idle, wait_until_settled
@@ -57,8 +57,9 @@ def test_flask_pulses_flush_persists_now(app, database):
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     app.extensions["pulses"].counter.count(
         [
-            CountablePulse(
-                keys.dedupe_key_for_id("ops", "1"),
+            pulse_with_id(
+                "ops",
+                "1",
                 keys.window_key(keys.SHARD_TAGS[0], keys.hour_of(hour), "ops"),
                 keys.group_field("ops", "cli", "run"),
                 1_500_000,

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from ingestor.pulses import keys
-from ingestor.pulses.aggregation import CountablePulse, PulseCounter
+from ingestor.pulses.aggregation import CountablePulse, PulseCounter, pulse_with_id
 from ingestor.pulses.schema import MAX_AMOUNT, to_micro_units
 from tests.support.ledger import persisted_sums
 from tests.support.windows import countable
@@ -24,7 +24,7 @@ GROUP = keys.group_field("acme", "storage", "B")
 
 
 def pulse(n: int, amount: Decimal = Decimal("1.5")) -> CountablePulse:
-    return CountablePulse(keys.dedupe_key_for_id("acme", f"p{n}"), WINDOW, GROUP, to_micro_units(amount))
+    return pulse_with_id("acme", f"p{n}", WINDOW, GROUP, to_micro_units(amount))
 
 
 def test_a_pulse_counted_twice_counts_once_and_its_id_expires_after_the_horizon(redis_client):
@@ -34,7 +34,9 @@ def test_a_pulse_counted_twice_counts_once_and_its_id_expires_after_the_horizon(
     assert counter.count([pulse(2), pulse(3), pulse(3)]) == 1
 
     assert redis_client.hgetall(WINDOW) == {b"a|" + GROUP: b"4500000", b"n|" + GROUP: b"3"}
-    assert 3590 < redis_client.ttl(pulse(1).dedupe_key) <= 3600
+    # Remembered in the id index, a horizon past its bucket's end (a quarter horizon).
+    (partition,) = redis_client.keys(keys.id_index_key(TAG) + ":*")
+    assert 3600 < redis_client.ttl(partition) <= 3600 + 900
     assert redis_client.hgetall(REGISTRY) == {keys.live_field(keys.hour_of(HOUR)).encode(): b"1", b"v": b"1"}
 
 
@@ -92,10 +94,7 @@ def test_amounts_summed_inside_the_script_stay_exact_around_2_to_the_52(app, red
     # past that it adds from the strings. Amounts straddling the limit must add up.
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=60, chunk_size=100)
     micro = [2**51 + 1, 2**51 + 3, 2**51 + 5, 7, 2**52 + 11, 2**52 - 1]
-    pulses = [
-        CountablePulse(keys.dedupe_key_for_id("acme", f"big{i}"), WINDOW, GROUP, m)
-        for i, m in enumerate(micro)
-    ]
+    pulses = [pulse_with_id("acme", f"big{i}", WINDOW, GROUP, m) for i, m in enumerate(micro)]
     assert counter.count(pulses) == len(micro)
     app.extensions["pulses"].persister.persist_pending()
 

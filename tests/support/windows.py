@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 
 from ingestor.pulses import keys
-from ingestor.pulses.aggregation import CountablePulse
+from ingestor.pulses.aggregation import CountablePulse, pulse_with_id
 from ingestor.pulses.persistence import Persister
 
 
@@ -19,10 +19,11 @@ def countable(
     tenant: str, pulse_id: str, hour: datetime, micro_units: int, sku: str = "vm", unit: str = "hour"
 ) -> CountablePulse:
     """A pulse with an id, ready for `PulseCounter.count`, in its tag and tenant bucket."""
-    dedupe_key = keys.dedupe_key_for_id(tenant, pulse_id)
-    return CountablePulse(
-        dedupe_key,
-        keys.window_key(keys.tag_of_dedupe_key(dedupe_key), keys.hour_of(hour), tenant),
+    tag = keys.tag_of_dedupe_key(keys.dedupe_key_for_id(tenant, pulse_id))
+    return pulse_with_id(
+        tenant,
+        pulse_id,
+        keys.window_key(tag, keys.hour_of(hour), tenant),
         keys.group_field(tenant, sku, unit),
         micro_units,
     )

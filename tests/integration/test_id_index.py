@@ -1,0 +1,135 @@
+"""Pulses with an id (and pulses alone in their message) deduplicated by the id index
+in the real Redis: at most 16 bytes an id held (v1 held a key of about 96 bytes), the
+horizon honoured between H and H + H/4 + 1 s, every partition kept under the listpack
+limit as the rate grows, and what v1 and the previous release recorded still honoured."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from functools import partial
+
+import pytest
+
+from ingestor.pulses import keys
+from ingestor.pulses.aggregation import CountablePulse, PulseCounter, pulse_with_id
+from ingestor.pulses.ingest import PulseValidator
+
+pytestmark = pytest.mark.usefixtures("clean_state")
+
+TAG = keys.SHARD_TAGS[0]
+HOUR = keys.hour_of(datetime.now(UTC))
+WINDOW = keys.window_key(TAG, HOUR, "acme")
+GROUP = keys.group_field("acme", "vm", "h")
+
+
+def with_ids(ids) -> list[CountablePulse]:
+    return [pulse_with_id("acme", pulse_id, WINDOW, GROUP, 1) for pulse_id in ids]
+
+
+def partitions(redis_client) -> list[bytes]:
+    return list(redis_client.scan_iter(match=keys.id_index_key(TAG) + ":*", count=1000))
+
+
+def index_buckets(redis_client) -> dict[int, list[int]]:
+    """The index's live buckets: start second -> the partition count of each segment."""
+    fields = redis_client.hgetall(keys.id_index_key(TAG))
+    return {
+        int(name[1:]): [int(p) for p in value.split(b"|")[1].split(b",")]
+        for name, value in fields.items()
+        if name.startswith(b"b")
+    }
+
+
+def test_an_id_held_costs_at_most_16_bytes(redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=5000)
+    n = 100_000
+    assert counter.count(with_ids(str(uuid.uuid4()) for _ in range(n))) == n
+
+    dedupe = [
+        key for key in redis_client.scan_iter(count=1000) if b":w:" not in key and b":pending" not in key
+    ]
+    held = sum(redis_client.memory_usage(key, samples=0) for key in dedupe)
+    assert held / n <= 16, f"{held / n:.1f} bytes an id"
+    assert all(redis_client.object("encoding", key) == b"listpack" for key in partitions(redis_client))
+
+
+def test_a_redelivered_batch_counts_once(redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=7)
+    batch = with_ids(f"id-{i}" for i in range(40))
+
+    assert counter.count(batch[5:23]) == 18  # the chunks a worker counted before dying
+    assert counter.count(batch + batch[:3]) == 22
+    assert redis_client.hget(WINDOW, b"n|" + GROUP) == b"40"
+
+
+def test_an_id_is_remembered_a_horizon_and_forgotten_within_a_quarter_more(redis_client):
+    # H = 4 s: buckets of 1 s, so an id is remembered at least 4 s, at most 4 + 1 + 1 s.
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=4, chunk_size=100)
+    counted_at = time.monotonic()
+    assert counter.count(with_ids(["early"])) == 1
+    (first_bucket,) = index_buckets(redis_client)
+    # New ids keep arriving in later buckets, as in production.
+    while time.monotonic() - counted_at < 3.8:
+        assert counter.count(with_ids(["early"])) == 0
+        counter.count(with_ids([str(uuid.uuid4())]))
+        time.sleep(0.2)
+    time.sleep(max(0.0, counted_at + 6.3 - time.monotonic()))
+    assert counter.count(with_ids(["early"])) == 1
+    # Its bucket is gone, partitions and index fields: memory is given back.
+    assert not list(redis_client.scan_iter(match=f"{keys.id_index_key(TAG)}:{first_bucket}:*"))
+    assert first_bucket not in index_buckets(redis_client)
+
+
+def test_partitions_stay_under_the_listpack_limit_as_the_rate_grows(redis_client):
+    # A limit of 64 entries (this Redis converts at 512, so a breach is seen by HLEN).
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=8, chunk_size=1000, listpack_entries=64)
+    # The first bucket has no predecessor to size from: its segments grow 1, 4, 16, 64.
+    assert counter.count(with_ids(f"a{i}" for i in range(3000))) == 3000
+    (first,) = index_buckets(redis_client).values()
+    assert first[0] == 1 and len(first) > 1
+    time.sleep(2.1)  # the next bucket, sized from this one: 3000 / 32 -> 128 partitions
+    assert counter.count(with_ids(f"b{i}" for i in range(3000))) == 3000
+    assert counter.count(with_ids(f"a{i}" for i in range(3000))) == 0
+
+    buckets = index_buckets(redis_client)
+    assert len(buckets) == 2
+    assert buckets[max(buckets)] == [128]
+    assert max(redis_client.hlen(key) for key in partitions(redis_client)) <= 64
+
+
+def test_an_id_counted_by_v1_is_not_counted_again(redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
+    (old, new) = with_ids(["counted-by-v1", "new"])
+    redis_client.set(old.dedupe_key, 1, ex=3600)  # what a v1 worker left
+
+    assert counter.count([old, new]) == 1
+    assert counter.count([old, new]) == 0
+
+
+def one_pulse_message(settings, message_id: str) -> CountablePulse:
+    body = [{"tenant": "acme", "product_sku": "vm", "use_unity": "h", "used_amount": "1"}]
+    (pulse,), _ = PulseValidator(settings).split(
+        body, fallback_key=partial(keys.position_in_message, message_id), received_at=datetime.now(UTC)
+    )
+    return pulse
+
+
+def test_a_message_of_one_pulse_without_id_is_recorded_in_the_index_not_a_ledger(settings, redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
+    pulses = [one_pulse_message(settings, f"task-{i}") for i in range(300)]
+
+    assert counter.count(pulses) == 300
+    assert counter.count(pulses) == 0
+    assert not list(redis_client.scan_iter(match="ingestor:{*}:m:*"))
+    held = sum(redis_client.memory_usage(key, samples=0) for key in partitions(redis_client))
+    assert held / 300 <= 16
+
+
+def test_a_message_of_one_pulse_counted_by_the_previous_release_is_not_counted_again(settings, redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
+    pulse = one_pulse_message(settings, "task-before-upgrade")
+    redis_client.setbit(pulse.ledger, 0, 1)  # its bit in its message's ledger
+
+    assert counter.count([pulse]) == 0
