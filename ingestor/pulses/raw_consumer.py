@@ -50,7 +50,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from amqp.basic_message import Message
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import NotFound, PreconditionFailed
 from celery import bootsteps
 from flask import Flask
 from kombu import Consumer
@@ -350,7 +350,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         self.database = app.extensions["database"]
         self.memory: MemoryWatch = app.extensions["redis_memory"]
         self.queue = raw_queue(settings.raw_queue)
-        self.dead_letters = DeadLetterPublisher(settings.broker_url)
+        self.dead_letters = DeadLetterPublisher(settings.broker_url, settings.broker_queue_type)
         self.source = f"raw:{settings.raw_queue}"[:MAX_SOURCE_CHARS]
         self.max_body_bytes: int = settings.raw_max_body_bytes
         self.batch: PendingBatch[Message] = PendingBatch(
@@ -368,7 +368,21 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         # A new channel: messages held for an old one were returned by the broker when
         # it went away, and their delivery tags mean nothing here.
         self.batch.clear()
-        channel = self.declare_queue(channel)
+        try:
+            channel = self.declare_queue(channel)
+        except NotFound as exc:
+            # A classic queue lives on one RabbitMQ node: with that node down, RabbitMQ
+            # refuses to declare it (404 "home node ... is down"). Its messages wait on
+            # that node; crashing the worker would also stop the quorum task queues,
+            # which the nodes left still serve. So no raw consumer on this connection.
+            logger.error(
+                "raw queue %s is unavailable (%s): not consuming it until the worker reconnects or restarts "
+                "once its RabbitMQ node is back",
+                self.queue.name,
+                exc.reply_text,
+                extra={"queue": self.queue.name},
+            )
+            return []
         return [
             BareMessageConsumer(
                 channel,
