@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.client import HTTPConnection
 from pathlib import Path
+from urllib.parse import quote
 
 from celery import Celery
 from kombu import Connection
@@ -46,6 +47,7 @@ from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
 from ingestor.pulses.schema import rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
+from tests.support.rabbit_cluster import RabbitCluster, rabbitmq_server
 from tests.support.services import recreate_database, recreate_vhost, settings_env
 from tests.support.worker import WorkerProcess
 
@@ -232,11 +234,35 @@ def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
 
 
 def bench_quorum(bench: Bench, report: Report) -> None:
-    """ingest_pulses on quorum task queues (BROKER_QUEUE_TYPE=quorum, one node) against classic.
+    """ingest_pulses on quorum task queues (BROKER_QUEUE_TYPE=quorum, one node) against classic."""
+    _quorum_against_classic(bench, report, recreate_vhost(f"{VHOST}_quorum"), "quorum queues", "quorum")
+
+
+def bench_quorum_cluster(bench: Bench, report: Report) -> None:
+    """ingest_pulses on quorum task queues of a private 3-node cluster against classic on one node.
+
+    What replication costs: each message is written on two of three nodes before it is
+    confirmed, and each ack travels the same way. Skipped without `rabbitmq-server`.
+    """
+    if rabbitmq_server() is None:
+        print("quorum-cluster: skipped, rabbitmq-server is not installed", flush=True)
+        return
+    with RabbitCluster() as cluster:
+        cluster.add_vhost(VHOST)
+        _quorum_against_classic(
+            bench,
+            report,
+            cluster.broker_url(quote(VHOST, safe="")),
+            "quorum queues, 3-node cluster",
+            "3-node quorum",
+        )
+
+
+def _quorum_against_classic(bench: Bench, report: Report, broker_url: str, what: str, short: str) -> None:
+    """ingest_pulses on quorum task queues at `broker_url` against classic ones on the bench's node.
 
     Interleaved rounds, medians: both share the machine's noise alike.
     """
-    broker_url = recreate_vhost(f"{VHOST}_quorum")
     with Connection(broker_url) as connection:
         declare_topology(connection, queue_type=QUORUM)
     settings = replace(bench.settings, broker_url=broker_url, broker_queue_type=QUORUM)
@@ -250,9 +276,9 @@ def bench_quorum(bench: Bench, report: Report) -> None:
     report.add(
         Row(f"{INGEST_PULSES} on classic queues", statistics.median(classic), "pulses/s", detail=detail)
     )
-    report.add(Row(f"{INGEST_PULSES} on quorum queues", statistics.median(quorum), "pulses/s", detail=detail))
+    report.add(Row(f"{INGEST_PULSES} on {what}", statistics.median(quorum), "pulses/s", detail=detail))
     ratio = statistics.median(quorum) / statistics.median(classic)
-    report.add(Row("  quorum to classic", ratio, "×"))
+    report.add(Row(f"  {short} to classic", ratio, "×"))
 
 
 def _ingest_pulse_rate(bench: Bench) -> float:
@@ -838,6 +864,21 @@ def bench_pending(bench: Bench, report: Report) -> None:
     )
 
 
+# What `--only` may name; a run without it runs every part.
+PARTS = (
+    "ingest",
+    "raw",
+    "http",
+    "persist",
+    "queries",
+    "rejected",
+    "memory",
+    "pending",
+    "quorum",
+    "quorum-cluster",
+)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -873,7 +914,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only",
         nargs="*",
         default=[],
-        choices=["ingest", "raw", "http", "persist", "queries", "rejected", "memory", "pending", "quorum"],
+        choices=PARTS,
         help="run only these parts",
     )
     return parser.parse_args(argv)
@@ -881,17 +922,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = set(args.only) or {
-        "ingest",
-        "raw",
-        "http",
-        "persist",
-        "queries",
-        "rejected",
-        "memory",
-        "pending",
-        "quorum",
-    }
+    wanted = set(args.only) or set(PARTS)
     bench = Bench(args)
     report = Report()
     print(f"benchmark on {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
@@ -915,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_pending(bench, report)
     if "quorum" in wanted:
         bench_quorum(bench, report)
+    if "quorum-cluster" in wanted:
+        bench_quorum_cluster(bench, report)
     bench.reset()
     print()
     print(report.table())
