@@ -4,6 +4,8 @@ The machine's RabbitMQ node (rabbit@<host>, port 5672) is never touched: these n
 have their own names (pi-q1..3@localhost), AMQP ports (5681-5683), distribution ports
 (25681-25683), Erlang cookie, configuration, data and log directories, all in one
 temporary directory. They register with the machine's epmd, as every node does.
+The names and ports are fixed, so one such cluster runs on the machine at a time
+(the tests' or the bench's): starting one removes whatever a previous run left.
 
 Nodes are started with RabbitMQ's own `rabbitmq-server` script, not the distribution's
 wrapper on PATH, which switches to the `rabbitmq` user and its HOME (and so its cookie
@@ -13,6 +15,7 @@ its command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -73,23 +76,24 @@ def _port_in_use(port: int) -> bool:
 
 
 def remove_leftovers(nodes: tuple[Node, ...], keep: Path) -> None:
-    """Kill the nodes a crashed previous run left behind, by the pids its directories hold.
+    """Kill the nodes a crashed previous run left behind, and remove its directories.
 
-    Only a beam process whose command line names one of our nodes is killed; a port
+    Only a process whose command line names such a directory (an Erlang VM's `-home`)
+    is killed, found even if the run died before the node wrote its pid file; a port
     still taken afterwards belongs to something else, and is an error, not a target.
     """
+    prefix = str(Path(tempfile.gettempdir()) / DIR_PREFIX).encode()
+    for command_file in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = command_file.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if any(arg.startswith(prefix) and arg != str(keep).encode() for arg in arguments):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(command_file.parent.name), signal.SIGKILL)
     for leftover in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
-        if leftover == keep:
-            continue
-        for pid_file in leftover.glob("*/pid"):
-            try:
-                pid = int(pid_file.read_text().strip())
-                command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except (OSError, ValueError):
-                continue
-            if any(node.short.encode() in command_line for node in nodes):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(leftover, ignore_errors=True)
+        if leftover != keep:
+            shutil.rmtree(leftover, ignore_errors=True)
     deadline = time.monotonic() + 15
     while (taken := [n for n in nodes if _port_in_use(n.amqp_port) or _port_in_use(n.dist_port)]) and (
         time.monotonic() < deadline
