@@ -7,6 +7,7 @@ job publishes its batches. The API answers 202 or 503 (a client retries a 503), 
 publishers and the worker move to the next node listed, the queues elect a new leader
 among the two left, and every pulse is counted exactly once: a pulse lost (confirmed,
 then gone with the node) or counted twice (a redelivery, a republish) changes a sum.
+The raw queue, classic, waits on the killed node: restarted, the worker consumes it again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from tests.support import services
 from tests.support.api import post_until_accepted
 from tests.support.faults import persist_through_worker, wait_for
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums, persisted_sums_per_group
-from tests.support.rabbit_cluster import RabbitCluster, rabbitmq_server
+from tests.support.rabbit_cluster import Node, RabbitCluster, rabbitmq_server
+from tests.support.raw import body_of, publish_raw
 from tests.support.worker import WorkerProcess
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("clean_state")]
@@ -37,6 +39,7 @@ HTTP_BATCHES = 40
 HTTP_BATCH_SIZE = 25
 # Batches accepted before the kill: the stream is well under way, most of it to come.
 KILL_AFTER_BATCHES = 8
+RAW_PULSES = 500
 POPULATE_JOB = {"total_messages": 3000, "workers_number": 2, "buffer_size": 25}
 
 
@@ -59,6 +62,19 @@ def populate_ledger(ledger: Ledger, job_id: str) -> None:
             ledger.add(
                 pulse["tenant"], pulse["product_sku"], pulse["use_unity"], hour_ago(0), pulse["used_amount"]
             )
+
+
+def raw_queue_settled(cluster: RabbitCluster, asking: Node) -> bool:
+    """Whether the raw queue holds nothing ready and nothing unacked (counted and acked)."""
+    rows = services.rabbitmqctl_rows(
+        "list_queues",
+        VHOST,
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        options=cluster.ctl_options(asking),
+    )
+    return [topology.RAW_PULSES, "0", "0"] in rows
 
 
 def control_reaching(worker: WorkerProcess, broker_url: str, timeout: float = 120) -> Celery:
@@ -131,6 +147,13 @@ def test_the_pulses_leader_killed_mid_stream_loses_nothing_and_counts_nothing_tw
             return progress.status_code == 200 and progress.get_json()["done"]
 
         wait_for(populate_done, timeout=120, what="the populate job published")
+
+        # The raw queue is classic: it stayed on the killed node, and the worker went on
+        # without it. With the node back, the worker consumes it again.
+        cluster.restart(leader)
+        raw_pulses = make_pulses(ledger, RAW_PULSES, prefix="raw", hour=hour)
+        publish_raw(broker_url, [body_of(raw_pulses[n : n + 50]) for n in range(0, RAW_PULSES, 50)])
+        wait_for(lambda: raw_queue_settled(cluster, others[0]), timeout=60, what="the raw queue consumed")
         persist_through_worker(control, worker, timeout=120)
     finally:
         worker.stop()
@@ -140,5 +163,5 @@ def test_the_pulses_leader_killed_mid_stream_loses_nothing_and_counts_nothing_tw
     assert statuses.count(202) == HTTP_BATCHES
     assert persisted_sums_per_group(database) == {**ledger.per_group(), **populated.per_group()}
     counted = sum(count for _, count in persisted_sums(database).values())
-    assert counted == HTTP_BATCHES * HTTP_BATCH_SIZE + POPULATE_JOB["total_messages"]
+    assert counted == HTTP_BATCHES * HTTP_BATCH_SIZE + POPULATE_JOB["total_messages"] + RAW_PULSES
     print(f"cluster test: {time.monotonic() - started:.1f} s, statuses {statuses.count(503)}×503")

@@ -126,7 +126,7 @@ class RabbitCluster:
         for node in self.nodes:
             self._start_node(node)
         for node in self.nodes:
-            self.ctl(node, "wait", str(self.pid_file(node)), "--timeout", str(START_TIMEOUT_SECONDS))
+            self.wait_for_node(node)
         first, *others = self.nodes
         for node in others:
             self.ctl(node, "stop_app")
@@ -134,9 +134,20 @@ class RabbitCluster:
             self.ctl(node, "start_app")
             self.ctl(node, "await_startup", "--timeout", str(START_TIMEOUT_SECONDS))
 
+    def wait_for_node(self, node: Node) -> None:
+        """Return once the node wrote its pid file and RabbitMQ runs on it."""
+        self.ctl(node, "wait", str(self.pid_file(node)), "--timeout", str(START_TIMEOUT_SECONDS))
+
+    def restart(self, node: Node) -> None:
+        """Start a killed node again on its data: it rejoins the cluster, its queues come back."""
+        self.pid_file(node).unlink(missing_ok=True)  # the dead VM's: `wait` would read it
+        self._start_node(node)
+        self.wait_for_node(node)
+        self.ctl(node, "await_startup", "--timeout", str(START_TIMEOUT_SECONDS))
+
     def _start_node(self, node: Node) -> None:
         node_dir = self.dir / node.short
-        node_dir.mkdir()
+        node_dir.mkdir(exist_ok=True)
         config = node_dir / "rabbitmq.conf"
         # Our own configuration: the machine's /etc/rabbitmq/rabbitmq.conf binds 5672.
         config.write_text(f"listeners.tcp.local = 127.0.0.1:{node.amqp_port}\n")
