@@ -132,6 +132,7 @@ def test_the_pulses_leader_killed_mid_stream_loses_nothing_and_counts_nothing_tw
         job_id = response.get_json()["job_id"]
         populate_ledger(populated, job_id)
 
+        assert publisher.is_alive(), "the API's stream ended before the kill"
         cluster.kill(leader)
 
         publisher.join(180)
@@ -158,6 +159,8 @@ def test_the_pulses_leader_killed_mid_stream_loses_nothing_and_counts_nothing_tw
     finally:
         worker.stop()
         control.close()
+    # The raw queue was on the killed node: consumed again only once the node was back.
+    assert "raw queue pulses.raw is unavailable" in worker.log.read_text()
     # Every batch accepted before, during and after the kill, and every populate pulse.
     assert set(statuses) <= {202, 503}
     assert statuses.count(202) == HTTP_BATCHES
