@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from http.client import HTTPConnection
 from pathlib import Path
+from urllib.parse import quote
 
 from celery import Celery
 from kombu import Connection
@@ -49,6 +50,7 @@ from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
 from ingestor.pulses.schema import rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
+from tests.support.rabbit_cluster import RabbitCluster, rabbitmq_server
 from tests.support.services import recreate_database, recreate_vhost
 from tests.support.worker import WorkerProcess
 
@@ -195,11 +197,35 @@ def bench_ingest_pulses(bench: Bench, report: Report, baseline: float) -> None:
 
 
 def bench_quorum(bench: Bench, report: Report) -> None:
-    """ingest_pulses on quorum task queues (BROKER_QUEUE_TYPE=quorum, one node) against classic.
+    """ingest_pulses on quorum task queues (BROKER_QUEUE_TYPE=quorum, one node) against classic."""
+    _quorum_against_classic(bench, report, recreate_vhost(f"{VHOST}_quorum"), "quorum queues", "quorum")
+
+
+def bench_quorum_cluster(bench: Bench, report: Report) -> None:
+    """ingest_pulses on quorum task queues of a private 3-node cluster against classic on one node.
+
+    What replication costs: each message is written on two of three nodes before it is
+    confirmed, and each ack travels the same way. Skipped without `rabbitmq-server`.
+    """
+    if rabbitmq_server() is None:
+        print("quorum-cluster: skipped, rabbitmq-server is not installed", flush=True)
+        return
+    with RabbitCluster() as cluster:
+        cluster.add_vhost(VHOST)
+        _quorum_against_classic(
+            bench,
+            report,
+            cluster.broker_url(quote(VHOST, safe="")),
+            "quorum queues, 3-node cluster",
+            "3-node quorum",
+        )
+
+
+def _quorum_against_classic(bench: Bench, report: Report, broker_url: str, what: str, short: str) -> None:
+    """ingest_pulses on quorum task queues at `broker_url` against classic ones on the bench's node.
 
     Interleaved rounds, medians: both share the machine's noise alike.
     """
-    broker_url = recreate_vhost(f"{VHOST}_quorum")
     with Connection(broker_url) as connection:
         declare_topology(connection, queue_type=QUORUM)
     settings = replace(bench.settings, broker_url=broker_url, broker_queue_type=QUORUM)
@@ -213,9 +239,9 @@ def bench_quorum(bench: Bench, report: Report) -> None:
     report.add(
         Row(f"{INGEST_PULSES} on classic queues", statistics.median(classic), "pulses/s", detail=detail)
     )
-    report.add(Row(f"{INGEST_PULSES} on quorum queues", statistics.median(quorum), "pulses/s", detail=detail))
+    report.add(Row(f"{INGEST_PULSES} on {what}", statistics.median(quorum), "pulses/s", detail=detail))
     ratio = statistics.median(quorum) / statistics.median(classic)
-    report.add(Row("  quorum to classic", ratio, "×"))
+    report.add(Row(f"  {short} to classic", ratio, "×"))
 
 
 def _ingest_pulse_rate(bench: Bench) -> float:
@@ -841,6 +867,7 @@ PARTS = (
     "pending",
     "quorum",
     "usage",
+    "quorum-cluster",
 )
 
 
@@ -930,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_quorum(bench, report)
     if "usage" in wanted:
         bench_usage(bench, report)
+    if "quorum-cluster" in wanted:
+        bench_quorum_cluster(bench, report)
     bench.reset()
     print()
     print(report.table())

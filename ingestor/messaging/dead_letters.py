@@ -27,7 +27,7 @@ from typing import Any
 
 from kombu import Connection, Message
 
-from ingestor.messaging.topology import dead_letter_exchange, dead_letter_queue
+from ingestor.messaging.topology import CLASSIC, dead_letter_exchange, dead_letter_queue, dead_letter_queue_of
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,10 @@ class DeadLetterPublisher:
     exchange and queue re-declared) on the next attempt.
     """
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, queue_type: str = CLASSIC) -> None:
         self.broker_url = broker_url
+        # Declared as the worker declares it (BROKER_QUEUE_TYPE): another type is refused.
+        self.queue = dead_letter_queue_of(queue_type)
         self._connection: Connection | None = None
         self._producer: Any = None
         self._returned: list[str] = []
@@ -143,7 +145,7 @@ class DeadLetterPublisher:
             self._connection = connection
             channel = connection.channel()
             # Re-declared on every new connection: an operator may have deleted them.
-            dead_letter_queue.bind(channel).declare()
+            self.queue.bind(channel).declare()
             self._producer = connection.Producer(channel, on_return=self._on_return)
         return self._producer
 

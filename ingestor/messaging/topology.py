@@ -99,6 +99,25 @@ def _quorum_queue(name: str) -> Queue:
     )
 
 
+def dead_letter_queue_of(queue_type: str = CLASSIC) -> Queue:
+    """`pulses.dead` as BROKER_QUEUE_TYPE `queue_type` declares it.
+
+    With quorum task queues it is a quorum queue too: a classic queue lives on one
+    node, and with that node down RabbitMQ refuses to declare it (404 "home node ...
+    is down"), which every publisher and worker does on connecting: they could not
+    fail over to the nodes left, and dead letters would have nowhere to go.
+    """
+    if queue_type == QUORUM:
+        return Queue(
+            DEAD_LETTERS,
+            dead_letter_exchange,
+            routing_key=DEAD_LETTERS,
+            durable=True,
+            queue_arguments={"x-queue-type": QUORUM},
+        )
+    return dead_letter_queue
+
+
 def task_queues(queue_type: str = CLASSIC) -> tuple[Queue, Queue, Queue]:
     """The Celery task queues (pulses, persist, populate) of `queue_type`."""
     if queue_type == CLASSIC:
@@ -130,7 +149,7 @@ def declare_topology(
     """
     channel = connection.default_channel
     raw = () if raw_queue_name is None else (raw_queue(raw_queue_name),)
-    for queue in (dead_letter_queue, *task_queues(queue_type), *raw):
+    for queue in (dead_letter_queue_of(queue_type), *task_queues(queue_type), *raw):
         try:
             queue.bind(channel).declare()
         except PreconditionFailed as exc:

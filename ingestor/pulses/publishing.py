@@ -43,7 +43,7 @@ def publish_task(celery_app: Celery, name: str, args: list[Any], queue, task_id:
             task_id=task_id,
             exchange=queue.exchange.name,
             routing_key=queue.routing_key,
-            declare=[topology.dead_letter_queue, queue],
+            declare=[topology.dead_letter_queue_of(celery_app.conf.task_default_queue_type), queue],
             retry=True,
             retry_policy=PUBLISH_RETRY_POLICY,
             confirm_timeout=CONFIRM_TIMEOUT_SECONDS,

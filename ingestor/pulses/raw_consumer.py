@@ -50,7 +50,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from amqp.basic_message import Message
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import AMQPError, NotFound, PreconditionFailed
 from celery import bootsteps
 from flask import Flask
 from kombu import Consumer
@@ -80,6 +80,8 @@ M = TypeVar("M")
 RETRY_BACKOFF_MAX_SECONDS = 30.0
 # AMQP's prefetch count is a 16-bit field.
 MAX_PREFETCH = 65535
+# How often a worker tries the raw queue again while its RabbitMQ node is down.
+UNAVAILABLE_RETRY_SECONDS = 2.0
 # rejected_pulse.source is a VARCHAR(64).
 MAX_SOURCE_CHARS = 64
 # A producer's message_id is shown in rejected_pulse.message_id (VARCHAR(255)) up to this.
@@ -350,7 +352,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         self.database = app.extensions["database"]
         self.memory: MemoryWatch = app.extensions["redis_memory"]
         self.queue = raw_queue(settings.raw_queue)
-        self.dead_letters = DeadLetterPublisher(settings.broker_url)
+        self.dead_letters = DeadLetterPublisher(settings.broker_url, settings.broker_queue_type)
         self.source = f"raw:{settings.raw_queue}"[:MAX_SOURCE_CHARS]
         self.max_body_bytes: int = settings.raw_max_body_bytes
         self.batch: PendingBatch[Message] = PendingBatch(
@@ -362,12 +364,35 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         # trickle's batch closes between one and one and a half waits after it opened.
         self.tick_seconds = max(min(settings.raw_batch_wait_ms / 2000, 0.25), 0.005)
         self._tick = None
+        # The connection on which the raw queue's node was down, if it was (see get_consumers).
+        self.unavailable_on: Any = None
+        self.next_declare_at = 0.0
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         """One consumer of the raw queue on the step's own channel (declares the queue)."""
         # A new channel: messages held for an old one were returned by the broker when
         # it went away, and their delivery tags mean nothing here.
         self.batch.clear()
+        self.unavailable_on = None
+        try:
+            return self.consumers_on(channel)
+        except NotFound as exc:
+            # A classic queue lives on one RabbitMQ node: with that node down, RabbitMQ
+            # refuses to declare it (404 "home node ... is down"). Its messages wait on
+            # that node; crashing the worker would also stop the quorum task queues,
+            # which the nodes left still serve. So the raw queue is retried on ticks.
+            logger.error(
+                "raw queue %s is unavailable (%s): consuming it again once its RabbitMQ node is back",
+                self.queue.name,
+                exc.reply_text,
+                extra={"queue": self.queue.name},
+            )
+            self.unavailable_on = channel.connection
+            self.next_declare_at = time.monotonic() + UNAVAILABLE_RETRY_SECONDS
+            return []
+
+    def consumers_on(self, channel: Any) -> list[Consumer]:
+        """The raw queue declared on `channel`, and its consumer (not consuming yet)."""
         channel = self.declare_queue(channel)
         return [
             BareMessageConsumer(
@@ -379,6 +404,20 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
                 auto_declare=False,  # declared above
             )
         ]
+
+    def retry_unavailable_queue(self) -> None:
+        """Declare the raw queue again on the worker's connection; consume it if it is back."""
+        connection, self.next_declare_at = self.unavailable_on, time.monotonic() + UNAVAILABLE_RETRY_SECONDS
+        try:
+            consumers = self.consumers_on(connection.channel())
+        except (AMQPError, OSError):
+            return  # still down (or the connection is going: reconnecting calls get_consumers)
+        for consumer in consumers:
+            consumer.consume()
+        held: list[Consumer] = getattr(self, "consumers", None) or []  # celery.bootsteps has no types
+        self.consumers = [*held, *consumers]  # where Celery's stop cancels them
+        self.unavailable_on = None
+        logger.info("raw queue %s is available again: consuming it", self.queue.name)
 
     def declare_queue(self, channel: Any) -> Any:
         """Declare the raw queue as the first version's producers do; the channel to use.
@@ -466,9 +505,12 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
             self.flush()
 
     def on_tick(self) -> None:
-        """Timer callback: close a batch that has waited long enough, retry a failed one."""
+        """Timer callback: close a batch that has waited long enough, retry a failed one,
+        retry the raw queue while its node is down."""
         if self.batch.is_due(time.monotonic()):
             self.flush()
+        if self.unavailable_on is not None and time.monotonic() >= self.next_declare_at:
+            self.retry_unavailable_queue()
 
     def publish_dead_letters(self) -> None:
         """Publish the batch's dead letters to `pulses.dead`, each one confirmed.
@@ -573,6 +615,7 @@ class RawPulseConsumerStep(bootsteps.ConsumerStep):
         )
 
     def _cancel_tick(self, parent: Any) -> None:
+        self.unavailable_on = None  # stopping: a restart declares the queue anew
         if self._tick is not None:
             parent.timer.cancel(self._tick)
             self._tick = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from urllib.parse import quote
 
 from celery import Celery
@@ -84,11 +85,13 @@ def recreate_vhost(vhost: str = RABBITMQ_VHOST) -> str:
     return broker_url
 
 
-def rabbitmqctl_rows(command: str, vhost: str, *columns: str) -> list[list[str]]:
-    """The rows `rabbitmqctl <command> -p <vhost> <columns...>` prints, split into columns."""
+def rabbitmqctl_rows(command: str, vhost: str, *columns: str, options: Sequence[str] = ()) -> list[list[str]]:
+    """The rows `rabbitmqctl <options> <command> -p <vhost> <columns...>` prints, split
+    into columns; `options` (`-n <node>`, `--erlang-cookie`) ask another node than the
+    machine's."""
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     listing = subprocess.run(
-        [ctl, "-q", command, "-p", vhost, "--no-table-headers", *columns],
+        [ctl, *options, "-q", command, "-p", vhost, "--no-table-headers", *columns],
         capture_output=True,
         text=True,
         check=True,

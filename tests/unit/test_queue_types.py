@@ -49,3 +49,15 @@ def test_settings_and_topology_agree_on_the_queue_types() -> None:
     from ingestor.settings import BROKER_QUEUE_TYPES
 
     assert BROKER_QUEUE_TYPES == topology.QUEUE_TYPES
+
+
+def test_the_dead_letter_queue_is_replicated_with_the_task_queues() -> None:
+    # A classic pulses.dead lives on one node: with it down, RabbitMQ refuses its
+    # declaration, which publishers and workers make on connecting.
+    quorum = topology.dead_letter_queue_of(topology.QUORUM)
+    assert quorum.name == topology.DEAD_LETTERS
+    assert quorum.exchange is topology.dead_letter_exchange
+    assert quorum.queue_arguments == {"x-queue-type": "quorum"}
+    # Classic: the queue every earlier version declared, unchanged.
+    assert topology.dead_letter_queue_of(topology.CLASSIC) is topology.dead_letter_queue
+    assert not topology.dead_letter_queue.queue_arguments
