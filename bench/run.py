@@ -263,13 +263,13 @@ def _ingest_pulse_rate(bench: Bench) -> float:
     return bench.time_consumption(bench.worker("single"), bench.dedupe_keys, n)
 
 
-def _raw_queue_rate(bench: Bench) -> float:
-    n = bench.args.raw_pulses
+def _queue_raw_messages(bench: Bench) -> str:
+    """Empty everything, then queue the raw queue's messages: one small pulse each."""
     bench.reset()
     queue = raw_queue(bench.settings.raw_queue)
     with Connection(bench.settings.broker_url) as connection:
         producer = connection.Producer()
-        for i in range(n):
+        for i in range(bench.args.raw_pulses):
             producer.publish(
                 json.dumps(bench.pulse(i)),
                 exchange="",
@@ -278,22 +278,79 @@ def _raw_queue_rate(bench: Bench) -> float:
                 delivery_mode=2,
                 declare=[queue] if i == 0 else [],
             )
-    return bench.time_consumption(bench.worker("raw"), bench.dedupe_keys, n)
+    return queue.name
+
+
+def _raw_queue_rate(bench: Bench) -> float:
+    _queue_raw_messages(bench)
+    return bench.time_consumption(bench.worker("raw"), bench.dedupe_keys, bench.args.raw_pulses)
+
+
+# The reference consumer of the raw queue: Node's amqplib, pinned, installed by the
+# bench into a git-ignored directory (never a dependency of the project).
+AMQPLIB = "amqplib@2.3.1"
+REFERENCE_DIR = ROOT / "bench" / ".reference"
+REFERENCE_CONSUMER = ROOT / "bench" / "reference" / "raw_consumer.js"
+
+
+def _reference_missing() -> str | None:
+    """Why the reference consumer cannot run here (None: it can, amqplib installed)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("node") or not shutil.which("npm"):
+        return "node and npm are not installed"
+    if not (REFERENCE_DIR / "node_modules" / "amqplib").is_dir():
+        command = ["npm", "install", "--prefix", str(REFERENCE_DIR), "--no-audit", "--no-fund", AMQPLIB]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return f"npm install {AMQPLIB} failed: {done.stderr.strip()[-200:]}"
+    return None
+
+
+def _reference_raw_rate(bench: Bench) -> float:
+    """msg/s of the Node amqplib consumer on the same messages: JSON decode and batch ack only.
+
+    The same prefetch and ack pattern as the raw consumer (prefetch twice the batch,
+    one `basic.ack(multiple=True)` per batch), timed from the first delivery to the last.
+    """
+    import subprocess
+
+    queue = _queue_raw_messages(bench)
+    batch = bench.settings.raw_batch_size
+    command = [
+        "node",
+        str(REFERENCE_CONSUMER),
+        bench.settings.broker_url,
+        queue,
+        str(bench.args.raw_pulses),
+        str(2 * batch),
+        str(batch),
+    ]
+    env = {**os.environ, "NODE_PATH": str(REFERENCE_DIR / "node_modules")}
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=bench.args.timeout, check=True
+    )
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
 
 
 def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, raw: bool) -> None:
-    """`ingest_pulse`, and the raw queue against it, interleaved round by round; medians.
+    """`ingest_pulse`, the raw queue and its reference, interleaved round by round; medians.
 
     A worker's rate moves by +-20% between runs on this machine; one slow moment on
     either side would move the ratio by as much.
     """
     rounds = bench.args.worker_rounds
+    missing = _reference_missing() if raw else None
     singles: list[float] = []
     raws: list[float] = []
+    references: list[float] = []
     for _ in range(rounds):
         singles.append(_ingest_pulse_rate(bench))
         if raw:
             raws.append(_raw_queue_rate(bench))
+            if missing is None:
+                references.append(_reference_raw_rate(bench))
     single = statistics.median(singles)
     report.add(
         Row(
@@ -304,19 +361,48 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
             f"{single / baseline:.1f}× baseline",
         )
     )
-    if raw:
-        rate = statistics.median(raws)
-        ratio = rate / single
-        report.add(
-            Row(
-                "raw queue pulses.raw (one pulse per message)",
-                rate,
-                "pulses/s",
-                "≥ 10× ingest_pulse",
-                ratio >= 10,
-                f"{bench.args.raw_pulses:,} messages, median of {rounds}, {ratio:.1f}× ingest_pulse",
-            )
+    if not raw:
+        return
+    rate = statistics.median(raws)
+    ratio = rate / single
+    report.add(
+        Row(
+            "raw queue pulses.raw (one pulse per message)",
+            rate,
+            "pulses/s",
+            "≥ 10× ingest_pulse",
+            ratio >= 10,
+            f"{bench.args.raw_pulses:,} messages, median of {rounds} "
+            f"({min(raws):,.0f}-{max(raws):,.0f}), {ratio:.1f}× ingest_pulse",
         )
+    )
+    if missing is not None:
+        report.add(
+            Row("reference: Node amqplib, JSON decode + batch ack (skipped)", 0, "msg/s", detail=missing)
+        )
+        return
+    reference = statistics.median(references)
+    report.add(
+        Row(
+            f"reference: Node {AMQPLIB}, JSON decode + batch ack",
+            reference,
+            "msg/s",
+            detail=f"same messages, prefetch and acks, median of {rounds} "
+            f"({min(references):,.0f}-{max(references):,.0f})",
+        )
+    )
+    ratios = sorted(r / ref for r, ref in zip(raws, references, strict=True))
+    ratio = statistics.median(ratios)
+    report.add(
+        Row(
+            "  raw queue to the reference",
+            ratio,
+            "×",
+            "≥ 0.7",
+            ratio >= 0.7,
+            f"median of the rounds' ratios ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+        )
+    )
 
 
 def bench_http(bench: Bench, report: Report) -> None:
