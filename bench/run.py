@@ -149,27 +149,35 @@ class Bench:
         )
 
     def time_consumption(
-        self, worker: WorkerProcess, counted: Callable[[], int], total: int, control: Celery | None = None
+        self,
+        worker: WorkerProcess | list[WorkerProcess],
+        counted: Callable[[], int],
+        total: int,
+        control: Celery | None = None,
     ) -> float:
-        """Start `worker` on the queued messages; pulses/s from the first counted to the last.
+        """Start `worker` (or several) on the queued messages; pulses/s from the first counted
+        to the last. With several, the clock starts once they all answer a ping.
 
         `control`: a Celery app on the worker's vhost (default: the bench's), to ping it.
         """
-        worker.start(control or self.producer)
+        workers = worker if isinstance(worker, list) else [worker]
         try:
+            for started_worker in workers:
+                started_worker.start(control or self.producer)
             deadline = time.monotonic() + self.args.timeout
             while (first := counted()) == 0:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing counted:\n{worker.tail()}")
+                    raise TimeoutError(f"nothing counted:\n{workers[0].tail()}")
                 time.sleep(0.002)
             started = time.monotonic()
             while (done := counted()) < total:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{done}/{total} counted:\n{worker.tail()}")
+                    raise TimeoutError(f"{done}/{total} counted:\n{workers[0].tail()}")
                 time.sleep(0.005)
             elapsed = time.monotonic() - started
         finally:
-            worker.stop()
+            for started_worker in workers:
+                started_worker.stop()
         return (total - first) / elapsed
 
     def dedupe_keys(self) -> int:
@@ -281,9 +289,11 @@ def _queue_raw_messages(bench: Bench) -> str:
     return queue.name
 
 
-def _raw_queue_rate(bench: Bench) -> float:
+def _raw_queue_rate(bench: Bench, processes: int = 1) -> float:
+    """pulses/s of `processes` worker processes (`celery worker`, each its raw consumer) on the queue."""
     _queue_raw_messages(bench)
-    return bench.time_consumption(bench.worker("raw"), bench.dedupe_keys, bench.args.raw_pulses)
+    workers = [bench.worker(f"raw-{n}") for n in range(processes)]
+    return bench.time_consumption(workers, bench.dedupe_keys, bench.args.raw_pulses)
 
 
 # The reference consumer of the raw queue: Node's amqplib, pinned, installed by the
@@ -344,11 +354,13 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
     missing = _reference_missing() if raw else None
     singles: list[float] = []
     raws: list[float] = []
+    raws_in_two: list[float] = []
     references: list[float] = []
     for _ in range(rounds):
         singles.append(_ingest_pulse_rate(bench))
         if raw:
             raws.append(_raw_queue_rate(bench))
+            raws_in_two.append(_raw_queue_rate(bench, processes=2))
             if missing is None:
                 references.append(_reference_raw_rate(bench))
     single = statistics.median(singles)
@@ -376,6 +388,16 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
             f"({min(raws):,.0f}-{max(raws):,.0f}), {ratio:.1f}× ingest_pulse",
         )
     )
+    two = statistics.median(raws_in_two)
+    report.add(
+        Row(
+            "raw queue, two worker processes (one raw consumer each)",
+            two,
+            "pulses/s",
+            detail=f"median of {rounds} ({min(raws_in_two):,.0f}-{max(raws_in_two):,.0f}), "
+            f"{two / rate:.2f}× one process",
+        )
+    )
     if missing is not None:
         report.add(
             Row("reference: Node amqplib, JSON decode + batch ack (skipped)", 0, "msg/s", detail=missing)
@@ -401,6 +423,15 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
             "≥ 0.7",
             ratio >= 0.7,
             f"median of the rounds' ratios ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+        )
+    )
+    ratios = sorted(r / ref for r, ref in zip(raws_in_two, references, strict=True))
+    report.add(
+        Row(
+            "  raw queue in two worker processes to the reference",
+            statistics.median(ratios),
+            "×",
+            detail=f"median of the rounds' ratios ({ratios[0]:.2f}-{ratios[-1]:.2f})",
         )
     )
 
