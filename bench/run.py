@@ -296,73 +296,122 @@ def _raw_queue_rate(bench: Bench, processes: int = 1) -> float:
     return bench.time_consumption(workers, bench.dedupe_keys, bench.args.raw_pulses)
 
 
-# The reference consumer of the raw queue: Node's amqplib, pinned, installed by the
-# bench into a git-ignored directory (never a dependency of the project).
+# The reference consumers of the raw queue, each on a client installed by the bench,
+# pinned, into a git-ignored directory (never a dependency of the project): Node's
+# amqplib (pure JS, JIT-compiled) and librabbitmq-fork (Python over rabbitmq-c, in C).
+# The faster of the two in each round is the limit.
 AMQPLIB = "amqplib@2.3.1"
+LIBRABBITMQ = "librabbitmq-fork==2.0.2.dev3"
 REFERENCE_DIR = ROOT / "bench" / ".reference"
-REFERENCE_CONSUMER = ROOT / "bench" / "reference" / "raw_consumer.js"
+REFERENCE_SOURCES = ROOT / "bench" / "reference"
 
 
-def _reference_missing() -> str | None:
-    """Why the reference consumer cannot run here (None: it can, amqplib installed)."""
-    import shutil
-    import subprocess
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, a dict key
+class ReferenceConsumer:
+    """A minimal consumer of the raw queue: JSON decode and batch ack, nothing else."""
 
-    if not shutil.which("node") or not shutil.which("npm"):
-        return "node and npm are not installed"
-    if not (REFERENCE_DIR / "node_modules" / "amqplib").is_dir():
-        command = ["npm", "install", "--prefix", str(REFERENCE_DIR), "--no-audit", "--no-fund", AMQPLIB]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            return f"npm install {AMQPLIB} failed: {done.stderr.strip()[-200:]}"
-    return None
+    name: str
+    program: str  # what runs it: node, or this Python
+    source: str  # bench/reference/<source>
+    installed: Path  # exists once its client is installed
+    install: list[str]  # the command that installs it
+    env: dict[str, str]
+
+    def missing(self) -> str | None:
+        """Why it cannot run here (None: it can, its client installed now if it was not)."""
+        import shutil
+        import subprocess
+
+        tool = self.install[0]
+        if not shutil.which(self.program) or not shutil.which(tool):
+            return f"{self.program} and {tool} are needed"
+        if not self.installed.exists():
+            done = subprocess.run(self.install, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                return f"{' '.join(self.install[:2])} failed: {done.stderr.strip()[-200:]}"
+        return None
+
+    def rate(self, bench: Bench) -> float:
+        """msg/s on the bench's raw messages, with the raw consumer's prefetch (twice the
+        batch) and one `basic.ack(multiple=True)` per batch; first delivery to last."""
+        import subprocess
+        from urllib.parse import unquote, urlsplit
+
+        queue = _queue_raw_messages(bench)
+        batch = bench.settings.raw_batch_size
+        url = urlsplit(bench.settings.broker_url)
+        if self.program == "node":
+            where = [bench.settings.broker_url]
+        else:
+            where = [
+                f"{url.hostname}:{url.port or 5672}",
+                unquote(url.username or ""),
+                unquote(url.password or ""),
+            ]
+            where.append(unquote(url.path[1:]) or "/")
+        counts = [str(bench.args.raw_pulses), str(2 * batch), str(batch)]
+        command = [self.program, str(REFERENCE_SOURCES / self.source), *where, queue, *counts]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=bench.args.timeout,
+            check=True,
+        )
+        return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
 
 
-def _reference_raw_rate(bench: Bench) -> float:
-    """msg/s of the Node amqplib consumer on the same messages: JSON decode and batch ack only.
-
-    The same prefetch and ack pattern as the raw consumer (prefetch twice the batch,
-    one `basic.ack(multiple=True)` per batch), timed from the first delivery to the last.
-    """
-    import subprocess
-
-    queue = _queue_raw_messages(bench)
-    batch = bench.settings.raw_batch_size
-    command = [
+REFERENCES = (
+    ReferenceConsumer(
+        f"Node {AMQPLIB}",
         "node",
-        str(REFERENCE_CONSUMER),
-        bench.settings.broker_url,
-        queue,
-        str(bench.args.raw_pulses),
-        str(2 * batch),
-        str(batch),
-    ]
-    env = {**os.environ, "NODE_PATH": str(REFERENCE_DIR / "node_modules")}
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=bench.args.timeout, check=True
-    )
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+        "raw_consumer.js",
+        REFERENCE_DIR / "node_modules" / "amqplib",
+        ["npm", "install", "--prefix", str(REFERENCE_DIR), "--no-audit", "--no-fund", AMQPLIB],
+        {"NODE_PATH": str(REFERENCE_DIR / "node_modules")},
+    ),
+    ReferenceConsumer(
+        f"Python {LIBRABBITMQ} (C)",
+        sys.executable,
+        "raw_consumer_c.py",
+        REFERENCE_DIR / "python" / "librabbitmq",
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(REFERENCE_DIR / "python"),
+            LIBRABBITMQ,
+        ],
+        {"PYTHONPATH": str(REFERENCE_DIR / "python")},
+    ),
+)
 
 
 def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, raw: bool) -> None:
-    """`ingest_pulse`, the raw queue and its reference, interleaved round by round; medians.
+    """`ingest_pulse`, the raw queue and its references, interleaved round by round; medians.
 
     A worker's rate moves by +-20% between runs on this machine; one slow moment on
     either side would move the ratio by as much.
     """
     rounds = bench.args.worker_rounds
-    missing = _reference_missing() if raw else None
+    missing = {reference: reference.missing() for reference in REFERENCES} if raw else {}
+    references = [reference for reference, why in missing.items() if why is None]
     singles: list[float] = []
     raws: list[float] = []
     raws_in_two: list[float] = []
-    references: list[float] = []
+    reference_rates: dict[ReferenceConsumer, list[float]] = {reference: [] for reference in references}
     for _ in range(rounds):
         singles.append(_ingest_pulse_rate(bench))
         if raw:
             raws.append(_raw_queue_rate(bench))
             raws_in_two.append(_raw_queue_rate(bench, processes=2))
-            if missing is None:
-                references.append(_reference_raw_rate(bench))
+            for reference in references:
+                reference_rates[reference].append(reference.rate(bench))
     single = statistics.median(singles)
     report.add(
         Row(
@@ -398,42 +447,38 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
             f"{two / rate:.2f}× one process",
         )
     )
-    if missing is not None:
+    for reference, why in missing.items():
+        name = f"reference: {reference.name}, JSON decode + batch ack"
+        if why is not None:
+            report.add(Row(f"{name} (skipped)", 0, "msg/s", detail=why))
+            continue
+        rates = reference_rates[reference]
         report.add(
-            Row("reference: Node amqplib, JSON decode + batch ack (skipped)", 0, "msg/s", detail=missing)
+            Row(
+                name,
+                statistics.median(rates),
+                "msg/s",
+                detail=f"same messages, prefetch and acks, median of {rounds} "
+                f"({min(rates):,.0f}-{max(rates):,.0f})",
+            )
         )
+    if not references:
         return
-    reference = statistics.median(references)
-    report.add(
-        Row(
-            f"reference: Node {AMQPLIB}, JSON decode + batch ack",
-            reference,
-            "msg/s",
-            detail=f"same messages, prefetch and acks, median of {rounds} "
-            f"({min(references):,.0f}-{max(references):,.0f})",
+    # Each round's limit: the faster reference of that round.
+    limits = [max(rates) for rates in zip(*reference_rates.values(), strict=True)]
+    for label, measured, target in (("", raws, True), (" in two worker processes", raws_in_two, False)):
+        ratios = sorted(r / limit for r, limit in zip(measured, limits, strict=True))
+        ratio = statistics.median(ratios)
+        report.add(
+            Row(
+                f"  raw queue{label} to the faster reference",
+                ratio,
+                "×",
+                "≥ 0.7" if target else "",
+                ratio >= 0.7 if target else None,
+                f"median of the rounds' ratios ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+            )
         )
-    )
-    ratios = sorted(r / ref for r, ref in zip(raws, references, strict=True))
-    ratio = statistics.median(ratios)
-    report.add(
-        Row(
-            "  raw queue to the reference",
-            ratio,
-            "×",
-            "≥ 0.7",
-            ratio >= 0.7,
-            f"median of the rounds' ratios ({ratios[0]:.2f}-{ratios[-1]:.2f})",
-        )
-    )
-    ratios = sorted(r / ref for r, ref in zip(raws_in_two, references, strict=True))
-    report.add(
-        Row(
-            "  raw queue in two worker processes to the reference",
-            statistics.median(ratios),
-            "×",
-            detail=f"median of the rounds' ratios ({ratios[0]:.2f}-{ratios[-1]:.2f})",
-        )
-    )
 
 
 def bench_http(bench: Bench, report: Report) -> None:
