@@ -114,27 +114,35 @@ class Bench:
         )
 
     def time_consumption(
-        self, worker: WorkerProcess, counted: Callable[[], int], total: int, control: Celery | None = None
+        self,
+        worker: WorkerProcess | list[WorkerProcess],
+        counted: Callable[[], int],
+        total: int,
+        control: Celery | None = None,
     ) -> float:
-        """Start `worker` on the queued messages; pulses/s from the first counted to the last.
+        """Start `worker` (or several) on the queued messages; pulses/s from the first counted
+        to the last. With several, the clock starts once they all answer a ping.
 
         `control`: a Celery app on the worker's vhost (default: the bench's), to ping it.
         """
-        worker.start(control or self.producer)
+        workers = worker if isinstance(worker, list) else [worker]
         try:
+            for started_worker in workers:
+                started_worker.start(control or self.producer)
             deadline = time.monotonic() + self.args.timeout
             while (first := counted()) == 0:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing counted:\n{worker.tail()}")
+                    raise TimeoutError(f"nothing counted:\n{workers[0].tail()}")
                 time.sleep(0.002)
             started = time.monotonic()
             while (done := counted()) < total:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{done}/{total} counted:\n{worker.tail()}")
+                    raise TimeoutError(f"{done}/{total} counted:\n{workers[0].tail()}")
                 time.sleep(0.005)
             elapsed = time.monotonic() - started
         finally:
-            worker.stop()
+            for started_worker in workers:
+                started_worker.stop()
         return (total - first) / elapsed
 
     def ids_counted(self) -> int:
@@ -252,13 +260,13 @@ def _ingest_pulse_rate(bench: Bench) -> float:
     return bench.time_consumption(bench.worker("single"), bench.ids_counted, n)
 
 
-def _raw_queue_rate(bench: Bench) -> float:
-    n = bench.args.raw_pulses
+def _queue_raw_messages(bench: Bench) -> str:
+    """Empty everything, then queue the raw queue's messages: one small pulse each."""
     bench.reset()
     queue = raw_queue(bench.settings.raw_queue)
     with Connection(bench.settings.broker_url) as connection:
         producer = connection.Producer()
-        for i in range(n):
+        for i in range(bench.args.raw_pulses):
             producer.publish(
                 json.dumps(bench.pulse(i)),
                 exchange="",
@@ -267,22 +275,132 @@ def _raw_queue_rate(bench: Bench) -> float:
                 delivery_mode=2,
                 declare=[queue] if i == 0 else [],
             )
-    return bench.time_consumption(bench.worker("raw"), bench.ids_counted, n)
+    return queue.name
+
+
+def _raw_queue_rate(bench: Bench, processes: int = 1) -> float:
+    """pulses/s of `processes` worker processes (`celery worker`, each its raw consumer) on the queue."""
+    _queue_raw_messages(bench)
+    workers = [bench.worker(f"raw-{n}") for n in range(processes)]
+    return bench.time_consumption(workers, bench.ids_counted, bench.args.raw_pulses)
+
+
+# The reference consumers of the raw queue, each on a client installed by the bench,
+# pinned, into a git-ignored directory (never a dependency of the project): Node's
+# amqplib (pure JS, JIT-compiled) and librabbitmq-fork (Python over rabbitmq-c, in C).
+# The faster of the two in each round is the limit.
+AMQPLIB = "amqplib@2.3.1"
+LIBRABBITMQ = "librabbitmq-fork==2.0.2.dev3"
+REFERENCE_DIR = ROOT / "bench" / ".reference"
+REFERENCE_SOURCES = ROOT / "bench" / "reference"
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, a dict key
+class ReferenceConsumer:
+    """A minimal consumer of the raw queue: JSON decode and batch ack, nothing else."""
+
+    name: str
+    program: str  # what runs it: node, or this Python
+    source: str  # bench/reference/<source>
+    installed: Path  # exists once its client is installed
+    install: list[str]  # the command that installs it
+    env: dict[str, str]
+
+    def missing(self) -> str | None:
+        """Why it cannot run here (None: it can, its client installed now if it was not)."""
+        import shutil
+        import subprocess
+
+        tool = self.install[0]
+        if not shutil.which(self.program) or not shutil.which(tool):
+            return f"{self.program} and {tool} are needed"
+        if not self.installed.exists():
+            done = subprocess.run(self.install, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                return f"{' '.join(self.install[:2])} failed: {done.stderr.strip()[-200:]}"
+        return None
+
+    def rate(self, bench: Bench) -> float:
+        """msg/s on the bench's raw messages, with the raw consumer's prefetch (twice the
+        batch) and one `basic.ack(multiple=True)` per batch; first delivery to last."""
+        import subprocess
+        from urllib.parse import unquote, urlsplit
+
+        queue = _queue_raw_messages(bench)
+        batch = bench.settings.raw_batch_size
+        url = urlsplit(bench.settings.broker_url)
+        if self.program == "node":
+            where = [bench.settings.broker_url]
+        else:
+            where = [
+                f"{url.hostname}:{url.port or 5672}",
+                unquote(url.username or ""),
+                unquote(url.password or ""),
+            ]
+            where.append(unquote(url.path[1:]) or "/")
+        counts = [str(bench.args.raw_pulses), str(2 * batch), str(batch)]
+        command = [self.program, str(REFERENCE_SOURCES / self.source), *where, queue, *counts]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=bench.args.timeout,
+            check=True,
+        )
+        return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
+
+
+REFERENCES = (
+    ReferenceConsumer(
+        f"Node {AMQPLIB}",
+        "node",
+        "raw_consumer.js",
+        REFERENCE_DIR / "node_modules" / "amqplib",
+        ["npm", "install", "--prefix", str(REFERENCE_DIR), "--no-audit", "--no-fund", AMQPLIB],
+        {"NODE_PATH": str(REFERENCE_DIR / "node_modules")},
+    ),
+    ReferenceConsumer(
+        f"Python {LIBRABBITMQ} (C)",
+        sys.executable,
+        "raw_consumer_c.py",
+        REFERENCE_DIR / "python" / "librabbitmq",
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(REFERENCE_DIR / "python"),
+            LIBRABBITMQ,
+        ],
+        {"PYTHONPATH": str(REFERENCE_DIR / "python")},
+    ),
+)
 
 
 def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, raw: bool) -> None:
-    """`ingest_pulse`, and the raw queue against it, interleaved round by round; medians.
+    """`ingest_pulse`, the raw queue and its references, interleaved round by round; medians.
 
     A worker's rate moves by +-20% between runs on this machine; one slow moment on
     either side would move the ratio by as much.
     """
     rounds = bench.args.worker_rounds
+    missing = {reference: reference.missing() for reference in REFERENCES} if raw else {}
+    references = [reference for reference, why in missing.items() if why is None]
     singles: list[float] = []
     raws: list[float] = []
+    raws_in_two: list[float] = []
+    reference_rates: dict[ReferenceConsumer, list[float]] = {reference: [] for reference in references}
     for _ in range(rounds):
         singles.append(_ingest_pulse_rate(bench))
         if raw:
             raws.append(_raw_queue_rate(bench))
+            raws_in_two.append(_raw_queue_rate(bench, processes=2))
+            for reference in references:
+                reference_rates[reference].append(reference.rate(bench))
     single = statistics.median(singles)
     report.add(
         Row(
@@ -293,17 +411,61 @@ def bench_ingest_pulse_and_raw(bench: Bench, report: Report, baseline: float, ra
             f"{single / baseline:.1f}× baseline",
         )
     )
-    if raw:
-        rate = statistics.median(raws)
-        ratio = rate / single
+    if not raw:
+        return
+    rate = statistics.median(raws)
+    ratio = rate / single
+    report.add(
+        Row(
+            "raw queue pulses.raw (one pulse per message)",
+            rate,
+            "pulses/s",
+            "≥ 10× ingest_pulse",
+            ratio >= 10,
+            f"{bench.args.raw_pulses:,} messages, median of {rounds} "
+            f"({min(raws):,.0f}-{max(raws):,.0f}), {ratio:.1f}× ingest_pulse",
+        )
+    )
+    two = statistics.median(raws_in_two)
+    report.add(
+        Row(
+            "raw queue, two worker processes (one raw consumer each)",
+            two,
+            "pulses/s",
+            detail=f"median of {rounds} ({min(raws_in_two):,.0f}-{max(raws_in_two):,.0f}), "
+            f"{two / rate:.2f}× one process",
+        )
+    )
+    for reference, why in missing.items():
+        name = f"reference: {reference.name}, JSON decode + batch ack"
+        if why is not None:
+            report.add(Row(f"{name} (skipped)", 0, "msg/s", detail=why))
+            continue
+        rates = reference_rates[reference]
         report.add(
             Row(
-                "raw queue pulses.raw (one pulse per message)",
-                rate,
-                "pulses/s",
-                "≥ 10× ingest_pulse",
-                ratio >= 10,
-                f"{bench.args.raw_pulses:,} messages, median of {rounds}, {ratio:.1f}× ingest_pulse",
+                name,
+                statistics.median(rates),
+                "msg/s",
+                detail=f"same messages, prefetch and acks, median of {rounds} "
+                f"({min(rates):,.0f}-{max(rates):,.0f})",
+            )
+        )
+    if not references:
+        return
+    # Each round's limit: the faster reference of that round.
+    limits = [max(rates) for rates in zip(*reference_rates.values(), strict=True)]
+    for label, measured, target in (("", raws, True), (" in two worker processes", raws_in_two, False)):
+        ratios = sorted(r / limit for r, limit in zip(measured, limits, strict=True))
+        ratio = statistics.median(ratios)
+        report.add(
+            Row(
+                f"  raw queue{label} to the faster reference",
+                ratio,
+                "×",
+                "≥ 0.7" if target else "",
+                ratio >= 0.7 if target else None,
+                f"median of the rounds' ratios ({ratios[0]:.2f}-{ratios[-1]:.2f})",
             )
         )
 
