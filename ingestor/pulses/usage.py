@@ -8,8 +8,11 @@ snapshot however late it runs. The SQL rows are streamed (a server-side cursor) 
 Python (they are bounded by what Redis holds). Amounts are integer micro-units until
 the row is built: a sum past 2^63 micro-units stays exact.
 
-The windows come from `usage_windows` (the zone arithmetic in Python only); SQL gets
-their bounds as an array and puts each hourly row in its window with `width_bucket`.
+The windows come from `usage_windows` (the zone arithmetic in Python only). When a
+window holds most of a UTC month, `usage_sources` answers it from the monthly rollup
+(pulse_usage_monthly, in the same snapshot as the hourly rows) plus or minus hourly
+rows at its edges, all under one GROUP BY; otherwise SQL gets the window bounds as an
+array and puts each hourly row in its window with `width_bucket`.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from itertools import groupby
 from typing import Literal
 
 from redis import Redis
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
 from ingestor.pulses import keys
 from ingestor.pulses.pending import PendingCell, begin_usage_snapshot, read_pending_usage
+from ingestor.pulses.usage_sources import UsageSources, usage_sources
 from ingestor.pulses.usage_windows import Window, usage_windows
 
 GROUP_FIELDS = ("tenant", "product_sku", "use_unity")
@@ -125,34 +129,95 @@ def _group(values: tuple[str, ...], group_by: tuple[str, ...]) -> tuple[str | No
 
 
 def _persisted(session: Session, windows: list[Window], query: UsageQuery) -> Iterator[tuple[_Key, int, int]]:
-    """The sums of pulse_usage per (window, group), streamed in the same order as `_aggregate`'s."""
+    """The sums of the stored rows per (window, group), streamed in the same order as `_aggregate`'s:
+    the hourly rows alone, or the monthly rollup's rows plus or minus hourly edges."""
     grouped = [name for name in GROUP_FIELDS if name in query.group_by]
-    # COLLATE "C": byte order, which for UTF-8 is Python's str order (the merge needs one order).
-    columns = "".join(f', {name} COLLATE "C" AS {name}' for name in grouped)
-    order = "".join(f", {name}" for name in grouped)
-    conditions = ["window_start >= :window_from", "window_start < :window_to"]
-    params: dict[str, object] = {
-        "window_from": windows[0].start,
-        "window_to": windows[-1].end,
-        # width_bucket's thresholds: the window starts and the end of the last; a row in
-        # [starts[i], starts[i+1]) is in bucket i + 1.
-        "bounds": [window.start for window in windows] + [windows[-1].end],
-    }
+    filters, params = _filters(query)
+    sources = usage_sources(windows)
+    if sources is None:
+        statement = _hourly_statement(windows, grouped, filters, params)
+    else:
+        statement = _rollup_statement(sources, grouped, filters, params)
+    for row in session.execute(statement.execution_options(yield_per=STREAM_BATCH), params):
+        mapping = row._mapping
+        group = tuple(mapping[name] if name in grouped else None for name in GROUP_FIELDS)
+        yield (int(mapping["window_index"]), group), int(mapping["micro_units"]), int(mapping["pulse_count"])
+
+
+def _filters(query: UsageQuery) -> tuple[list[str], dict[str, object]]:
+    """The filter conditions (columns both tables have) and their parameters."""
+    conditions: list[str] = []
+    params: dict[str, object] = {}
     for name in GROUP_FIELDS:
         values = getattr(query, name)
         if values:
             conditions.append(f"{name} = ANY(CAST(:{name} AS text[]))")
             params[name] = list(values)
-    statement = text(
-        f"SELECT width_bucket(window_start, CAST(:bounds AS timestamptz[])) - 1 AS window_index{columns},"
+    return conditions, params
+
+
+def _summed(grouped: list[str], source: str) -> TextClause:
+    """The sums by window and group of `source` (rows of window_index, groups, amount, count)."""
+    # COLLATE "C": byte order, which for UTF-8 is Python's str order (the merge needs one order).
+    columns = "".join(f', {name} COLLATE "C" AS {name}' for name in grouped)
+    order = "".join(f", {name}" for name in grouped)
+    return text(
+        f"SELECT window_index{columns},"
         " CAST(sum(used_amount) * 1000000 AS numeric(60, 0)) AS micro_units, sum(pulse_count) AS pulse_count"
-        f" FROM pulse_usage WHERE {' AND '.join(conditions)}"
-        f" GROUP BY window_index{order} ORDER BY window_index{order}"
-    ).execution_options(yield_per=STREAM_BATCH)
-    for row in session.execute(statement, params):
-        mapping = row._mapping
-        group = tuple(mapping[name] if name in grouped else None for name in GROUP_FIELDS)
-        yield (int(mapping["window_index"]), group), int(mapping["micro_units"]), int(mapping["pulse_count"])
+        f" FROM {source} GROUP BY window_index{order}"
+        # Hourly rows all count pulses: a group whose signed counts cancel had no usage
+        # in the window (a month's row minus all its hours outside the window).
+        " HAVING sum(pulse_count) <> 0"
+        f" ORDER BY window_index{order}"
+    )
+
+
+def _hourly_statement(
+    windows: list[Window], grouped: list[str], filters: list[str], params: dict[str, object]
+) -> TextClause:
+    """pulse_usage's rows of the range, each put in its window by `width_bucket`."""
+    params["window_from"], params["window_to"] = windows[0].start, windows[-1].end
+    # width_bucket's thresholds: the window starts and the end of the last; a row in
+    # [starts[i], starts[i+1]) is in bucket i + 1.
+    params["bounds"] = [window.start for window in windows] + [windows[-1].end]
+    conditions = ["window_start >= :window_from", "window_start < :window_to", *filters]
+    return _summed(
+        grouped,
+        "(SELECT width_bucket(window_start, CAST(:bounds AS timestamptz[])) - 1 AS window_index, *"
+        f" FROM pulse_usage WHERE {' AND '.join(conditions)}) AS hourly",
+    )
+
+
+def _rollup_statement(
+    sources: UsageSources, grouped: list[str], filters: list[str], params: dict[str, object]
+) -> TextClause:
+    """The monthly parts' rows and the signed hourly spans' rows, under one GROUP BY."""
+    params["month_window"] = [part.window_index for part in sources.months]
+    params["month_start"] = [part.month_start for part in sources.months]
+    params["span_window"] = [span.window_index for span in sources.hours]
+    params["span_start"] = [span.start for span in sources.hours]
+    params["span_end"] = [span.end for span in sources.hours]
+    params["span_sign"] = [span.sign for span in sources.hours]
+    where = "".join(f" AND {condition}" for condition in filters)
+    fields = "tenant, product_sku, use_unity"
+    monthly = (
+        f"SELECT part.window_index, {fields}, used_amount, pulse_count FROM pulse_usage_monthly"
+        " JOIN unnest(CAST(:month_window AS int[]), CAST(:month_start AS timestamptz[]))"
+        " AS part(window_index, month_start) USING (month_start)"
+        f" WHERE true{where}"
+    )
+    # An hour can be in two spans (after one window's month, before the next's): a row
+    # joins each span it is in.
+    hourly = (
+        f"SELECT span.window_index, {fields}, span.sign * used_amount, span.sign * pulse_count"
+        " FROM pulse_usage JOIN unnest(CAST(:span_window AS int[]), CAST(:span_start AS timestamptz[]),"
+        " CAST(:span_end AS timestamptz[]), CAST(:span_sign AS int[])) AS span(window_index, start, stop, sign)"
+        f" ON window_start >= span.start AND window_start < span.stop{where}"
+    )
+    return _summed(
+        grouped,
+        f"({monthly} UNION ALL {hourly}) AS parts(window_index, {fields}, used_amount, pulse_count)",
+    )
 
 
 def _rows(windows: list[Window], merged: Iterable[tuple[_Key, int, int]]) -> Iterator[UsageRow]:
