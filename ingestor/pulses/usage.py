@@ -192,31 +192,33 @@ def _rollup_statement(
     sources: UsageSources, grouped: list[str], filters: list[str], params: dict[str, object]
 ) -> TextClause:
     """The monthly parts' rows and the signed hourly spans' rows, under one GROUP BY."""
-    params["month_window"] = [part.window_index for part in sources.months]
-    params["month_start"] = [part.month_start for part in sources.months]
-    params["span_window"] = [span.window_index for span in sources.hours]
-    params["span_start"] = [span.start for span in sources.hours]
-    params["span_end"] = [span.end for span in sources.hours]
-    params["span_sign"] = [span.sign for span in sources.hours]
     where = "".join(f" AND {condition}" for condition in filters)
     fields = "tenant, product_sku, use_unity"
-    monthly = (
-        f"SELECT part.window_index, {fields}, used_amount, pulse_count FROM pulse_usage_monthly"
-        " JOIN unnest(CAST(:month_window AS int[]), CAST(:month_start AS timestamptz[]))"
-        " AS part(window_index, month_start) USING (month_start)"
-        f" WHERE true{where}"
-    )
-    # An hour can be in two spans (after one window's month, before the next's): a row
-    # joins each span it is in.
-    hourly = (
-        f"SELECT span.window_index, {fields}, span.sign * used_amount, span.sign * pulse_count"
-        " FROM pulse_usage JOIN unnest(CAST(:span_window AS int[]), CAST(:span_start AS timestamptz[]),"
-        " CAST(:span_end AS timestamptz[]), CAST(:span_sign AS int[])) AS span(window_index, start, stop, sign)"
-        f" ON window_start >= span.start AND window_start < span.stop{where}"
-    )
+    # One scan per month and per span, its bounds as parameters: joined with an array
+    # of them instead, the planner cannot use the month_start and window_start indexes
+    # and reads the whole tables (6 s instead of 0.2 s for Berlin's month, 10 million rows).
+    monthly = []
+    for n, part in enumerate(sources.months):
+        params[f"month_window_{n}"], params[f"month_start_{n}"] = part.window_index, part.month_start
+        monthly.append(
+            f"SELECT CAST(:month_window_{n} AS int), {fields}, used_amount, pulse_count"
+            f" FROM pulse_usage_monthly WHERE month_start = :month_start_{n}{where}"
+        )
+    # An hour can be in two spans (after one window's month, before the next's): its
+    # rows are read by each.
+    hourly = []
+    for n, span in enumerate(sources.hours):
+        params[f"span_window_{n}"], params[f"span_sign_{n}"] = span.window_index, span.sign
+        params[f"span_start_{n}"], params[f"span_end_{n}"] = span.start, span.end
+        sign = f"CAST(:span_sign_{n} AS int)"
+        hourly.append(
+            f"SELECT CAST(:span_window_{n} AS int), {fields}, {sign} * used_amount, {sign} * pulse_count"
+            f" FROM pulse_usage WHERE window_start >= :span_start_{n} AND window_start < :span_end_{n}{where}"
+        )
+    parts = " UNION ALL ".join([*monthly, *hourly])
     return _summed(
         grouped,
-        f"({monthly} UNION ALL {hourly}) AS parts(window_index, {fields}, used_amount, pulse_count)",
+        f"({parts}) AS parts(window_index, {fields}, used_amount, pulse_count)",
     )
 
 
