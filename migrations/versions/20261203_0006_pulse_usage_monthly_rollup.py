@@ -22,7 +22,7 @@ indexed column and can be a HOT update (no index entry written).
 
 The backfill and the triggers are created under one SHARE ROW EXCLUSIVE lock of
 pulse_usage: no flush writes between the backfill's read and the triggers' start
-(flushes wait for the backfill instead; about a minute on 10 million rows here).
+(flushes wait for the backfill instead: 14.6 s on 10 million rows, 95,208 monthly rows).
 
 Revision ID: 0006
 Revises: 0005
