@@ -43,6 +43,8 @@ blueprint.require_token()
 # Rows a JSON answer holds at most (it is built whole); past it, CSV streams any number.
 MAX_JSON_ROWS = 100_000
 CSV_TYPE = "text/csv"
+# Rows per streamed chunk of a CSV answer: memory stays bounded, writes few.
+CSV_CHUNK_ROWS = 500
 # A CSV line ends with CRLF (RFC 4180); the end of a row is written before the next one,
 # so the file's last line end is written only once the last row is known to be complete.
 LINE_END = "\r\n"
@@ -169,8 +171,16 @@ def _csv_lines(rows: Iterator[UsageRow], query: UsageQuery) -> Iterator[str]:
 
     yield line(dict(zip(columns, columns, strict=True)))
     try:
+        # Lines go out CSV_CHUNK_ROWS at a time: one chunk (a write by the server) per
+        # row made 10,000 rows cost 0.5 s more than the same JSON answer.
+        chunk: list[str] = []
         for row in rows:
-            yield LINE_END + line(_row_fields(row, zone, query.group_by))
+            chunk.append(LINE_END + line(_row_fields(row, zone, query.group_by)))
+            if len(chunk) == CSV_CHUNK_ROWS:
+                yield "".join(chunk)
+                chunk = []
+        if chunk:  # an empty chunk would read as the end of a chunked body
+            yield "".join(chunk)
     except Exception:
         # Headers are sent: no status can say it. Raising makes the server drop the
         # connection without the last chunk, and the file lacks its final line end.

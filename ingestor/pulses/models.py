@@ -1,4 +1,4 @@
-"""PostgreSQL tables of the pulses domain: hourly sums, flush batches, rejected pulses."""
+"""PostgreSQL tables of the pulses domain: hourly sums, their monthly rollup, flush batches, rejected pulses."""
 
 from __future__ import annotations
 
@@ -29,7 +29,18 @@ from ingestor.database import Base
 AMOUNT = Numeric(38, 6)
 
 
-class PulseUsage(Base):
+class _UsageSums:
+    """The columns hourly rows and their monthly rollup share: a group and its sums."""
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    product_sku: Mapped[str] = mapped_column(String(128))
+    use_unity: Mapped[str] = mapped_column(String(32))
+    used_amount: Mapped[Decimal] = mapped_column(AMOUNT)
+    pulse_count: Mapped[int] = mapped_column(BigInteger)
+
+
+class PulseUsage(_UsageSums, Base):
     """The sum of the pulses of one (tenant, product_sku, use_unity) in one hour."""
 
     __tablename__ = "pulse_usage"
@@ -49,15 +60,27 @@ class PulseUsage(Base):
         ),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(128))
-    product_sku: Mapped[str] = mapped_column(String(128))
-    use_unity: Mapped[str] = mapped_column(String(32))
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_amount: Mapped[Decimal] = mapped_column(AMOUNT)
-    pulse_count: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PulseUsageMonthly(_UsageSums, Base):
+    """The sum of the hourly rows of one (tenant, product_sku, use_unity) in one UTC month.
+
+    Kept by triggers on pulse_usage in the writer's transaction (migration 0006), never
+    written by the application: it always equals pulse_usage grouped by UTC month.
+    """
+
+    __tablename__ = "pulse_usage_monthly"
+    __table_args__ = (
+        UniqueConstraint("tenant", "product_sku", "use_unity", "month_start"),
+        Index("ix_pulse_usage_monthly_tenant_month_start", "tenant", "month_start"),
+        Index("ix_pulse_usage_monthly_month_start", "month_start"),
+    )
+
+    # The first instant of a UTC month.
+    month_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class FlushBatch(Base):

@@ -8,8 +8,11 @@ snapshot however late it runs. The SQL rows are streamed (a server-side cursor) 
 Python (they are bounded by what Redis holds). Amounts are integer micro-units until
 the row is built: a sum past 2^63 micro-units stays exact.
 
-The windows come from `usage_windows` (the zone arithmetic in Python only); SQL gets
-their bounds as an array and puts each hourly row in its window with `width_bucket`.
+The windows come from `usage_windows` (the zone arithmetic in Python only). When a
+window holds most of a UTC month, `usage_sources` answers it from the monthly rollup
+(pulse_usage_monthly, in the same snapshot as the hourly rows) plus or minus hourly
+rows at its edges, all under one GROUP BY; otherwise SQL gets the window bounds as an
+array and puts each hourly row in its window with `width_bucket`.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from itertools import groupby
 from typing import Literal
 
 from redis import Redis
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
 from ingestor.pulses import keys
 from ingestor.pulses.pending import PendingCell, begin_usage_snapshot, read_pending_usage
+from ingestor.pulses.usage_sources import UsageSources, usage_sources
 from ingestor.pulses.usage_windows import Window, usage_windows
 
 GROUP_FIELDS = ("tenant", "product_sku", "use_unity")
@@ -125,34 +129,97 @@ def _group(values: tuple[str, ...], group_by: tuple[str, ...]) -> tuple[str | No
 
 
 def _persisted(session: Session, windows: list[Window], query: UsageQuery) -> Iterator[tuple[_Key, int, int]]:
-    """The sums of pulse_usage per (window, group), streamed in the same order as `_aggregate`'s."""
+    """The sums of the stored rows per (window, group), streamed in the same order as `_aggregate`'s:
+    the hourly rows alone, or the monthly rollup's rows plus or minus hourly edges."""
     grouped = [name for name in GROUP_FIELDS if name in query.group_by]
-    # COLLATE "C": byte order, which for UTF-8 is Python's str order (the merge needs one order).
-    columns = "".join(f', {name} COLLATE "C" AS {name}' for name in grouped)
-    order = "".join(f", {name}" for name in grouped)
-    conditions = ["window_start >= :window_from", "window_start < :window_to"]
-    params: dict[str, object] = {
-        "window_from": windows[0].start,
-        "window_to": windows[-1].end,
-        # width_bucket's thresholds: the window starts and the end of the last; a row in
-        # [starts[i], starts[i+1]) is in bucket i + 1.
-        "bounds": [window.start for window in windows] + [windows[-1].end],
-    }
+    filters, params = _filters(query)
+    sources = usage_sources(windows)
+    if sources is None:
+        statement = _hourly_statement(windows, grouped, filters, params)
+    else:
+        statement = _rollup_statement(sources, grouped, filters, params)
+    for row in session.execute(statement.execution_options(yield_per=STREAM_BATCH), params):
+        mapping = row._mapping
+        group = tuple(mapping[name] if name in grouped else None for name in GROUP_FIELDS)
+        yield (int(mapping["window_index"]), group), int(mapping["micro_units"]), int(mapping["pulse_count"])
+
+
+def _filters(query: UsageQuery) -> tuple[list[str], dict[str, object]]:
+    """The filter conditions (columns both tables have) and their parameters."""
+    conditions: list[str] = []
+    params: dict[str, object] = {}
     for name in GROUP_FIELDS:
         values = getattr(query, name)
         if values:
             conditions.append(f"{name} = ANY(CAST(:{name} AS text[]))")
             params[name] = list(values)
-    statement = text(
-        f"SELECT width_bucket(window_start, CAST(:bounds AS timestamptz[])) - 1 AS window_index{columns},"
+    return conditions, params
+
+
+def _summed(grouped: list[str], source: str) -> TextClause:
+    """The sums by window and group of `source` (rows of window_index, groups, amount, count)."""
+    # COLLATE "C": byte order, which for UTF-8 is Python's str order (the merge needs one order).
+    columns = "".join(f', {name} COLLATE "C" AS {name}' for name in grouped)
+    order = "".join(f", {name}" for name in grouped)
+    return text(
+        f"SELECT window_index{columns},"
         " CAST(sum(used_amount) * 1000000 AS numeric(60, 0)) AS micro_units, sum(pulse_count) AS pulse_count"
-        f" FROM pulse_usage WHERE {' AND '.join(conditions)}"
-        f" GROUP BY window_index{order} ORDER BY window_index{order}"
-    ).execution_options(yield_per=STREAM_BATCH)
-    for row in session.execute(statement, params):
-        mapping = row._mapping
-        group = tuple(mapping[name] if name in grouped else None for name in GROUP_FIELDS)
-        yield (int(mapping["window_index"]), group), int(mapping["micro_units"]), int(mapping["pulse_count"])
+        f" FROM {source} GROUP BY window_index{order}"
+        # Hourly rows all count pulses: a group whose signed counts cancel had no usage
+        # in the window (a month's row minus all its hours outside the window).
+        " HAVING sum(pulse_count) <> 0"
+        f" ORDER BY window_index{order}"
+    )
+
+
+def _hourly_statement(
+    windows: list[Window], grouped: list[str], filters: list[str], params: dict[str, object]
+) -> TextClause:
+    """pulse_usage's rows of the range, each put in its window by `width_bucket`."""
+    params["window_from"], params["window_to"] = windows[0].start, windows[-1].end
+    # width_bucket's thresholds: the window starts and the end of the last; a row in
+    # [starts[i], starts[i+1]) is in bucket i + 1.
+    params["bounds"] = [window.start for window in windows] + [windows[-1].end]
+    conditions = ["window_start >= :window_from", "window_start < :window_to", *filters]
+    return _summed(
+        grouped,
+        "(SELECT width_bucket(window_start, CAST(:bounds AS timestamptz[])) - 1 AS window_index, *"
+        f" FROM pulse_usage WHERE {' AND '.join(conditions)}) AS hourly",
+    )
+
+
+def _rollup_statement(
+    sources: UsageSources, grouped: list[str], filters: list[str], params: dict[str, object]
+) -> TextClause:
+    """The monthly parts' rows and the signed hourly spans' rows, under one GROUP BY."""
+    where = "".join(f" AND {condition}" for condition in filters)
+    fields = "tenant, product_sku, use_unity"
+    # One scan per month and per span, its bounds as parameters: joined with an array
+    # of them instead, the planner cannot use the month_start and window_start indexes
+    # and reads the whole tables (6 s instead of 0.2 s for Berlin's month, 10 million rows).
+    monthly = []
+    for n, part in enumerate(sources.months):
+        params[f"month_window_{n}"], params[f"month_start_{n}"] = part.window_index, part.month_start
+        monthly.append(
+            f"SELECT CAST(:month_window_{n} AS int), {fields}, used_amount, pulse_count"
+            f" FROM pulse_usage_monthly WHERE month_start = :month_start_{n}{where}"
+        )
+    # An hour can be in two spans (after one window's month, before the next's): its
+    # rows are read by each.
+    hourly = []
+    for n, span in enumerate(sources.hours):
+        params[f"span_window_{n}"], params[f"span_sign_{n}"] = span.window_index, span.sign
+        params[f"span_start_{n}"], params[f"span_end_{n}"] = span.start, span.end
+        sign = f"CAST(:span_sign_{n} AS int)"
+        hourly.append(
+            f"SELECT CAST(:span_window_{n} AS int), {fields}, {sign} * used_amount, {sign} * pulse_count"
+            f" FROM pulse_usage WHERE window_start >= :span_start_{n} AND window_start < :span_end_{n}{where}"
+        )
+    parts = " UNION ALL ".join([*monthly, *hourly])
+    return _summed(
+        grouped,
+        f"({parts}) AS parts(window_index, {fields}, used_amount, pulse_count)",
+    )
 
 
 def _rows(windows: list[Window], merged: Iterable[tuple[_Key, int, int]]) -> Iterator[UsageRow]:

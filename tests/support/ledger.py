@@ -92,3 +92,29 @@ def make_pulses(
         )
         ledger.add(tenant, "vm", "hour", hour, amount)
     return pulses
+
+
+Month = tuple[str, str, str, datetime]
+
+
+def hourly_sums_by_month(connection: Any) -> dict[Month, tuple[Decimal, int]]:
+    """pulse_usage grouped by UTC month, in SQL over the hourly rows (what the rollup must hold)."""
+    rows = connection.execute(
+        text(
+            "SELECT tenant, product_sku, use_unity,"
+            " date_trunc('month', window_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',"
+            " sum(used_amount), sum(pulse_count) FROM pulse_usage GROUP BY 1, 2, 3, 4"
+        )
+    )
+    return {(r[0], r[1], r[2], r[3].astimezone(UTC)): (r[4], r[5]) for r in rows}
+
+
+def monthly_rollup(connection: Any) -> dict[Month, tuple[Decimal, int]]:
+    """What pulse_usage_monthly holds, in the shape of `hourly_sums_by_month`."""
+    rows = connection.execute(
+        text(
+            "SELECT tenant, product_sku, use_unity, month_start, used_amount, pulse_count"
+            " FROM pulse_usage_monthly"
+        )
+    )
+    return {(r[0], r[1], r[2], r[3].astimezone(UTC)): (r[4], r[5]) for r in rows}
