@@ -11,12 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
-import sqlalchemy.exc
 from flask import Flask, current_app
-from flask.cli import AppGroup
 from sqlalchemy import Engine, MetaData, create_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from ingestor.commands import CommandGroup
 from ingestor.settings import get_settings, settings_of
 
 # Named constraints, so Alembic revisions can refer to them by a stable name.
@@ -114,24 +113,14 @@ def upgrade_schema(url: str, revision: str = "head") -> None:
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
-db_cli = AppGroup("db", help="Create and migrate the PostgreSQL database.")
-
-
-@contextmanager
-def _unreachable_in_one_line() -> Iterator[None]:
-    # Unreachable server, refused login: say so in one line, not a traceback.
-    try:
-        yield
-    except sqlalchemy.exc.OperationalError as exc:
-        raise click.ClickException(f"PostgreSQL: {str(exc.orig).strip()}") from None
+db_cli = CommandGroup("db", help="Create and migrate the PostgreSQL database.")
 
 
 @db_cli.command("create")
 def create_command() -> None:
     """Create the database named by DATABASE_URL if it does not exist."""
     url = get_settings().database_url
-    with _unreachable_in_one_line():
-        created = create_database_if_missing(url)
+    created = create_database_if_missing(url)
     click.echo("database created" if created else "database already exists")
 
 
@@ -153,8 +142,7 @@ def _alembic_warnings_only() -> Iterator[None]:
 def upgrade_command() -> None:
     """Create the database if needed, then migrate it to the latest revision."""
     url = get_settings().database_url
-    with _unreachable_in_one_line():
-        created = create_database_if_missing(url)
-        with _alembic_warnings_only():
-            upgrade_schema(url)
+    created = create_database_if_missing(url)
+    with _alembic_warnings_only():
+        upgrade_schema(url)
     click.echo(("database created, " if created else "") + "database at the latest revision")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import click
-from flask.cli import AppGroup
 from sqlalchemy import select
 
 from ingestor.auth.models import User
+from ingestor.commands import CommandGroup
 from ingestor.database import get_database
 
-users_cli = AppGroup("users", help="Manage API users.")
+users_cli = CommandGroup("users", help="Manage API users.")
 
 MIN_PASSWORD_LENGTH = 12
 

@@ -191,6 +191,9 @@ def replay_dead_letters(broker_url: str, limit: int | None = None) -> ReplayRepo
     report = ReplayReport()
     held: list[Message] = []
     with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+        # A node that is down is kombu's OperationalError (an outage), not a bare socket
+        # error: failover URLs are each tried once, then the command says RabbitMQ is out.
+        connection.ensure_connection(max_retries=1)
         channel = connection.channel()
         queue = dead_letter_queue.bind(channel)
         _, present, _ = queue.queue_declare(passive=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import click
-from flask.cli import AppGroup
 
+from ingestor.commands import CommandGroup
 from ingestor.pulses import get_pulses
 
-pulses_cli = AppGroup("pulses", help="Operate on the pulses pipeline.")
+pulses_cli = CommandGroup("pulses", help="Operate on the pulses pipeline.")
 
 
 @pulses_cli.command("flush")
