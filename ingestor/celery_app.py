@@ -19,6 +19,7 @@ from flask import Flask
 
 from ingestor.messaging import topology
 from ingestor.messaging.amqp_transport import transport_for
+from ingestor.messaging.connections import IngestorAMQP
 from ingestor.messaging.consumer import DeclareTopology
 from ingestor.messaging.serialization import EXACT_JSON, register_exact_json
 from ingestor.messaging.shutdown import finish_task_on_group_sigterm
@@ -118,7 +119,7 @@ def celery_init_app(app: Flask) -> Celery:
                     metrics.record_task(self.name, outcome, seconds)
                     self.record_run(outcome, result, seconds)
 
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app = Celery(app.name, task_cls=FlaskTask, amqp=IngestorAMQP)
     celery_app.config_from_object(celery_config(settings_of(app)))
     # What the consumer steps read from their consumer (`c.app.flask_app`), as Celery's
     # own steps read `c.app`: the Flask app whose services they use.

@@ -17,7 +17,7 @@ from celery import Celery
 from kombu import Connection
 
 from ingestor import create_app
-from ingestor.messaging import topology
+from ingestor.messaging import amqp_transport, topology
 from ingestor.pulses.publishing import publish_pulse_batch
 from ingestor.pulses.task_names import PERSIST_PULSES
 from ingestor.settings import Settings
@@ -130,6 +130,21 @@ def test_a_publisher_fails_over_to_the_next_node_listed_in_broker_url(quorum_set
     publish_pulse_batch(celery_app, [], task_id="failover-0")
 
     assert queue_depth(quorum_settings.broker_url, topology.PULSES) == before + 1
+
+
+def test_a_connection_keeps_the_read_ahead_transport_when_it_fails_over(settings):
+    # kombu's failover re-parses the next URL, whose scheme ("amqp") named py-amqp's own
+    # transport: after a node died, the worker read the socket 7 bytes at a time again.
+    dead_node = settings.broker_url.replace("127.0.0.1:5672", "127.0.0.1:1")
+    celery_app = create_app(replace(settings, broker_url=f"{dead_node};{settings.broker_url}")).extensions[
+        "celery"
+    ]
+
+    with celery_app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=3, interval_start=0, interval_step=0)
+
+        assert (connection.hostname, connection.port) == ("127.0.0.1", 5672)
+        assert type(connection.transport).__module__ == amqp_transport.__name__
 
 
 def test_a_task_retried_with_backoff_on_quorum_queues_counts_once(quorum_settings, quorum_producer, database):
