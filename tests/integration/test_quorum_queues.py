@@ -147,6 +147,23 @@ def test_a_connection_keeps_the_read_ahead_transport_when_it_fails_over(settings
         assert type(connection.transport).__module__ == amqp_transport.__name__
 
 
+def test_a_worker_sets_up_delayed_delivery_on_its_node_not_on_a_dead_one_listed(
+    quorum_settings, quorum_producer
+):
+    # Celery set it up on every node of BROKER_URL, trying a dead one three times over
+    # about 18 s on each reconnect before the worker consumed again.
+    dead_node = quorum_settings.broker_url.replace("127.0.0.1:5672", "127.0.0.1:1")
+    settings = replace(quorum_settings, broker_url=f"{dead_node};{quorum_settings.broker_url}")
+    worker = WorkerProcess(settings, "quorum-failover")
+    worker.start(quorum_producer)  # answers a ping: its consumer steps have all run
+    worker.stop()
+    log = worker.log.read_text()
+    assert "Retrying delayed delivery setup" not in log, worker.tail()
+    assert "Failed to setup delayed delivery" not in log, worker.tail()
+    assert "Global QoS is disabled" in log  # it did start on the quorum queues
+    assert delayed_delivery_targets() >= {topology.PULSES, topology.PERSIST, topology.POPULATE}
+
+
 def test_a_task_retried_with_backoff_on_quorum_queues_counts_once(quorum_settings, quorum_producer, database):
     # Its first two runs fail on a transient Redis error: retried with a countdown,
     # which on quorum queues travels through Celery's native delayed delivery.
