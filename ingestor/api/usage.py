@@ -89,7 +89,10 @@ def get_usage_report(arguments: dict):
     resources = ExitStack()
     try:
         session = resources.enter_context(get_database().session())
-        rows = _started(query_usage(session, get_redis(), query))
+        # A JSON answer is built whole: its stored rows are read at once, one more than
+        # it may hold, so that a larger answer is refused without reading it all.
+        limit = None if wants_csv else MAX_JSON_ROWS + 1
+        rows = _started(query_usage(session, get_redis(), query, stored_rows_limit=limit))
         if wants_csv:
             response = Response(stream_with_context(_csv_lines(rows, query)), mimetype=CSV_TYPE)
             response.headers["Content-Disposition"] = 'attachment; filename="usage.csv"'

@@ -77,9 +77,15 @@ class UsageRow:
     pulse_count: int
 
 
-def query_usage(session: Session, redis: Redis, query: UsageQuery) -> Iterator[UsageRow]:
+def query_usage(
+    session: Session, redis: Redis, query: UsageQuery, *, stored_rows_limit: int | None = None
+) -> Iterator[UsageRow]:
     """The rows of `query`, ordered by window_start then the group fields in byte order.
 
+    The stored rows stream from a server-side cursor; with `stored_rows_limit`, for an
+    answer built whole, at most that many are read, in one round trip (a cursor costs
+    three more). Past the limit the rows are incomplete: a caller asking for n + 1
+    refuses an answer of more than n rows, since each stored row is a row of the answer.
     Raises `usage_windows.WindowsRefused` (before anything is read) for a range or zone
     that cannot be answered exactly, and `pending.PendingUnavailable` when Redis cannot
     be read exactly right now. `session` must be fresh (no transaction begun): the rows
@@ -100,7 +106,7 @@ def query_usage(session: Session, redis: Redis, query: UsageQuery) -> Iterator[U
             keys.hour_of(windows[-1].end),
         )
         pending = _aggregate(cells, windows, query)
-    return _rows(windows, heapq.merge(_persisted(session, windows, query), pending))
+    return _rows(windows, heapq.merge(_persisted(session, windows, query, stored_rows_limit), pending))
 
 
 def _aggregate(
@@ -128,9 +134,12 @@ def _group(values: tuple[str, ...], group_by: tuple[str, ...]) -> tuple[str | No
     )
 
 
-def _persisted(session: Session, windows: list[Window], query: UsageQuery) -> Iterator[tuple[_Key, int, int]]:
-    """The sums of the stored rows per (window, group), streamed in the same order as `_aggregate`'s:
-    the hourly rows alone, or the monthly rollup's rows plus or minus hourly edges."""
+def _persisted(
+    session: Session, windows: list[Window], query: UsageQuery, limit: int | None
+) -> Iterator[tuple[_Key, int, int]]:
+    """The sums of the stored rows per (window, group), in the same order as `_aggregate`'s:
+    the hourly rows alone, or the monthly rollup's rows plus or minus hourly edges;
+    streamed, or at most `limit` of them read at once."""
     grouped = [name for name in GROUP_FIELDS if name in query.group_by]
     filters, params = _filters(query)
     sources = usage_sources(windows)
@@ -138,7 +147,12 @@ def _persisted(session: Session, windows: list[Window], query: UsageQuery) -> It
         statement = _hourly_statement(windows, grouped, filters, params)
     else:
         statement = _rollup_statement(sources, grouped, filters, params)
-    for row in session.execute(statement.execution_options(yield_per=STREAM_BATCH), params):
+    if limit is None:
+        statement = statement.execution_options(yield_per=STREAM_BATCH)
+    else:
+        statement = text(f"{statement.text} LIMIT :stored_rows_limit")
+        params["stored_rows_limit"] = limit
+    for row in session.execute(statement, params):
         mapping = row._mapping
         group = tuple(mapping[name] if name in grouped else None for name in GROUP_FIELDS)
         yield (int(mapping["window_index"]), group), int(mapping["micro_units"]), int(mapping["pulse_count"])
