@@ -8,6 +8,11 @@ first MAX_BODY_BYTES bytes happen to be valid JSON was accepted with its rest dr
 `ApiRequest` reads such a body up to one byte past the limit, which tells a body of
 exactly the limit from a longer one.
 
+A refused body is still read to its end, up to `DRAINED_LIMITS` times the limit, and
+thrown away before the 413 is sent: a server that closes a connection with bytes
+unread makes its kernel reset it, and a client still sending then gets a broken pipe
+instead of the answer (gunicorn does no lingering close, as nginx does).
+
 A body with neither `Content-Length` nor `Transfer-Encoding` has no end a server can
 find (werkzeug reads it as empty): a request that takes a body is answered 411 rather
 than parsed as nothing, and a request that takes none is refused if it has one.
@@ -25,6 +30,20 @@ from werkzeug.wsgi import LimitedStream
 
 # Methods whose requests carry the API's bodies; the others take none.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# A refused body is read and dropped up to this many times the limit (16 MiB by
+# default), so its client receives the 413; a larger one may see the connection reset.
+DRAINED_LIMITS = 8
+DRAIN_READ_BYTES = 65536
+
+
+def discard(stream: t.IO[bytes], max_bytes: int) -> None:
+    """Read and drop up to `max_bytes` of `stream`, or until its end."""
+    left = max_bytes
+    while left > 0:
+        chunk = stream.read(min(DRAIN_READ_BYTES, left))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def describe_limit(max_bytes: int) -> str:
@@ -38,7 +57,7 @@ class BodyTooLarge(RequestEntityTooLarge):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(
             f"The request body is larger than the limit of {describe_limit(max_bytes)}, MAX_BODY_BYTES:"
-            " nothing was read; send it in smaller requests."
+            " nothing of it was taken; send it in smaller requests."
         )
         self.data = {"messages": {"max_body_bytes": max_bytes}}
 
@@ -49,14 +68,20 @@ class _BodyUpToTheLimit(LimitedStream):
     def __init__(self, stream: t.IO[bytes], max_bytes: int) -> None:
         super().__init__(stream, max_bytes + 1, is_max=True)
         self.max_bytes = max_bytes
+        self.terminated = stream
 
     def readinto(self, b: bytearray) -> int | None:  # type: ignore[override]
         size = super().readinto(b)
         if self.is_exhausted:
-            raise BodyTooLarge(self.max_bytes)
+            self.refuse()
         return size
 
     def on_exhausted(self) -> None:
+        self.refuse()
+
+    def refuse(self) -> t.NoReturn:
+        # The stream is terminated (its end is marked): reading it to the end cannot block.
+        discard(self.terminated, DRAINED_LIMITS * self.max_bytes)
         raise BodyTooLarge(self.max_bytes)
 
 
@@ -68,6 +93,8 @@ class ApiRequest(Request):
         limit = self.max_content_length
         if limit is not None and not self.shallow:
             if self.content_length is not None and self.content_length > limit:
+                # Never past its Content-Length: a server's raw socket would block there.
+                discard(self.environ["wsgi.input"], min(self.content_length, DRAINED_LIMITS * limit))
                 raise BodyTooLarge(limit)
             if self.content_length is None and "wsgi.input_terminated" in self.environ:
                 return t.cast(t.IO[bytes], _BodyUpToTheLimit(self.environ["wsgi.input"], limit))

@@ -119,6 +119,31 @@ def test_gunicorn_refuses_chunked_bodies_past_the_limit(gunicorn, auth, settings
 
 
 @pytest.mark.usefixtures("clean_state")
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+def test_a_client_still_sending_a_body_far_past_the_limit_gets_the_413(
+    gunicorn, auth, settings, limit, framing
+):
+    # 6 times the limit: answered and closed with megabytes unread, the server's kernel
+    # reset the connection, and http.client, still sending, got a broken pipe.
+    body = padded(PULSE, 6 * limit)
+    if framing == "chunked":
+        status, answer = post_chunked(gunicorn, body, auth)
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", gunicorn, timeout=30)
+        try:
+            connection.request(
+                "POST", "/api/v1/pulses", body=body, headers={"Content-Type": "application/json", **auth}
+            )
+            response = connection.getresponse()
+            status, answer = response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    assert_names_the_limit(status, answer, limit)
+    assert queue_depth(settings.broker_url, "pulses") == 0
+
+
+@pytest.mark.usefixtures("clean_state")
 def test_gunicorn_takes_a_chunked_body_of_exactly_the_limit_whole(gunicorn, auth, settings, bodies):
     status, answer = post_chunked(gunicorn, bodies["exactly the limit"], auth)
 
