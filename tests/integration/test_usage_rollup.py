@@ -17,7 +17,7 @@ from decimal import Decimal
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from ingestor.database import Database, alembic_config, upgrade_schema
 from ingestor.pulses import keys
@@ -142,23 +142,34 @@ def test_updates_deletes_and_truncate_of_hourly_rows_follow_into_the_rollup(pers
         assert monthly_rollup(connection) == {}
 
 
+def populated_at(
+    url: str, revision: str, start: str, tenants: int, steps: int, step_hours: int = 1
+) -> Engine:
+    """A new database at `revision`, its pulse_usage holding `tenants` x 4 SKUs of rows
+    every `step_hours` from `start`, `steps` times, with exact amounts; its engine."""
+    recreate_database(url)
+    upgrade_schema(url, revision)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count)"
+                " SELECT 'tenant-' || (g % :tenants), 'sku-' || (g / :tenants % 4), 'GB',"
+                " CAST(:start AS timestamptz) + make_interval(hours => :step_hours * (g / (4 * :tenants))),"
+                " g / 1000000.0, 1 + g % 3"
+                " FROM generate_series(0, :steps * 4 * :tenants - 1) g"
+            ),
+            {"tenants": tenants, "start": start, "steps": steps, "step_hours": step_hours},
+        )
+    return engine
+
+
 def test_revision_0006_backfills_a_populated_table_and_downgrades(fresh_database_url):
     url = fresh_database_url
-    recreate_database(url)
-    upgrade_schema(url, "0005")
-    engine = create_engine(url)
+    # 60 days of hours from mid-October: three UTC months, 20 groups.
+    engine = populated_at(url, "0005", "2026-10-15 00:00+00", tenants=5, steps=60 * 24)
     try:
         with engine.begin() as connection:
-            # 60 days of hours from mid-October: three UTC months, 20 groups, exact amounts.
-            connection.execute(
-                text(
-                    "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count)"
-                    " SELECT 'tenant-' || (g % 5), 'sku-' || (g / 5 % 4), 'GB',"
-                    " timestamptz '2026-10-15 00:00+00' + make_interval(hours => g / 20),"
-                    " g / 1000000.0, 1 + g % 3"
-                    " FROM generate_series(0, 60 * 24 * 20 - 1) g"
-                )
-            )
             expected = hourly_sums_by_month(connection)
 
         upgrade_schema(url)
@@ -234,21 +245,10 @@ ADD_A_PULSE = text(
 
 def test_revision_0007_keys_the_rollup_by_its_group_and_month_and_downgrades(fresh_database_url):
     url = fresh_database_url
-    recreate_database(url)
-    upgrade_schema(url, "0006")
-    engine = create_engine(url)
+    # 90 days from 1 October every 6 hours: three UTC months, 200 groups.
+    engine = populated_at(url, "0006", "2026-10-01 00:00+00", tenants=50, steps=90 * 4, step_hours=6)
     try:
         with engine.begin() as connection:
-            # 90 days from 1 October every 6 hours: three UTC months, 200 groups, exact amounts.
-            connection.execute(
-                text(
-                    "INSERT INTO pulse_usage (tenant, product_sku, use_unity, window_start, used_amount, pulse_count)"
-                    " SELECT 'tenant-' || (g % 50), 'sku-' || (g / 50 % 4), 'GB',"
-                    " timestamptz '2026-10-01 00:00+00' + make_interval(hours => 6 * (g / 200)),"
-                    " g / 1000000.0, 1 + g % 3"
-                    " FROM generate_series(0, 90 * 4 * 200 - 1) g"
-                )
-            )
             expected = hourly_sums_by_month(connection)
             assert len(expected) == 3 * 200 and monthly_rollup(connection) == expected
 
