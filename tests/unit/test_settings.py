@@ -256,3 +256,12 @@ def test_the_app_settings_are_read_typed_through_one_accessor() -> None:
     assert settings_of(app) is settings
     with app.app_context():
         assert get_settings() is settings
+
+
+def test_user_cache_seconds_defaults_to_5_zero_turns_it_off_and_it_is_bounded() -> None:
+    assert Settings.from_env({}).user_cache_seconds == 5
+    assert Settings.from_env({"USER_CACHE_SECONDS": "0"}).user_cache_seconds == 0
+    assert Settings.from_env({"USER_CACHE_SECONDS": "300"}).user_cache_seconds == 300
+    for value, words in [("-1", "must be positive"), ("five", "must be an integer"), ("301", "at most 300")]:
+        with pytest.raises(SettingsError, match=f"^USER_CACHE_SECONDS .*{words}"):
+            Settings.from_env({"USER_CACHE_SECONDS": value})
