@@ -5,18 +5,26 @@ Also what the rest of the ingestor knows about Redis running out of memory: with
 could grow its memory (`-OOM command not allowed when used memory > 'maxmemory'`),
 the ingest script included. `read_memory` reads the figures Redis decides on, and
 `is_out_of_memory` recognizes the refusal in either of its forms.
+
+REDIS_URL may name a Redis Cluster (`redis+cluster://host:port,host:port`, see
+settings.parse_redis_cluster_url): the client is then redis-py's `RedisCluster`,
+which offers every command the ingestor sends (each Lua call and transaction touches
+keys of one hash slot, keys.py). What concerns the servers rather than keys (the
+start-up settings check, INFO memory) is asked of every node (`nodes_of`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, current_app
-from redis import Redis
+from redis import Redis, RedisCluster
+from redis.cluster import ClusterNode
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
-from ingestor.settings import settings_of
+from ingestor.settings import parse_redis_cluster_url, settings_of
 
 # Redis's own wording, in the OOM reply to a command and, on Redis before 7, inside the
 # "ERR Error running script" reply a script gets when a command it calls is refused.
@@ -59,8 +67,14 @@ def check_redis_settings(redis: Redis) -> None:
     ≥ 64 and `hash-max-listpack-value` ≥ 16: the id index keeps its ids in small hashes
     of that encoding (about 13 bytes an id; a hashtable costs several times more). A
     Redis whose CONFIG command is renamed away (some managed services) cannot be
-    checked: that is the operator's to ensure, as the README says.
+    checked: that is the operator's to ensure, as the README says. On a cluster, every
+    node, replicas too: a replica is a master after a failover.
     """
+    for node in nodes_of(redis, primaries_only=False):
+        _check_node_settings(node)
+
+
+def _check_node_settings(redis: Redis) -> None:
     version = str(redis.info("server").get("redis_version", "0"))
     if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (7, 0):
         raise RedisSettingsError(
@@ -88,23 +102,48 @@ def check_redis_settings(redis: Redis) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Attach a Redis client built from the app's settings."""
+    """Attach a Redis client built from the app's settings (a RedisCluster for a cluster URL)."""
     settings = settings_of(app)
-    app.extensions["redis"] = Redis.from_url(
-        settings.redis_url,
+    options: dict[str, Any] = {
         # Pooled connections idle for an hour are checked first.
-        health_check_interval=30,
+        "health_check_interval": 30,
         # A Redis that drops packets raises TimeoutError (an outage: a 503, a task
         # retry) instead of holding the caller for the OS TCP timeout. Set here, not
         # left to redis-py's defaults: its 5 s read timeout would cut a long flush script.
-        socket_connect_timeout=settings.redis_connect_timeout_seconds,
-        socket_timeout=settings.redis_socket_timeout_seconds,
+        "socket_connect_timeout": settings.redis_connect_timeout_seconds,
+        "socket_timeout": settings.redis_socket_timeout_seconds,
+    }
+    cluster = parse_redis_cluster_url(settings.redis_url)
+    if cluster is None:
+        app.extensions["redis"] = Redis.from_url(settings.redis_url, **options)
+        return
+    # Typed as Redis for the callers: RedisCluster has every command they send.
+    app.extensions["redis"] = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+        username=cluster.username,
+        password=cluster.password,
+        ssl=cluster.ssl,
+        **options,
     )
 
 
 def get_redis() -> Redis:
-    """The Redis client of the current app."""
+    """The Redis client of the current app (a `RedisCluster` on a cluster)."""
     return current_app.extensions["redis"]
+
+
+def is_cluster(redis: object) -> bool:
+    """Whether `redis` is a Redis Cluster client."""
+    return isinstance(redis, RedisCluster)
+
+
+def nodes_of(redis: Redis, *, primaries_only: bool = True) -> list[Redis]:
+    """A client of each server behind `redis`: itself on a single node; on a cluster,
+    each master (and, unless `primaries_only`, each replica) as the client last saw them."""
+    if not isinstance(redis, RedisCluster):
+        return [redis]
+    nodes = redis.get_primaries() if primaries_only else redis.get_nodes()
+    return [redis.get_redis_connection(node) for node in nodes]
 
 
 def text_of(reply: bytes | str) -> str:
@@ -154,8 +193,13 @@ class MemoryUsage:
 
 
 def read_memory(redis: Redis) -> MemoryUsage:
-    """Redis's memory figures now (one INFO memory call; raises RedisError when unreachable)."""
-    return MemoryUsage.from_info(redis.info("memory"))
+    """Redis's memory figures now (one INFO memory call; raises RedisError when unreachable).
+
+    On a cluster, those of the master nearest its maxmemory (a full one first): one full
+    master refuses the pulses of its slots, a third of every batch.
+    """
+    usages = [MemoryUsage.from_info(node.info("memory")) for node in nodes_of(redis)]
+    return max(usages, key=lambda usage: (usage.full, usage.used_ratio or 0.0))
 
 
 def wait_for_room(redis: Redis, seconds: float, poll_seconds: float) -> bool:

@@ -24,12 +24,14 @@ from redis import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from ingestor.pulses import keys
-from ingestor.redis_store import DEFAULT_LISTPACK_ENTRIES, hash_listpack_entries, is_out_of_memory
+from ingestor.redis_store import DEFAULT_LISTPACK_ENTRIES, hash_listpack_entries, is_cluster, is_out_of_memory
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
 # pulse only its dedupe key, its cell number and its micro-units.
 # KEYS: the tag's registry, its id index, the W distinct window bucket keys, the L
-#       distinct message ledgers, then one dedupe key per pulse (its v1 key, only read).
+#       distinct message ledgers, then one dedupe key per pulse (its v1 key, only read;
+#       none on a Redis Cluster: untagged, each in a slot of its own, and a cluster
+#       install never had v1).
 # ARGV: horizon, W, C, L, bucket seconds, hash-max-listpack-entries, then C cells as
 #       (window number, group), then per pulse (cell number, micro-units, ledger number
 #       or 0, its bit, its fingerprint's selector or -1, its fingerprint's field), then
@@ -79,6 +81,7 @@ local listpack_entries = tonumber(ARGV[6])
 local index_key = KEYS[2]
 local first_key = 3 + n_windows + n_ledgers
 local first_arg = 7 + 2 * n_cells
+local n_pulses = (#ARGV - n_windows - first_arg + 1) / 6
 
 local function cell_window(cell) return KEYS[2 + tonumber(ARGV[5 + 2 * cell])] end
 local function cell_group(cell) return ARGV[6 + 2 * cell] end
@@ -167,13 +170,15 @@ local set_ledgers = {}
 local function first_time(key, ledger, bit, selector, field)
   if selector >= 0 then
     if not live then load_index() end
-    if redis.call('EXISTS', key) == 1 then return false end
+    if key and redis.call('EXISTS', key) == 1 then return false end
     if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
     if in_index(selector, field) then return false end
     remember(selector, field)
     return true
   end
-  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 or redis.call('EXISTS', key) == 1 then return false end
+  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 or (key and redis.call('EXISTS', key) == 1) then
+    return false
+  end
   redis.call('SETBIT', ledger_key(ledger), bit, 1)
   set_ledgers[ledger] = true
   return true
@@ -181,9 +186,10 @@ end
 
 local counts, sums = {}, {}
 local counted = 0
-for k = first_key, #KEYS do
-  local i = first_arg + 6 * (k - first_key)
-  if first_time(KEYS[k], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), ARGV[i + 5]) then
+for p = 0, n_pulses - 1 do
+  local i = first_arg + 6 * p
+  local key = KEYS[first_key + p]
+  if first_time(key, tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), ARGV[i + 5]) then
     local cell = tonumber(ARGV[i])
     local micro_units = ARGV[i + 1]
     local value = tonumber(micro_units)
@@ -273,6 +279,8 @@ class PulseCounter:
         its partitions for; read from Redis on first use when not given."""
         self._redis = redis
         self._script = redis.register_script(INGEST_SCRIPT)
+        # v1 dedupe keys are read only on a single node (see INGEST_SCRIPT's KEYS).
+        self._legacy_keys = not is_cluster(redis)
         self._horizon = dedupe_horizon_seconds
         self._bucket_seconds = keys.id_bucket_seconds(dedupe_horizon_seconds)
         self._chunk_size = chunk_size
@@ -342,7 +350,9 @@ class PulseCounter:
                 pulse_args += (cell, pulse.micro_units, ledger, pulse.bit, -1, b"")
             else:
                 raise ValueError(f"a pulse with neither fingerprint nor ledger: {pulse!r}")
-        script_keys = [keys.registry_key(tag), keys.id_index_key(tag), *windows, *ledgers, *dedupe_keys]
+        script_keys: list[bytes | str] = [keys.registry_key(tag), keys.id_index_key(tag), *windows, *ledgers]
+        if self._legacy_keys:
+            script_keys += dedupe_keys
         live_fields = [keys.live_field_of_window(window) for window in windows]
         counts = [
             self._horizon,

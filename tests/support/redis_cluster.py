@@ -115,7 +115,9 @@ class PrivateRedisCluster:
         while time.monotonic() < deadline:
             for port, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RedisClusterError(f"node {port} exited with {process.returncode}: {self.log_tail(port)}")
+                    raise RedisClusterError(
+                        f"node {port} exited with {process.returncode}: {self.log_tail(port)}"
+                    )
             if ready():
                 return
             time.sleep(0.1)
@@ -177,7 +179,7 @@ class PrivateRedisCluster:
 
     def stop(self) -> None:
         """Kill every node started (paused ones too) and remove the directory."""
-        for port, process in self.processes.items():
+        for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGCONT)
                 process.send_signal(signal.SIGKILL)
