@@ -1,0 +1,156 @@
+"""The ingestor on a Redis Cluster the test starts (3 masters, 3 replicas, ports 7101-7106).
+
+A real worker with REDIS_URL naming the cluster counts pulses (ids, duplicates, a
+message delivered twice, pulses without id, invalid ones) and flushes them: PostgreSQL
+equals the test's Decimal ledger. A skewed load (one tenant half of the pulses) spreads
+over the three masters. About a minute, half of it starting the cluster.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from celery import Celery
+from flask import Flask
+from redis import RedisCluster
+
+from ingestor import create_app
+from ingestor.pulses import keys
+from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
+from ingestor.settings import Settings
+from tests.support import services
+from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
+from tests.support.pulses import pulse
+from tests.support.redis_cluster import PrivateRedisCluster
+from tests.support.worker import WorkerProcess, wait_until_idle
+
+pytestmark = pytest.mark.usefixtures("clean_state", "clean_cluster")
+
+QUEUES = ("pulses", "persist")
+
+
+@pytest.fixture(scope="module")
+def cluster_settings(settings: Settings, redis_cluster: PrivateRedisCluster) -> Settings:
+    return services.settings_for_tests(redis_url=redis_cluster.url)
+
+
+@pytest.fixture(scope="module")
+def cluster_app(cluster_settings: Settings, _services_ready: None) -> Iterator[Flask]:
+    """An app on the cluster, in this process (it reads what the worker wrote)."""
+    previous = keys.SHARD_TAGS
+    app = create_app(cluster_settings)
+    yield app
+    # The tag count is the process's: the other tests' app is on a single node.
+    keys.use_shard_tags(len(previous))
+
+
+@pytest.fixture(scope="module")
+def cluster_worker(
+    cluster_settings: Settings, producer: Celery, _services_ready: None, redis_cluster: PrivateRedisCluster
+) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(cluster_settings, "cluster")
+    process.start(producer)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def clean_cluster(redis_cluster: PrivateRedisCluster) -> None:
+    redis_cluster.flush()
+
+
+def send_batch(producer: Celery, pulses: list, task_id: str | None = None) -> None:
+    producer.send_task(INGEST_PULSES, args=[pulses], exchange="pulses", routing_key="pulses", task_id=task_id)
+
+
+def persist_through_worker(producer: Celery, worker: WorkerProcess) -> None:
+    wait_until_idle(producer, worker, QUEUES)
+    producer.send_task(PERSIST_PULSES, exchange="persist", routing_key="persist")
+    wait_until_idle(producer, worker, QUEUES)
+
+
+def window_counts_per_master(redis_cluster: PrivateRedisCluster) -> dict[int, dict[str, int]]:
+    """{master port: {tenant: pulses counted in its live window buckets}}."""
+    per_master: dict[int, dict[str, int]] = {}
+    for port in redis_cluster.masters():
+        node = redis_cluster.client(port)
+        tenants: dict[str, int] = {}
+        for key in node.scan_iter(match=f"{keys.PREFIX}{{*}}:w:*", count=1000):
+            for field, value in node.hscan_iter(key, match=keys.COUNT_FIELD_PREFIX + b"*", count=1000):
+                tenant, _, _ = keys.parse_group_field(field[len(keys.COUNT_FIELD_PREFIX) :])
+                tenants[tenant] = tenants.get(tenant, 0) + int(value)
+        per_master[port] = tenants
+    return per_master
+
+
+def test_the_cluster_client_and_its_tags(cluster_app: Flask, redis_cluster: PrivateRedisCluster) -> None:
+    assert isinstance(cluster_app.extensions["redis"], RedisCluster)
+    assert len(keys.SHARD_TAGS) == keys.CLUSTER_SHARD_TAG_COUNT
+    # Every master holds some of the tags' slots.
+    client = cluster_app.extensions["redis"]
+    owners = {client.get_node_from_key(keys.registry_key(tag)).port for tag in keys.SHARD_TAGS}
+    assert owners == set(redis_cluster.masters())
+
+
+def test_sums_are_exact_on_the_cluster(
+    cluster_app: Flask, cluster_worker: WorkerProcess, producer: Celery, database, redis_cluster
+) -> None:
+    ledger = Ledger()
+    hour = hour_ago(2)
+    with_ids = make_pulses(ledger, 600, prefix="c", hour=hour, tenants=7)
+    for start in range(0, len(with_ids), 100):
+        send_batch(producer, with_ids[start : start + 100])
+    # The same ids again, in other batches: counted once.
+    send_batch(producer, with_ids[:250])
+    # Pulses without id, in one message delivered twice (same task id): counted once.
+    without_ids = make_pulses(ledger, 300, prefix="n", hour=hour + timedelta(hours=1), with_ids=False)
+    task_id = str(uuid.uuid4())
+    send_batch(producer, without_ids, task_id=task_id)
+    send_batch(producer, without_ids, task_id=task_id)
+    # A message of one pulse without id (the id index), twice; and an invalid pulse.
+    alone = pulse(tenant="alone", product_sku="vm", use_unity="hour", used_amount="0.000001", timestamp=hour)
+    ledger.add("alone", "vm", "hour", hour, "0.000001")
+    lone_id = str(uuid.uuid4())
+    send_batch(producer, [alone], task_id=lone_id)
+    send_batch(producer, [alone], task_id=lone_id)
+    send_batch(producer, [pulse(used_amount="-1", timestamp=hour)])
+    wait_until_idle(producer, cluster_worker, QUEUES)
+
+    # Before the flush, every master holds windows.
+    assert all(window_counts_per_master(redis_cluster).values())
+    persist_through_worker(producer, cluster_worker)
+
+    assert persisted_sums(database) == ledger.expected()
+    assert not window_counts_per_master(redis_cluster)[redis_cluster.masters()[0]]
+
+
+def test_a_hot_tenant_spreads_over_every_master(
+    cluster_app: Flask, cluster_worker: WorkerProcess, producer: Celery, database, redis_cluster
+) -> None:
+    rng = random.Random(16)
+    hour = hour_ago(1)
+    ledger = Ledger()
+    pulses = []
+    for i in range(3000):
+        # Half of the pulses are one tenant's; the rest spread over 50 others.
+        tenant = "hot" if i % 2 == 0 else f"cold-{rng.randrange(50)}"
+        pulses.append(pulse(id=f"s-{i}", tenant=tenant, used_amount="1", timestamp=hour))
+        ledger.add(tenant, "vm.small", "vCPU-hour", hour, "1")
+    for start in range(0, len(pulses), 500):
+        send_batch(producer, pulses[start : start + 500])
+    wait_until_idle(producer, cluster_worker, QUEUES)
+
+    per_master = window_counts_per_master(redis_cluster)
+    third = len(pulses) / 3
+    totals = {port: sum(tenants.values()) for port, tenants in per_master.items()}
+    hot = {port: tenants.get("hot", 0) for port, tenants in per_master.items()}
+    assert sum(totals.values()) == len(pulses)
+    # Within ±25% of a third on every master, and so is the hot tenant alone.
+    assert all(0.75 * third <= total <= 1.25 * third for total in totals.values()), totals
+    assert all(0.75 * third / 2 <= count <= 1.25 * third / 2 for count in hot.values()), hot
+    persist_through_worker(producer, cluster_worker)
+    assert persisted_sums(database) == ledger.expected()
