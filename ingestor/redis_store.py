@@ -23,6 +23,7 @@ from flask import Flask, current_app
 from redis import Redis, RedisCluster
 from redis.cluster import ClusterNode
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ingestor.settings import parse_redis_cluster_url, settings_of
 
@@ -130,6 +131,26 @@ def init_app(app: Flask) -> None:
 def get_redis() -> Redis:
     """The Redis client of the current app (a `RedisCluster` on a cluster)."""
     return current_app.extensions["redis"]
+
+
+class ReplicaWaitTimeout(RedisTimeoutError):
+    """Fewer replicas than asked confirmed a write in time: it may be lost on a
+    failover, so the batch is retried (idempotent), never acked on it."""
+
+
+def node_for_key(redis: Redis, key: str | bytes) -> Redis:
+    """A client of the server holding `key`: `redis` itself on a single node; on a
+    cluster, its slot's master as the client last saw it (for WAIT after a write, which
+    must follow the write on one connection)."""
+    if not isinstance(redis, RedisCluster):
+        return redis
+    return redis.get_redis_connection(redis.get_node_from_key(key))
+
+
+def refresh_topology(redis: Redis) -> None:
+    """Read a cluster's slots again (after a MOVED or a dead master); nothing on one node."""
+    if isinstance(redis, RedisCluster):
+        redis.nodes_manager.initialize()
 
 
 def is_cluster(redis: object) -> bool:

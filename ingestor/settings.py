@@ -26,7 +26,9 @@ LOG_FORMATS = ("json", "text")
 BROKER_QUEUE_TYPES = ("classic", "quorum")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings for which 0 means "off" (every other one must be positive).
-ZERO_MEANS_OFF = frozenset({"metrics_port", "trusted_proxies", "user_lookup_grace_seconds"})
+ZERO_MEANS_OFF = frozenset(
+    {"metrics_port", "trusted_proxies", "user_lookup_grace_seconds", "redis_wait_replicas"}
+)
 
 # Variables a PaaS add-on sets, read when the ingestor's own variable is unset or
 # empty, in this order. BROKER_URL/REDIS_URL always win: an operator who sets them
@@ -153,6 +155,11 @@ class Settings:
     # times what Redis already treats as an incident; and shorter than gunicorn's 30 s
     # worker timeout, so the web answers 503 before gunicorn kills the request.
     redis_socket_timeout_seconds: int = 20
+    # Durability on a failover: after each ingest script call, WAIT until this many
+    # replicas of its master have the write (0: don't wait, as a single Redis without
+    # replicas needs), for at most REDIS_WAIT_TIMEOUT_MS; fewer is a retry, never an ack.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
     # "development" allows the built-in insecure JWT key; anything else requires a
     # strong JWT_SECRET_KEY, and refuses to start without one.
     app_env: str = "development"

@@ -40,7 +40,13 @@ def init_app(app: Flask) -> None:
     keys.use_shard_tags(keys.CLUSTER_SHARD_TAG_COUNT if is_cluster(redis) else keys.SHARD_TAG_COUNT)
     app.extensions["pulses"] = PulseServices(
         validator=PulseValidator(settings),
-        counter=PulseCounter(redis, settings.dedupe_horizon_seconds, settings.redis_chunk_size),
+        counter=PulseCounter(
+            redis,
+            settings.dedupe_horizon_seconds,
+            settings.redis_chunk_size,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        ),
         persister=Persister(
             redis, app.extensions["database"], grace_seconds=settings.pending_read_grace_seconds
         ),

@@ -21,10 +21,25 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from redis import Redis
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    MovedError,
+    OutOfMemoryError,
+    ResponseError,
+    TryAgainError,
+)
 
 from ingestor.pulses import keys
-from ingestor.redis_store import DEFAULT_LISTPACK_ENTRIES, hash_listpack_entries, is_cluster, is_out_of_memory
+from ingestor.redis_store import (
+    DEFAULT_LISTPACK_ENTRIES,
+    ReplicaWaitTimeout,
+    hash_listpack_entries,
+    is_cluster,
+    is_out_of_memory,
+    node_for_key,
+    refresh_topology,
+)
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
 # pulse only its dedupe key, its cell number and its micro-units.
@@ -274,9 +289,13 @@ class PulseCounter:
         dedupe_horizon_seconds: int,
         chunk_size: int,
         listpack_entries: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         """`listpack_entries`: the Redis `hash-max-listpack-entries` the id index sizes
-        its partitions for; read from Redis on first use when not given."""
+        its partitions for; read from Redis on first use when not given.
+        `wait_replicas`: after each call, WAIT until that many replicas of the master
+        have it, at most `wait_timeout_ms` (0: no WAIT, one round trip a chunk)."""
         self._redis = redis
         self._script = redis.register_script(INGEST_SCRIPT)
         # v1 dedupe keys are read only on a single node (see INGEST_SCRIPT's KEYS).
@@ -285,6 +304,8 @@ class PulseCounter:
         self._bucket_seconds = keys.id_bucket_seconds(dedupe_horizon_seconds)
         self._chunk_size = chunk_size
         self._listpack_entries = listpack_entries
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
 
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
@@ -308,6 +329,8 @@ class PulseCounter:
     def _count_chunk(self, tag: str, chunk: Sequence[CountablePulse]) -> int:
         script_keys, script_args = self._script_arguments(tag, chunk)
         try:
+            if self._wait_replicas:
+                return self._count_and_wait(script_keys, script_args)
             return int(self._script(keys=script_keys, args=script_args))
         except OutOfMemoryError:
             raise
@@ -315,6 +338,31 @@ class PulseCounter:
             if is_out_of_memory(exc):
                 raise OutOfMemoryError(str(exc)) from exc
             raise
+
+    def _count_and_wait(self, script_keys: list[bytes | str], script_args: list[bytes | int | str]) -> int:
+        """The script, then WAIT, on one connection to the master of the tag's slot.
+
+        WAIT waits for the writes of its own connection, hence one pipeline to that
+        master. Fewer replicas than asked raises ReplicaWaitTimeout: the write stands on
+        the master and may be lost with it, so the batch is retried rather than acked;
+        the retry finds its pulses counted (nothing twice) and waits again.
+        """
+        node = node_for_key(self._redis, script_keys[0])
+        try:
+            with node.pipeline(transaction=False) as pipe:
+                self._script(keys=script_keys, args=script_args, client=pipe)
+                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+                counted, replicas = pipe.execute()
+        except (ConnectionError, MovedError, ClusterDownError, TryAgainError):
+            # The master died or the slot moved (a failover): the retry asks the new one.
+            refresh_topology(self._redis)
+            raise
+        if replicas < self._wait_replicas:
+            raise ReplicaWaitTimeout(
+                f"{replicas} of {self._wait_replicas} replicas confirmed a batch's write within "
+                f"{self._wait_timeout_ms} ms (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS): retried, not acked"
+            )
+        return int(counted)
 
     def _script_arguments(
         self, tag: str, chunk: Sequence[CountablePulse]

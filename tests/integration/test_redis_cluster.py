@@ -3,12 +3,16 @@
 A real worker with REDIS_URL naming the cluster counts pulses (ids, duplicates, a
 message delivered twice, pulses without id, invalid ones) and flushes them: PostgreSQL
 equals the test's Decimal ledger. A skewed load (one tenant half of the pulses) spreads
-over the three masters. About a minute, half of it starting the cluster.
+over the three masters. With REDIS_WAIT_REPLICAS=1: a batch whose master's replica is
+paused (SIGSTOP) is retried, not acked, and counts once after SIGCONT; a master
+SIGKILLed mid-load loses nothing and counts nothing twice. About two minutes.
 """
 
 from __future__ import annotations
 
 import random
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -154,3 +158,84 @@ def test_a_hot_tenant_spreads_over_every_master(
     assert all(0.75 * third / 2 <= count <= 1.25 * third / 2 for count in hot.values()), hot
     persist_through_worker(producer, cluster_worker)
     assert persisted_sums(database) == ledger.expected()
+
+
+@pytest.fixture
+def waiting_worker(
+    cluster_settings: Settings,
+    producer: Celery,
+    cluster_worker: WorkerProcess,
+    redis_cluster: PrivateRedisCluster,
+) -> Iterator[WorkerProcess]:
+    """A worker waiting for one replica after each batch, retrying quickly (the shared
+    cluster worker stopped meanwhile, so this one takes every task)."""
+    cluster_worker.stop()
+    settings = services.settings_for_tests(
+        redis_url=redis_cluster.url,
+        redis_wait_replicas=1,
+        redis_wait_timeout_ms=300,
+        task_retry_backoff_max_seconds=2,
+        task_max_retries=100,
+    )
+    process = WorkerProcess(settings, "cluster-wait")
+    process.start(producer)
+    yield process
+    process.stop()
+    cluster_worker.start(producer)
+
+
+def holds_tasks(producer: Celery, worker: WorkerProcess) -> bool:
+    """Whether the worker holds a task (running, reserved or waiting for its retry)."""
+    inspect = producer.control.inspect(destination=[worker.name], timeout=2)
+    return any(
+        tasks
+        for reply in (inspect.active(), inspect.reserved(), inspect.scheduled())
+        if reply
+        for tasks in reply.values()
+    )
+
+
+def test_a_write_no_replica_confirmed_is_retried_not_acked(
+    cluster_app: Flask, waiting_worker: WorkerProcess, producer: Celery, database, redis_cluster
+) -> None:
+    ledger = Ledger()
+    pulses = make_pulses(ledger, 400, prefix="w", hour=hour_ago(1), tenants=5)
+    replica = redis_cluster.replica_of(redis_cluster.masters()[0])
+    redis_cluster.pause(replica)
+    try:
+        send_batch(producer, pulses)
+        time.sleep(4)
+        # Its master's part could not be confirmed: the task waits for a retry.
+        assert holds_tasks(producer, waiting_worker), waiting_worker.tail()
+        assert "ReplicaWaitTimeout" in waiting_worker.log.read_text()
+    finally:
+        redis_cluster.resume(replica)
+    persist_through_worker(producer, waiting_worker)
+    assert persisted_sums(database) == ledger.expected()
+
+
+def test_a_master_killed_mid_load_loses_nothing_and_counts_nothing_twice(
+    cluster_app: Flask, waiting_worker: WorkerProcess, producer: Celery, database, redis_cluster
+) -> None:
+    ledger = Ledger()
+    hour = hour_ago(1)
+    batches = [make_pulses(ledger, 100, prefix=f"k{b}", hour=hour, tenants=4) for b in range(40)]
+    victim = redis_cluster.masters()[1]
+
+    def publish() -> None:
+        for batch in batches:
+            send_batch(producer, batch)
+            time.sleep(0.05)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    time.sleep(0.8)  # some batches counted, more on their way
+    redis_cluster.kill(victim)
+    publisher.join()
+    try:
+        wait_until_idle(producer, waiting_worker, QUEUES, timeout=120)
+        assert victim not in redis_cluster.masters()
+        persist_through_worker(producer, waiting_worker)
+        assert persisted_sums(database) == ledger.expected()
+    finally:
+        redis_cluster.restart(victim)

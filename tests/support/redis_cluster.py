@@ -78,9 +78,15 @@ class PrivateRedisCluster:
             self.stop()
             raise
 
+    def restart(self, port: int, timeout: float = 60) -> None:
+        """Start a killed node again: its nodes.conf makes it rejoin (a replica, when a
+        failover promoted another node meanwhile); return once the cluster is ok."""
+        self._start_node(port)
+        self._wait(self.healthy, time.monotonic() + timeout, f"node {port} to rejoin")
+
     def _start_node(self, port: int) -> None:
         node_dir = self.dir / str(port)
-        node_dir.mkdir()
+        node_dir.mkdir(exist_ok=True)
         self.processes[port] = subprocess.Popen(
             [
                 shutil.which("redis-server") or "/usr/bin/redis-server",
@@ -133,6 +139,8 @@ class PrivateRedisCluster:
             except RedisError:
                 return False
             if info.get("cluster_state") != "ok" or int(info.get("cluster_size", 0)) != 3:
+                return False
+            if int(info.get("cluster_known_nodes", 0)) != len(self.ports):
                 return False
         return True
 
