@@ -130,7 +130,8 @@ class PrivateRedisCluster:
         raise RedisClusterError(f"timed out waiting for {what}")
 
     def healthy(self) -> bool:
-        """Whether every live node reports cluster_state:ok and knows of 3 masters with slots."""
+        """Whether every live node reports cluster_state:ok, knows of 3 masters with slots
+        and of every node, and every replica is in sync with its master."""
         for port, process in self.processes.items():
             if process.poll() is not None:
                 continue
@@ -141,6 +142,10 @@ class PrivateRedisCluster:
             if info.get("cluster_state") != "ok" or int(info.get("cluster_size", 0)) != 3:
                 return False
             if int(info.get("cluster_known_nodes", 0)) != len(self.ports):
+                return False
+            # A replica still in its first sync confirms no write (WAIT answers 0).
+            replication = self.client(port).info("replication")
+            if replication["role"] == "slave" and replication.get("master_link_status") != "up":
                 return False
         return True
 
