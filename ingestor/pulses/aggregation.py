@@ -306,13 +306,17 @@ class PulseCounter:
         self._listpack_entries = listpack_entries
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
+        # Each node's calls in one pipeline to it: on a cluster, and wherever WAIT must
+        # follow the writes on their connection.
+        self._per_node = is_cluster(redis) or wait_replicas > 0
 
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
 
         Pulses go in one call per tag (every key of a call in one slot), large batches
         in chunks so one call never holds Redis for long; each chunk is idempotent, so
-        a failure between chunks is safe to retry whole.
+        a failure between chunks is safe to retry whole. With `wait_replicas`, a batch
+        is done only once that many replicas of each master have its writes.
 
         Redis refusing a chunk for memory raises `OutOfMemoryError`, whichever form the
         refusal took (Redis 7 passes the OOM reply on; earlier versions wrap it in a
@@ -320,18 +324,18 @@ class PulseCounter:
         """
         if self._listpack_entries is None:
             self._listpack_entries = hash_listpack_entries(self._redis)
-        counted = 0
-        for tag, of_tag in _per_tag(pulses):
-            for start in range(0, len(of_tag), self._chunk_size):
-                counted += self._count_chunk(tag, of_tag[start : start + self._chunk_size])
-        return counted
-
-    def _count_chunk(self, tag: str, chunk: Sequence[CountablePulse]) -> int:
-        script_keys, script_args = self._script_arguments(tag, chunk)
+        calls = (
+            self._script_arguments(tag, of_tag[start : start + self._chunk_size])
+            for tag, of_tag in _per_tag(pulses)
+            for start in range(0, len(of_tag), self._chunk_size)
+        )
         try:
-            if self._wait_replicas:
-                return self._count_and_wait(script_keys, script_args)
-            return int(self._script(keys=script_keys, args=script_args))
+            if self._per_node:
+                return self._count_per_node(list(calls))
+            # A single node, no WAIT: one round trip a chunk, nothing more.
+            return sum(
+                int(self._script(keys=script_keys, args=script_args)) for script_keys, script_args in calls
+            )
         except OutOfMemoryError:
             raise
         except ResponseError as exc:
@@ -339,30 +343,39 @@ class PulseCounter:
                 raise OutOfMemoryError(str(exc)) from exc
             raise
 
-    def _count_and_wait(self, script_keys: list[bytes | str], script_args: list[bytes | int | str]) -> int:
-        """The script, then WAIT, on one connection to the master of the tag's slot.
+    def _count_per_node(self, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]) -> int:
+        """The calls of each master in one pipeline to it, then WAIT when asked.
 
-        WAIT waits for the writes of its own connection, hence one pipeline to that
-        master. Fewer replicas than asked raises ReplicaWaitTimeout: the write stands on
-        the master and may be lost with it, so the batch is retried rather than acked;
-        the retry finds its pulses counted (nothing twice) and waits again.
+        On a cluster a batch is a call per tag (16): one round trip per master, not per
+        tag. WAIT waits for the writes of its own connection, hence the pipeline: it
+        follows the master's calls on their connection. Fewer replicas than asked raises
+        ReplicaWaitTimeout: the writes stand on the master and may be lost with it, so
+        the batch is retried rather than acked; the retry finds its pulses counted
+        (nothing twice) and waits again.
         """
-        node = node_for_key(self._redis, script_keys[0])
-        try:
-            with node.pipeline(transaction=False) as pipe:
-                self._script(keys=script_keys, args=script_args, client=pipe)
-                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
-                counted, replicas = pipe.execute()
-        except (ConnectionError, MovedError, ClusterDownError, TryAgainError):
-            # The master died or the slot moved (a failover): the retry asks the new one.
-            refresh_topology(self._redis)
-            raise
-        if replicas < self._wait_replicas:
-            raise ReplicaWaitTimeout(
-                f"{replicas} of {self._wait_replicas} replicas confirmed a batch's write within "
-                f"{self._wait_timeout_ms} ms (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS): retried, not acked"
-            )
-        return int(counted)
+        by_node: dict[Redis, list[tuple[list[bytes | str], list[bytes | int | str]]]] = {}
+        for call in calls:
+            by_node.setdefault(node_for_key(self._redis, call[0][0]), []).append(call)
+        counted = 0
+        for node, node_calls in by_node.items():
+            try:
+                with node.pipeline(transaction=False) as pipe:
+                    for script_keys, script_args in node_calls:
+                        self._script(keys=script_keys, args=script_args, client=pipe)
+                    if self._wait_replicas:
+                        pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+                    replies = pipe.execute()
+            except (ConnectionError, MovedError, ClusterDownError, TryAgainError):
+                # The master died or its slots moved (a failover): the retry asks the new one.
+                refresh_topology(self._redis)
+                raise
+            if self._wait_replicas and replies.pop() < self._wait_replicas:
+                raise ReplicaWaitTimeout(
+                    f"fewer than {self._wait_replicas} replica(s) confirmed a batch's write within "
+                    f"{self._wait_timeout_ms} ms (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS): retried, not acked"
+                )
+            counted += sum(int(reply) for reply in replies)
+        return counted
 
     def _script_arguments(
         self, tag: str, chunk: Sequence[CountablePulse]
