@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app
-from redis import Redis, RedisCluster
+from redis import ConnectionPool, Redis, RedisCluster
 from redis.cluster import ClusterNode
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -71,8 +71,38 @@ def check_redis_settings(redis: Redis) -> None:
     checked: that is the operator's to ensure, as the README says. On a cluster, every
     node, replicas too: a replica is a master after a failover.
     """
-    for node in nodes_of(redis, primaries_only=False):
+    if not isinstance(redis, RedisCluster):
+        _check_node_settings(redis)
+        return
+    for primary in nodes_of(redis):
+        _check_cluster_node_settings(primary)
+        for replica in _replicas_of(primary):
+            try:
+                _check_cluster_node_settings(replica)
+            finally:
+                replica.close()
+
+
+def _check_cluster_node_settings(node: Redis) -> None:
+    try:
         _check_node_settings(node)
+    except RedisSettingsError as exc:
+        options = node.connection_pool.connection_kwargs
+        raise RedisSettingsError(f"cluster node {options.get('host')}:{options.get('port')}: {exc}") from None
+
+
+def _replicas_of(primary: Redis) -> list[Redis]:
+    """Clients of the replicas a master lists in INFO replication, with its options
+    (redis-py's cluster client knows no replicas unless it reads from them)."""
+    pool = primary.connection_pool
+    replicas = []
+    for name, value in primary.info("replication").items():
+        if name.startswith("slave") and isinstance(value, dict) and "port" in value:
+            options = {**pool.connection_kwargs, "host": value["ip"], "port": int(value["port"])}
+            replicas.append(
+                Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **options))
+            )
+    return replicas
 
 
 def _check_node_settings(redis: Redis) -> None:
@@ -158,13 +188,12 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-def nodes_of(redis: Redis, *, primaries_only: bool = True) -> list[Redis]:
-    """A client of each server behind `redis`: itself on a single node; on a cluster,
-    each master (and, unless `primaries_only`, each replica) as the client last saw them."""
+def nodes_of(redis: Redis) -> list[Redis]:
+    """A client of each master behind `redis`: itself on a single node; on a cluster,
+    each master as the client last saw them."""
     if not isinstance(redis, RedisCluster):
         return [redis]
-    nodes = redis.get_primaries() if primaries_only else redis.get_nodes()
-    return [redis.get_redis_connection(node) for node in nodes]
+    return [redis.get_redis_connection(node) for node in redis.get_primaries()]
 
 
 def text_of(reply: bytes | str) -> str:

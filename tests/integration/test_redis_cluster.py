@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from celery import Celery
@@ -24,7 +25,10 @@ from redis import RedisCluster
 
 from ingestor import create_app
 from ingestor.pulses import keys
+from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
+from ingestor.pulses.stats import pending_windows
 from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
+from ingestor.redis_store import RedisSettingsError, check_redis_settings, read_memory
 from ingestor.settings import Settings
 from tests.support import services
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
@@ -91,6 +95,45 @@ def window_counts_per_master(redis_cluster: PrivateRedisCluster) -> dict[int, di
     return per_master
 
 
+def pending_sums(app: Flask, database, hour) -> dict:
+    """What a pending read finds in Redis for the two hours from `hour`, in the ledger's shape."""
+    first = keys.hour_of(hour)
+    with database.session() as session:
+        begin_usage_snapshot(session)
+        cells = read_pending_usage(
+            session, app.extensions["redis"], None, first, first + 2, grace_seconds=300
+        )
+    sums: dict = {}
+    for cell in cells:
+        group = (cell.tenant, cell.product_sku, cell.use_unity, keys.hour_start(cell.hour))
+        amount, count = sums.get(group, (Decimal(0), 0))
+        sums[group] = (amount + Decimal(cell.micro_units) / 10**6, count + cell.pulse_count)
+    return sums
+
+
+def test_settings_and_memory_are_read_on_every_node(
+    cluster_app: Flask, redis_cluster: PrivateRedisCluster
+) -> None:
+    client = cluster_app.extensions["redis"]
+    check_redis_settings(client)
+    replica = redis_cluster.replicas()[-1]
+    redis_cluster.client(replica).config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        # A replica is a master after a failover: it is checked too.
+        with pytest.raises(RedisSettingsError, match="allkeys-lru"):
+            check_redis_settings(client)
+    finally:
+        redis_cluster.client(replica).config_set("maxmemory-policy", "noeviction")
+    # The memory warning and /ready read the master nearest its maxmemory.
+    master = redis_cluster.masters()[-1]
+    limit = int(redis_cluster.client(master).info("memory")["used_memory"]) + 64 * 2**20
+    redis_cluster.client(master).config_set("maxmemory", limit)
+    try:
+        assert read_memory(client).maxmemory_bytes == limit
+    finally:
+        redis_cluster.client(master).config_set("maxmemory", 0)
+
+
 def test_the_cluster_client_and_its_tags(cluster_app: Flask, redis_cluster: PrivateRedisCluster) -> None:
     assert isinstance(cluster_app.extensions["redis"], RedisCluster)
     assert len(keys.SHARD_TAGS) == keys.CLUSTER_SHARD_TAG_COUNT
@@ -124,11 +167,15 @@ def test_sums_are_exact_on_the_cluster(
     send_batch(producer, [pulse(used_amount="-1", timestamp=hour)])
     wait_until_idle(producer, cluster_worker, QUEUES)
 
-    # Before the flush, every master holds windows.
+    # Before the flush, every master holds windows, and the pending read (every tag)
+    # and the metrics' registry read find them all.
     assert all(window_counts_per_master(redis_cluster).values())
+    assert pending_sums(cluster_app, database, hour) == ledger.expected()
+    assert len(pending_windows(cluster_app.extensions["redis"]).windows) == 2 * keys.CLUSTER_SHARD_TAG_COUNT
     persist_through_worker(producer, cluster_worker)
 
     assert persisted_sums(database) == ledger.expected()
+    assert pending_sums(cluster_app, database, hour) == {}
     assert not window_counts_per_master(redis_cluster)[redis_cluster.masters()[0]]
 
 
