@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -132,6 +133,24 @@ def test_settings_and_memory_are_read_on_every_node(
         assert read_memory(client).maxmemory_bytes == limit
     finally:
         redis_cluster.client(master).config_set("maxmemory", 0)
+
+
+def test_login_attempts_are_limited_on_the_cluster(
+    cluster_settings: Settings, cluster_app: Flask, user
+) -> None:
+    """The login limits (the limits library's own RedisCluster, from the same URL)."""
+    limited = create_app(replace(cluster_settings, login_rate_limit_per_username="2/minute"))
+    statuses = [
+        limited.test_client().post("/api/v1/login", json={"username": user, "password": "wrong"}).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [401, 401, 429]
+    # Counted in the cluster, not in the single Redis of the other tests.
+    assert any(redis_cluster_keys(limited, "LIMITS*"))
+
+
+def redis_cluster_keys(app: Flask, pattern: str) -> list[bytes]:
+    return list(app.extensions["redis"].scan_iter(match=pattern, target_nodes=RedisCluster.PRIMARIES))
 
 
 def test_the_cluster_client_and_its_tags(cluster_app: Flask, redis_cluster: PrivateRedisCluster) -> None:
