@@ -25,9 +25,9 @@ from flask import Flask
 from redis import RedisCluster
 
 from ingestor import create_app
-from ingestor.pulses import keys
+from ingestor.pulses import keys, populate
 from ingestor.pulses.pending import begin_usage_snapshot, read_pending_usage
-from ingestor.pulses.stats import pending_windows
+from ingestor.pulses.stats import pending_groups, pending_windows
 from ingestor.pulses.task_names import INGEST_PULSES, PERSIST_PULSES
 from ingestor.redis_store import RedisSettingsError, check_redis_settings, read_memory
 from ingestor.settings import Settings
@@ -153,6 +153,14 @@ def redis_cluster_keys(app: Flask, pattern: str) -> list[bytes]:
     return list(app.extensions["redis"].scan_iter(match=pattern, target_nodes=RedisCluster.PRIMARIES))
 
 
+def test_a_populate_job_is_recorded_on_the_cluster(cluster_app: Flask) -> None:
+    """The populate endpoint's job record (a MULTI of one key)."""
+    client = cluster_app.extensions["redis"]
+    job_id = populate.create_job(client, total=10, workers=2, buffer_size=5)
+    progress = populate.job_progress(client, job_id)
+    assert progress is not None and progress.total == 10
+
+
 def test_the_cluster_client_and_its_tags(cluster_app: Flask, redis_cluster: PrivateRedisCluster) -> None:
     assert isinstance(cluster_app.extensions["redis"], RedisCluster)
     assert len(keys.SHARD_TAGS) == keys.CLUSTER_SHARD_TAG_COUNT
@@ -190,7 +198,10 @@ def test_sums_are_exact_on_the_cluster(
     # and the metrics' registry read find them all.
     assert all(window_counts_per_master(redis_cluster).values())
     assert pending_sums(cluster_app, database, hour) == ledger.expected()
-    assert len(pending_windows(cluster_app.extensions["redis"]).windows) == 2 * keys.CLUSTER_SHARD_TAG_COUNT
+    pending = pending_windows(cluster_app.extensions["redis"])
+    assert len(pending.windows) == 2 * keys.CLUSTER_SHARD_TAG_COUNT
+    # `flask pulses stats`: the groups held, over every master.
+    assert pending_groups(cluster_app.extensions["redis"], pending.hash_keys()) == len(ledger.expected())
     persist_through_worker(producer, cluster_worker)
 
     assert persisted_sums(database) == ledger.expected()
