@@ -1,7 +1,7 @@
 """The ingestor on a Redis Cluster the test starts (3 masters, 3 replicas, ports 7101-7106).
 
 A real worker with REDIS_URL naming the cluster counts pulses (ids, duplicates, a
-message delivered twice, pulses without id, invalid ones) and flushes them: PostgreSQL
+message delivered twice, pulses without id, invalid ones, the raw queue's) and flushes them: PostgreSQL
 equals the test's Decimal ledger. A skewed load (one tenant half of the pulses) spreads
 over the three masters. With REDIS_WAIT_REPLICAS=1: a batch whose master's replica is
 paused (SIGSTOP) is retried, not acked, and counts once after SIGCONT; a master
@@ -34,8 +34,9 @@ from ingestor.settings import Settings
 from tests.support import services
 from tests.support.ledger import Ledger, hour_ago, make_pulses, persisted_sums
 from tests.support.pulses import pulse
+from tests.support.raw import RAW_PULSES, body_of, publish_raw
 from tests.support.redis_cluster import PrivateRedisCluster
-from tests.support.worker import WorkerProcess, wait_until_idle
+from tests.support.worker import WorkerProcess, wait_until_idle, wait_until_settled
 
 pytestmark = pytest.mark.usefixtures("clean_state", "clean_cluster")
 
@@ -171,7 +172,12 @@ def test_the_cluster_client_and_its_tags(cluster_app: Flask, redis_cluster: Priv
 
 
 def test_sums_are_exact_on_the_cluster(
-    cluster_app: Flask, cluster_worker: WorkerProcess, producer: Celery, database, redis_cluster
+    cluster_settings: Settings,
+    cluster_app: Flask,
+    cluster_worker: WorkerProcess,
+    producer: Celery,
+    database,
+    redis_cluster,
 ) -> None:
     ledger = Ledger()
     hour = hour_ago(2)
@@ -192,7 +198,14 @@ def test_sums_are_exact_on_the_cluster(
     send_batch(producer, [alone], task_id=lone_id)
     send_batch(producer, [alone], task_id=lone_id)
     send_batch(producer, [pulse(used_amount="-1", timestamp=hour)])
+    # The raw queue: bare pulses with ids, and an array without ids published twice
+    # under one AMQP message_id (counted once).
+    raw = make_pulses(ledger, 100, prefix="r", hour=hour, tenants=3)
+    raw_array = make_pulses(ledger, 50, prefix="ra", hour=hour, tenants=3, with_ids=False)
+    bodies = [body_of(one) for one in raw] + [(body_of(raw_array), "raw-array")] * 2
+    publish_raw(cluster_settings.broker_url, bodies)
     wait_until_idle(producer, cluster_worker, QUEUES)
+    wait_until_settled(cluster_worker, RAW_PULSES)
 
     # Before the flush, every master holds windows, and the pending read (every tag)
     # and the metrics' registry read find them all.
