@@ -48,7 +48,7 @@ OUTAGE_ERRORS: dict[str, ErrorTypes] = {
         # time, is a TimeoutError).
         redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError are ones
         redis.exceptions.TryAgainError,
-        redis.exceptions.MovedError,
+        redis.exceptions.AskError,  # and MovedError: a slot moved or moving (resharding)
         redis.exceptions.SlotNotCoveredError,
     ),
     RABBITMQ: (BrokerUnavailable, kombu.exceptions.OperationalError),

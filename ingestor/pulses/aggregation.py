@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 from redis import Redis
 from redis.exceptions import (
+    AskError,
     ClusterDownError,
     ConnectionError,
-    MovedError,
     OutOfMemoryError,
     ResponseError,
     TryAgainError,
@@ -365,8 +365,9 @@ class PulseCounter:
                     if self._wait_replicas:
                         pipe.wait(self._wait_replicas, self._wait_timeout_ms)
                     replies = pipe.execute()
-            except (ConnectionError, MovedError, ClusterDownError, TryAgainError):
-                # The master died or its slots moved (a failover): the retry asks the new one.
+            except (ConnectionError, AskError, ClusterDownError, TryAgainError):
+                # The master died or its slots moved (a failover, a resharding): the retry
+                # asks the node holding them then.
                 refresh_topology(self._redis)
                 raise
             if self._wait_replicas and replies.pop() < self._wait_replicas:
