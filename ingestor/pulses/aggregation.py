@@ -25,6 +25,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     ConnectionError,
+    NoScriptError,
     OutOfMemoryError,
     ResponseError,
     TryAgainError,
@@ -359,12 +360,7 @@ class PulseCounter:
         counted = 0
         for node, node_calls in by_node.items():
             try:
-                with node.pipeline(transaction=False) as pipe:
-                    for script_keys, script_args in node_calls:
-                        self._script(keys=script_keys, args=script_args, client=pipe)
-                    if self._wait_replicas:
-                        pipe.wait(self._wait_replicas, self._wait_timeout_ms)
-                    replies = pipe.execute()
+                replies = self._node_pipeline(node, node_calls)
             except (ConnectionError, AskError, ClusterDownError, TryAgainError):
                 # The master died or its slots moved (a failover, a resharding): the retry
                 # asks the node holding them then.
@@ -377,6 +373,30 @@ class PulseCounter:
                 )
             counted += sum(int(reply) for reply in replies)
         return counted
+
+    def _node_pipeline(
+        self, node: Redis, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]
+    ) -> list:
+        """EVALSHA of each call, then WAIT when asked, in one round trip to `node`.
+
+        EVALSHA by hand: a pipeline given the Script object would ask SCRIPT EXISTS
+        first, a round trip more per batch. A node without the script (a replica just
+        promoted: Redis 7 does not replicate the script cache) gets it, and the calls
+        are sent again, idempotent.
+        """
+        try:
+            return self._send(node, calls)
+        except NoScriptError:
+            node.script_load(INGEST_SCRIPT)
+            return self._send(node, calls)
+
+    def _send(self, node: Redis, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]) -> list:
+        with node.pipeline(transaction=False) as pipe:
+            for script_keys, script_args in calls:
+                pipe.evalsha(self._script.sha, len(script_keys), *script_keys, *script_args)
+            if self._wait_replicas:
+                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+            return pipe.execute()
 
     def _script_arguments(
         self, tag: str, chunk: Sequence[CountablePulse]
