@@ -34,6 +34,8 @@ from urllib.parse import quote
 
 from celery import Celery
 from kombu import Connection
+from redis import RedisCluster
+from redis.cluster import ClusterNode
 from sqlalchemy import text
 
 from bench.pulses import count_pending_groups, one_group_pulse
@@ -51,6 +53,7 @@ from ingestor.pulses.schema import rejection_codes
 from ingestor.pulses.task_names import INGEST_PULSE, INGEST_PULSES
 from ingestor.settings import Settings
 from tests.support.rabbit_cluster import RabbitCluster, rabbitmq_server
+from tests.support.redis_cluster import PrivateRedisCluster
 from tests.support.services import recreate_database, recreate_vhost
 from tests.support.worker import WorkerProcess
 
@@ -250,6 +253,58 @@ def _quorum_against_classic(bench: Bench, report: Report, broker_url: str, what:
     report.add(Row(f"{INGEST_PULSES} on {what}", statistics.median(quorum), "pulses/s", detail=detail))
     ratio = statistics.median(quorum) / statistics.median(classic)
     report.add(Row(f"  {short} to classic", ratio, "×"))
+
+
+def bench_redis_cluster(bench: Bench, report: Report) -> None:
+    """ingest_pulses on a private Redis Cluster (3 masters, 3 replicas, 16 tags), without
+    and with REDIS_WAIT_REPLICAS=1, against the bench's single Redis.
+
+    Interleaved rounds, medians; the six redis-server processes share the machine's
+    cores with the worker, as the single Redis does.
+    """
+    with PrivateRedisCluster() as cluster:
+        client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", port) for port in cluster.ports])
+        index_keys = [keys.id_index_key(tag) for tag in keys.shard_tags(keys.CLUSTER_SHARD_TAG_COUNT)]
+
+        def counted() -> int:
+            with client.pipeline(transaction=False) as pipe:
+                for key in index_keys:
+                    pipe.hgetall(key)
+                indexes = pipe.execute()
+            return sum(
+                int(value) for fields in indexes for name, value in fields.items() if name.startswith(b"t")
+            )
+
+        def rate(wait_replicas: int) -> float:
+            n, size = bench.args.pulses, bench.args.batch_size
+            bench.reset()
+            cluster.flush()
+            for start in range(0, n, size):
+                batch = [bench.pulse(i) for i in range(start, min(n, start + size))]
+                bench.producer.send_task(INGEST_PULSES, args=[batch], exchange="pulses", routing_key="pulses")
+            settings = replace(bench.settings, redis_url=cluster.url, redis_wait_replicas=wait_replicas)
+            worker = WorkerProcess(
+                settings, f"bench-cluster-{wait_replicas}", concurrency=os.cpu_count() or 2
+            )
+            return bench.time_consumption(worker, counted, n)
+
+        single, plain, waiting = [], [], []
+        for _ in range(bench.args.worker_rounds):
+            single.append(_ingest_pulses_rate(bench))
+            plain.append(rate(0))
+            waiting.append(rate(1))
+        client.close()
+    detail = f"{bench.args.pulses:,} pulses in batches of {bench.args.batch_size}, median of {len(single)}"
+    for what, rates in (
+        ("one Redis", single),
+        ("a 3+3 Redis Cluster", plain),
+        ("a 3+3 Redis Cluster, REDIS_WAIT_REPLICAS=1", waiting),
+    ):
+        report.add(Row(f"{INGEST_PULSES} on {what}", statistics.median(rates), "pulses/s", detail=detail))
+    report.add(Row("  cluster to one Redis", statistics.median(plain) / statistics.median(single), "×"))
+    report.add(
+        Row("  cluster with WAIT to one Redis", statistics.median(waiting) / statistics.median(single), "×")
+    )
 
 
 def _ingest_pulse_rate(bench: Bench) -> float:
@@ -1030,6 +1085,7 @@ PARTS = (
     "quorum",
     "usage",
     "quorum-cluster",
+    "redis-cluster",
 )
 
 
@@ -1121,6 +1177,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_usage(bench, report)
     if "quorum-cluster" in wanted:
         bench_quorum_cluster(bench, report)
+    if "redis-cluster" in wanted:
+        bench_redis_cluster(bench, report)
     bench.reset()
     print()
     print(report.table())

@@ -43,6 +43,13 @@ OUTAGE_ERRORS: dict[str, ErrorTypes] = {
         redis.exceptions.ConnectionError,  # BusyLoadingError (a restart loading its file) is one
         redis.exceptions.TimeoutError,
         redis.exceptions.ReadOnlyError,  # a replica, or a failover under way
+        # A Redis Cluster mid-failover: a slot without a master yet, or moved to the
+        # replica promoted (ReplicaWaitTimeout, a replica not confirming a write in
+        # time, is a TimeoutError).
+        redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError are ones
+        redis.exceptions.TryAgainError,
+        redis.exceptions.AskError,  # and MovedError: a slot moved or moving (resharding)
+        redis.exceptions.SlotNotCoveredError,
     ),
     RABBITMQ: (BrokerUnavailable, kombu.exceptions.OperationalError),
 }

@@ -5,18 +5,27 @@ Also what the rest of the ingestor knows about Redis running out of memory: with
 could grow its memory (`-OOM command not allowed when used memory > 'maxmemory'`),
 the ingest script included. `read_memory` reads the figures Redis decides on, and
 `is_out_of_memory` recognizes the refusal in either of its forms.
+
+REDIS_URL may name a Redis Cluster (`redis+cluster://host:port,host:port`, see
+settings.parse_redis_cluster_url): the client is then redis-py's `RedisCluster`,
+which offers every command the ingestor sends (each Lua call and transaction touches
+keys of one hash slot, keys.py). What concerns the servers rather than keys (the
+start-up settings check, INFO memory) is asked of every node (`nodes_of`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, current_app
-from redis import Redis
+from redis import ConnectionPool, Redis, RedisCluster
+from redis.cluster import ClusterNode
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ingestor.settings import settings_of
+from ingestor.settings import parse_redis_cluster_url, settings_of
 
 # Redis's own wording, in the OOM reply to a command and, on Redis before 7, inside the
 # "ERR Error running script" reply a script gets when a command it calls is refused.
@@ -59,8 +68,44 @@ def check_redis_settings(redis: Redis) -> None:
     ≥ 64 and `hash-max-listpack-value` ≥ 16: the id index keeps its ids in small hashes
     of that encoding (about 13 bytes an id; a hashtable costs several times more). A
     Redis whose CONFIG command is renamed away (some managed services) cannot be
-    checked: that is the operator's to ensure, as the README says.
+    checked: that is the operator's to ensure, as the README says. On a cluster, every
+    node, replicas too: a replica is a master after a failover.
     """
+    if not isinstance(redis, RedisCluster):
+        _check_node_settings(redis)
+        return
+    for primary in nodes_of(redis):
+        _check_cluster_node_settings(primary)
+        for replica in _replicas_of(primary):
+            try:
+                _check_cluster_node_settings(replica)
+            finally:
+                replica.close()
+
+
+def _check_cluster_node_settings(node: Redis) -> None:
+    try:
+        _check_node_settings(node)
+    except RedisSettingsError as exc:
+        options = node.connection_pool.connection_kwargs
+        raise RedisSettingsError(f"cluster node {options.get('host')}:{options.get('port')}: {exc}") from None
+
+
+def _replicas_of(primary: Redis) -> list[Redis]:
+    """Clients of the replicas a master lists in INFO replication, with its options
+    (redis-py's cluster client knows no replicas unless it reads from them)."""
+    pool = primary.connection_pool
+    replicas = []
+    for name, value in primary.info("replication").items():
+        if name.startswith("slave") and isinstance(value, dict) and "port" in value:
+            options = {**pool.connection_kwargs, "host": value["ip"], "port": int(value["port"])}
+            replicas.append(
+                Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **options))
+            )
+    return replicas
+
+
+def _check_node_settings(redis: Redis) -> None:
     version = str(redis.info("server").get("redis_version", "0"))
     if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (7, 0):
         raise RedisSettingsError(
@@ -88,23 +133,67 @@ def check_redis_settings(redis: Redis) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Attach a Redis client built from the app's settings."""
+    """Attach a Redis client built from the app's settings (a RedisCluster for a cluster URL)."""
     settings = settings_of(app)
-    app.extensions["redis"] = Redis.from_url(
-        settings.redis_url,
+    options: dict[str, Any] = {
         # Pooled connections idle for an hour are checked first.
-        health_check_interval=30,
+        "health_check_interval": 30,
         # A Redis that drops packets raises TimeoutError (an outage: a 503, a task
         # retry) instead of holding the caller for the OS TCP timeout. Set here, not
         # left to redis-py's defaults: its 5 s read timeout would cut a long flush script.
-        socket_connect_timeout=settings.redis_connect_timeout_seconds,
-        socket_timeout=settings.redis_socket_timeout_seconds,
+        "socket_connect_timeout": settings.redis_connect_timeout_seconds,
+        "socket_timeout": settings.redis_socket_timeout_seconds,
+    }
+    cluster = parse_redis_cluster_url(settings.redis_url)
+    if cluster is None:
+        app.extensions["redis"] = Redis.from_url(settings.redis_url, **options)
+        return
+    # Typed as Redis for the callers: RedisCluster has every command they send.
+    app.extensions["redis"] = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+        username=cluster.username,
+        password=cluster.password,
+        ssl=cluster.ssl,
+        **options,
     )
 
 
 def get_redis() -> Redis:
-    """The Redis client of the current app."""
+    """The Redis client of the current app (a `RedisCluster` on a cluster)."""
     return current_app.extensions["redis"]
+
+
+class ReplicaWaitTimeout(RedisTimeoutError):
+    """Fewer replicas than asked confirmed a write in time: it may be lost on a
+    failover, so the batch is retried (idempotent), never acked on it."""
+
+
+def node_for_key(redis: Redis, key: str | bytes) -> Redis:
+    """A client of the server holding `key`: `redis` itself on a single node; on a
+    cluster, its slot's master as the client last saw it (for WAIT after a write, which
+    must follow the write on one connection)."""
+    if not isinstance(redis, RedisCluster):
+        return redis
+    return redis.get_redis_connection(redis.get_node_from_key(key))
+
+
+def refresh_topology(redis: Redis) -> None:
+    """Read a cluster's slots again (after a MOVED or a dead master); nothing on one node."""
+    if isinstance(redis, RedisCluster):
+        redis.nodes_manager.initialize()
+
+
+def is_cluster(redis: object) -> bool:
+    """Whether `redis` is a Redis Cluster client."""
+    return isinstance(redis, RedisCluster)
+
+
+def nodes_of(redis: Redis) -> list[Redis]:
+    """A client of each master behind `redis`: itself on a single node; on a cluster,
+    each master as the client last saw them."""
+    if not isinstance(redis, RedisCluster):
+        return [redis]
+    return [redis.get_redis_connection(node) for node in redis.get_primaries()]
 
 
 def text_of(reply: bytes | str) -> str:
@@ -154,8 +243,13 @@ class MemoryUsage:
 
 
 def read_memory(redis: Redis) -> MemoryUsage:
-    """Redis's memory figures now (one INFO memory call; raises RedisError when unreachable)."""
-    return MemoryUsage.from_info(redis.info("memory"))
+    """Redis's memory figures now (one INFO memory call; raises RedisError when unreachable).
+
+    On a cluster, those of the master nearest its maxmemory (a full one first): one full
+    master refuses the pulses of its slots, a third of every batch.
+    """
+    usages = [MemoryUsage.from_info(node.info("memory")) for node in nodes_of(redis)]
+    return max(usages, key=lambda usage: (usage.full, usage.used_ratio or 0.0))
 
 
 def wait_for_room(redis: Redis, seconds: float, poll_seconds: float) -> bool:

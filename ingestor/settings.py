@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, get_type_hints
+from urllib.parse import unquote
 
 from celery.schedules import crontab
 from flask import Flask, current_app
@@ -26,7 +27,13 @@ BROKER_QUEUE_TYPES = ("classic", "quorum")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Integer settings for which 0 means "off" (every other one must be positive).
 ZERO_MEANS_OFF = frozenset(
-    {"metrics_port", "trusted_proxies", "user_lookup_grace_seconds", "user_cache_seconds"}
+    {
+        "metrics_port",
+        "trusted_proxies",
+        "user_lookup_grace_seconds",
+        "user_cache_seconds",
+        "redis_wait_replicas",
+    }
 )
 # The longest USER_CACHE_SECONDS: how long a disabled or deleted user's tokens may keep
 # working is an operator's promise, and past a few minutes "disabled" no longer means "now".
@@ -85,6 +92,50 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+# REDIS_URL naming a Redis Cluster, as the `limits` library (the login limits) spells
+# it: `redis+cluster://[user:password@]host:port[,host:port...]`, TLS with `rediss+`.
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+@dataclass(frozen=True)
+class RedisClusterAddress:
+    """Where a Redis Cluster is: the nodes to discover it from, and how to log in."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    ssl: bool
+
+
+def parse_redis_cluster_url(url: str) -> RedisClusterAddress | None:
+    """The cluster a `redis+cluster://` REDIS_URL names; None for any other URL (a
+    single Redis, left to redis-py); SettingsError for a cluster URL it cannot use."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in REDIS_CLUSTER_SCHEMES:
+        return None
+    shape = "redis+cluster://[user:password@]host:port[,host:port...]"
+    credentials, at, locations = rest.rpartition("@")
+    locations, _, path = locations.partition("/")
+    if "?" in locations or "?" in path or path not in ("", "0"):
+        # A cluster has database 0 only; options go in the other variables.
+        raise SettingsError(f"REDIS_URL of a cluster takes no database nor options: {shape}, got {url!r}")
+    nodes: list[tuple[str, int]] = []
+    for location in locations.split(","):
+        host, colon, port = location.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise SettingsError(
+                f"REDIS_URL of a cluster must list host:port nodes ({shape}), got {location!r}"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    username, _, password = credentials.partition(":") if at else ("", "", "")
+    return RedisClusterAddress(
+        nodes=tuple(nodes),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        ssl=scheme == "rediss+cluster",
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime configuration of the web, worker and beat processes."""
@@ -97,6 +148,8 @@ class Settings:
     # single RabbitMQ node (quorum replication buys nothing there and costs throughput),
     # or "quorum", replicated across a RabbitMQ cluster (see messaging/topology.py).
     broker_queue_type: str = "classic"
+    # A single Redis (redis://, rediss://, unix://), or a Redis Cluster:
+    # redis+cluster://host:port,host:port (parse_redis_cluster_url).
     redis_url: str = "redis://127.0.0.1:6379/0"
     # A host that drops packets (a firewall, a dead machine) answers nothing and resets
     # nothing: without these the client waits for the OS TCP timeout, minutes, and so
@@ -111,6 +164,11 @@ class Settings:
     # times what Redis already treats as an incident; and shorter than gunicorn's 30 s
     # worker timeout, so the web answers 503 before gunicorn kills the request.
     redis_socket_timeout_seconds: int = 20
+    # Durability on a failover: after each ingest script call, WAIT until this many
+    # replicas of its master have the write (0: don't wait, as a single Redis without
+    # replicas needs), for at most REDIS_WAIT_TIMEOUT_MS; fewer is a retry, never an ack.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
     # "development" allows the built-in insecure JWT key; anything else requires a
     # strong JWT_SECRET_KEY, and refuses to start without one.
     app_env: str = "development"
@@ -217,6 +275,7 @@ class Settings:
             )
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        parse_redis_cluster_url(self.redis_url)
         if not 1 <= self.redis_memory_warn_percent <= 100:
             raise SettingsError(
                 "REDIS_MEMORY_WARN_PERCENT must be a percent of maxmemory (1-100), "

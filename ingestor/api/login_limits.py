@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from typing import Any
 
 from flask import Blueprint, Flask, make_response, request
 from flask_limiter import Limiter, RequestLimit
@@ -20,6 +21,7 @@ from flask_limiter.util import get_remote_address
 
 from ingestor.api.errors import ERROR_CODES, error_response
 from ingestor.api.parsing import BodyError, decode_json
+from ingestor.redis_store import is_cluster
 from ingestor.settings import get_settings, settings_of
 
 MAX_USERNAME_LENGTH = 64
@@ -67,11 +69,23 @@ def _setting(name: str):
 
 def init_app(app: Flask, blueprint: Blueprint) -> Limiter:
     """Limit every route of `blueprint` (the login) on `app`, with counters in the app's Redis."""
+    settings = settings_of(app)
+    redis = app.extensions["redis"]
+    # The app's own connection pool: same server, db and options as the pulses. A
+    # cluster client has a pool per node: limits makes its own RedisCluster from the
+    # same URL (it spells a cluster as REDIS_URL does), with the same timeouts.
+    storage_options: dict[str, Any] = (
+        {
+            "socket_connect_timeout": settings.redis_connect_timeout_seconds,
+            "socket_timeout": settings.redis_socket_timeout_seconds,
+        }
+        if is_cluster(redis)
+        else {"connection_pool": redis.connection_pool}
+    )
     limiter = Limiter(
         key_func=_address_key,
-        # The app's own connection pool: same server, db and options as the pulses.
-        storage_uri=settings_of(app).redis_url,
-        storage_options={"connection_pool": app.extensions["redis"].connection_pool},
+        storage_uri=settings.redis_url,
+        storage_options=storage_options,
         # Exact over any window, not twice the limit across a window boundary.
         strategy="moving-window",
         key_prefix="login",

@@ -21,15 +21,33 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from redis import Redis
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ResponseError,
+    TryAgainError,
+)
 
 from ingestor.pulses import keys
-from ingestor.redis_store import DEFAULT_LISTPACK_ENTRIES, hash_listpack_entries, is_out_of_memory
+from ingestor.redis_store import (
+    DEFAULT_LISTPACK_ENTRIES,
+    ReplicaWaitTimeout,
+    hash_listpack_entries,
+    is_cluster,
+    is_out_of_memory,
+    node_for_key,
+    refresh_topology,
+)
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
 # pulse only its dedupe key, its cell number and its micro-units.
 # KEYS: the tag's registry, its id index, the W distinct window bucket keys, the L
-#       distinct message ledgers, then one dedupe key per pulse (its v1 key, only read).
+#       distinct message ledgers, then one dedupe key per pulse (its v1 key, only read;
+#       none on a Redis Cluster: untagged, each in a slot of its own, and a cluster
+#       install never had v1).
 # ARGV: horizon, W, C, L, bucket seconds, hash-max-listpack-entries, then C cells as
 #       (window number, group), then per pulse (cell number, micro-units, ledger number
 #       or 0, its bit, its fingerprint's selector or -1, its fingerprint's field), then
@@ -79,6 +97,7 @@ local listpack_entries = tonumber(ARGV[6])
 local index_key = KEYS[2]
 local first_key = 3 + n_windows + n_ledgers
 local first_arg = 7 + 2 * n_cells
+local n_pulses = (#ARGV - n_windows - first_arg + 1) / 6
 
 local function cell_window(cell) return KEYS[2 + tonumber(ARGV[5 + 2 * cell])] end
 local function cell_group(cell) return ARGV[6 + 2 * cell] end
@@ -167,13 +186,15 @@ local set_ledgers = {}
 local function first_time(key, ledger, bit, selector, field)
   if selector >= 0 then
     if not live then load_index() end
-    if redis.call('EXISTS', key) == 1 then return false end
+    if key and redis.call('EXISTS', key) == 1 then return false end
     if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
     if in_index(selector, field) then return false end
     remember(selector, field)
     return true
   end
-  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 or redis.call('EXISTS', key) == 1 then return false end
+  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 or (key and redis.call('EXISTS', key) == 1) then
+    return false
+  end
   redis.call('SETBIT', ledger_key(ledger), bit, 1)
   set_ledgers[ledger] = true
   return true
@@ -181,9 +202,10 @@ end
 
 local counts, sums = {}, {}
 local counted = 0
-for k = first_key, #KEYS do
-  local i = first_arg + 6 * (k - first_key)
-  if first_time(KEYS[k], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), ARGV[i + 5]) then
+for p = 0, n_pulses - 1 do
+  local i = first_arg + 6 * p
+  local key = KEYS[first_key + p]
+  if first_time(key, tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), ARGV[i + 5]) then
     local cell = tonumber(ARGV[i])
     local micro_units = ARGV[i + 1]
     local value = tonumber(micro_units)
@@ -268,22 +290,34 @@ class PulseCounter:
         dedupe_horizon_seconds: int,
         chunk_size: int,
         listpack_entries: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         """`listpack_entries`: the Redis `hash-max-listpack-entries` the id index sizes
-        its partitions for; read from Redis on first use when not given."""
+        its partitions for; read from Redis on first use when not given.
+        `wait_replicas`: after each call, WAIT until that many replicas of the master
+        have it, at most `wait_timeout_ms` (0: no WAIT, one round trip a chunk)."""
         self._redis = redis
         self._script = redis.register_script(INGEST_SCRIPT)
+        # v1 dedupe keys are read only on a single node (see INGEST_SCRIPT's KEYS).
+        self._legacy_keys = not is_cluster(redis)
         self._horizon = dedupe_horizon_seconds
         self._bucket_seconds = keys.id_bucket_seconds(dedupe_horizon_seconds)
         self._chunk_size = chunk_size
         self._listpack_entries = listpack_entries
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        # Each node's calls in one pipeline to it: on a cluster, and wherever WAIT must
+        # follow the writes on their connection.
+        self._per_node = is_cluster(redis) or wait_replicas > 0
 
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
 
         Pulses go in one call per tag (every key of a call in one slot), large batches
         in chunks so one call never holds Redis for long; each chunk is idempotent, so
-        a failure between chunks is safe to retry whole.
+        a failure between chunks is safe to retry whole. With `wait_replicas`, a batch
+        is done only once that many replicas of each master have its writes.
 
         Redis refusing a chunk for memory raises `OutOfMemoryError`, whichever form the
         refusal took (Redis 7 passes the OOM reply on; earlier versions wrap it in a
@@ -291,22 +325,78 @@ class PulseCounter:
         """
         if self._listpack_entries is None:
             self._listpack_entries = hash_listpack_entries(self._redis)
-        counted = 0
-        for tag, of_tag in _per_tag(pulses):
-            for start in range(0, len(of_tag), self._chunk_size):
-                counted += self._count_chunk(tag, of_tag[start : start + self._chunk_size])
-        return counted
-
-    def _count_chunk(self, tag: str, chunk: Sequence[CountablePulse]) -> int:
-        script_keys, script_args = self._script_arguments(tag, chunk)
+        calls = (
+            self._script_arguments(tag, of_tag[start : start + self._chunk_size])
+            for tag, of_tag in _per_tag(pulses)
+            for start in range(0, len(of_tag), self._chunk_size)
+        )
         try:
-            return int(self._script(keys=script_keys, args=script_args))
+            if self._per_node:
+                return self._count_per_node(list(calls))
+            # A single node, no WAIT: one round trip a chunk, nothing more.
+            return sum(
+                int(self._script(keys=script_keys, args=script_args)) for script_keys, script_args in calls
+            )
         except OutOfMemoryError:
             raise
         except ResponseError as exc:
             if is_out_of_memory(exc):
                 raise OutOfMemoryError(str(exc)) from exc
             raise
+
+    def _count_per_node(self, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]) -> int:
+        """The calls of each master in one pipeline to it, then WAIT when asked.
+
+        On a cluster a batch is a call per tag (16): one round trip per master, not per
+        tag. WAIT waits for the writes of its own connection, hence the pipeline: it
+        follows the master's calls on their connection. Fewer replicas than asked raises
+        ReplicaWaitTimeout: the writes stand on the master and may be lost with it, so
+        the batch is retried rather than acked; the retry finds its pulses counted
+        (nothing twice) and waits again.
+        """
+        by_node: dict[Redis, list[tuple[list[bytes | str], list[bytes | int | str]]]] = {}
+        for call in calls:
+            by_node.setdefault(node_for_key(self._redis, call[0][0]), []).append(call)
+        counted = 0
+        for node, node_calls in by_node.items():
+            try:
+                replies = self._node_pipeline(node, node_calls)
+            except (ConnectionError, AskError, ClusterDownError, TryAgainError):
+                # The master died or its slots moved (a failover, a resharding): the retry
+                # asks the node holding them then.
+                refresh_topology(self._redis)
+                raise
+            if self._wait_replicas and replies.pop() < self._wait_replicas:
+                raise ReplicaWaitTimeout(
+                    f"fewer than {self._wait_replicas} replica(s) confirmed a batch's write within "
+                    f"{self._wait_timeout_ms} ms (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS): retried, not acked"
+                )
+            counted += sum(int(reply) for reply in replies)
+        return counted
+
+    def _node_pipeline(
+        self, node: Redis, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]
+    ) -> list:
+        """EVALSHA of each call, then WAIT when asked, in one round trip to `node`.
+
+        EVALSHA by hand: a pipeline given the Script object would ask SCRIPT EXISTS
+        first, a round trip more per batch. A node without the script (a replica just
+        promoted: Redis 7 does not replicate the script cache) gets it, and the calls
+        are sent again, idempotent.
+        """
+        try:
+            return self._send(node, calls)
+        except NoScriptError:
+            node.script_load(INGEST_SCRIPT)
+            return self._send(node, calls)
+
+    def _send(self, node: Redis, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]) -> list:
+        with node.pipeline(transaction=False) as pipe:
+            for script_keys, script_args in calls:
+                pipe.evalsha(self._script.sha, len(script_keys), *script_keys, *script_args)
+            if self._wait_replicas:
+                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+            return pipe.execute()
 
     def _script_arguments(
         self, tag: str, chunk: Sequence[CountablePulse]
@@ -342,7 +432,9 @@ class PulseCounter:
                 pulse_args += (cell, pulse.micro_units, ledger, pulse.bit, -1, b"")
             else:
                 raise ValueError(f"a pulse with neither fingerprint nor ledger: {pulse!r}")
-        script_keys = [keys.registry_key(tag), keys.id_index_key(tag), *windows, *ledgers, *dedupe_keys]
+        script_keys: list[bytes | str] = [keys.registry_key(tag), keys.id_index_key(tag), *windows, *ledgers]
+        if self._legacy_keys:
+            script_keys += dedupe_keys
         live_fields = [keys.live_field_of_window(window) for window in windows]
         counts = [
             self._horizon,

@@ -2,7 +2,8 @@
 
 Every key of a window or snapshot carries a hash tag `{<tag>}`, so that on a Redis
 Cluster every Lua call touches keys of one slot (`SHARD_TAGS`: one tag on a single
-node; a pulse's tag comes from the digest of its dedupe record, `tag_of_record`).
+node, `CLUSTER_SHARD_TAG_COUNT` on a cluster; a pulse's tag comes from the digest of
+its dedupe record, `tag_of_record`).
 `<h>` is an hour `2026-11-27T23` (UTC), `<b>` a tenant bucket `0000`-`1023`
 (`bucket_of`: blake2b-8 of the tenant, mod 1024), `<β>` a flush-batch id (uuid4).
 
@@ -84,9 +85,14 @@ _SECONDS_PER_HOUR = 3600
 
 # Tenant buckets per (tag, hour): part of the key names, so a constant.
 BUCKETS = 1024
-# Hash tags on a single node. A setting once Redis Cluster comes (it must then be a
-# power of two); every caller already loops over SHARD_TAGS.
+# Hash tags on a single node: one, so a batch is one script call and a flush walks
+# 1024 buckets an hour. Every caller loops over SHARD_TAGS.
 SHARD_TAG_COUNT = 1
+# Hash tags on a Redis Cluster: 16 evenly spaced slots, so 3 masters hold 5 or 6 tags
+# each (within 13% of a third) and a skewed tenant spreads over all of them, while a
+# batch is still at most 16 script calls. Part of the key names: changing it orphans
+# what the previous count wrote, so it is a constant, not a setting.
+CLUSTER_SHARD_TAG_COUNT = 16
 
 # Registry fields and snapshot states.
 REGISTRY_VERSION = "v"
@@ -114,6 +120,14 @@ def shard_tags(count: int) -> tuple[str, ...]:
 
 
 SHARD_TAGS = shard_tags(SHARD_TAG_COUNT)
+
+
+def use_shard_tags(count: int) -> tuple[str, ...]:
+    """Make `count` tags this process's SHARD_TAGS (one Redis per process: the app
+    sets it from its client, pulses.init_app); the previous SHARD_TAGS."""
+    global SHARD_TAGS
+    previous, SHARD_TAGS = SHARD_TAGS, shard_tags(count)
+    return previous
 
 
 def tag_of_record(digest: bytes) -> str:

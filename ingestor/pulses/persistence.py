@@ -367,15 +367,15 @@ class Persister:
             # Its transaction rolled back: nothing of it is counted. It stays in Redis,
             # named in CORRUPT_SNAPSHOTS, for an operator; the other windows go on.
             logger.exception("corrupt snapshot set aside: %s", batch_id, extra={"batch_id": str(batch_id)})
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(
-                    keys.registry_key(tag),
-                    keys.snapshot_field(batch_id),
-                    f"{keys.hour_stamp(hour)}|{keys.CORRUPT_STATE}",
-                )
-                if snapshot_keys:
-                    pipe.sadd(keys.CORRUPT_SNAPSHOTS, *snapshot_keys)
-                pipe.execute()
+            # Named first, then marked: two slots on a cluster, so no transaction, and
+            # a crash between the two leaves it pending, set aside again next run.
+            if snapshot_keys:
+                self._redis.sadd(keys.CORRUPT_SNAPSHOTS, *snapshot_keys)
+            self._redis.hset(
+                keys.registry_key(tag),
+                keys.snapshot_field(batch_id),
+                f"{keys.hour_stamp(hour)}|{keys.CORRUPT_STATE}",
+            )
             report.corrupt_snapshots += snapshot_keys
             return
         self._record(report, batch_id, written)

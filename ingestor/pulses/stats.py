@@ -8,6 +8,7 @@ scans the keyspace of millions of dedupe keys.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -134,8 +135,9 @@ class PendingWindowsCollector:
 def pending_groups(redis: Redis, hash_keys: list[str]) -> int:
     """(tenant, sku, unit, hour) groups held in these window/snapshot hashes.
 
-    One `n|` count field per group (amounts may spill over several fields), counted
-    with HSCAN so a huge hash never blocks Redis; meant for an operator's command.
+    One `n|` count field per group (amounts may spill over several fields), read with
+    HSCAN so a huge hash never blocks Redis, and counted once per hour whichever tags
+    and snapshots hold it (a set of them: meant for an operator's command).
     Keys that do not exist (most buckets of an hour) are skipped in one round trip.
     """
     with redis.pipeline(transaction=False) as pipe:
@@ -143,7 +145,24 @@ def pending_groups(redis: Redis, hash_keys: list[str]) -> int:
             pipe.exists(key)
         existing = [key for key, found in zip(hash_keys, pipe.execute(), strict=True) if found]
     pattern = keys.COUNT_FIELD_PREFIX + b"*"
-    return sum(1 for key in existing for _ in redis.hscan_iter(key, match=pattern, count=1000))
+    # Distinct per hour: on a cluster a group's pulses spread over every tag's hashes.
+    groups = {
+        (_hour_in(key), field)
+        for key in existing
+        for field, _ in redis.hscan_iter(key, match=pattern, count=1000)
+    }
+    return len(groups)
+
+
+# The hour stamp inside a window or snapshot key, either layout (keys.hour_stamp).
+_HOUR_IN_KEY = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}")
+
+
+def _hour_in(key: str) -> str:
+    found = _HOUR_IN_KEY.search(key)
+    if found is None:
+        raise ValueError(f"not a window or snapshot key: {key!r}")
+    return found.group()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from tests.integration.test_procfile import process_env, wait_for
 from tests.support.api import PASSWORD, StatusRecorder
 from tests.support.procfile import ProcfileProcess, free_port
+from tests.support.redis_cluster import PrivateRedisCluster
 
 STATUS_RECORDER = StatusRecorder()
 
@@ -86,3 +87,10 @@ def _get_status(port: int, path: str) -> int:
         return connection.getresponse().status
     finally:
         connection.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateRedisCluster]:
+    """A private 6-node Redis Cluster (3 masters, 3 replicas), killed at the end whatever happened."""
+    with PrivateRedisCluster() as cluster:
+        yield cluster

@@ -50,6 +50,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "BROKER_QUEUE_TYPE": settings.broker_queue_type,
         "DEDUPE_HORIZON_SECONDS": str(settings.dedupe_horizon_seconds),
         "REDIS_CHUNK_SIZE": str(settings.redis_chunk_size),
+        "REDIS_WAIT_REPLICAS": str(settings.redis_wait_replicas),
+        "REDIS_WAIT_TIMEOUT_MS": str(settings.redis_wait_timeout_ms),
         "RAW_QUEUE": settings.raw_queue,
         "RAW_BATCH_SIZE": str(settings.raw_batch_size),
         "RAW_BATCH_WAIT_MS": str(settings.raw_batch_wait_ms),
