@@ -84,30 +84,37 @@ local function cell_window(cell) return KEYS[2 + tonumber(ARGV[5 + 2 * cell])] e
 local function cell_group(cell) return ARGV[6 + 2 * cell] end
 local function ledger_key(ledger) return KEYS[2 + n_windows + ledger] end
 
--- The id index, read on the first pulse that needs it.
+-- The id index, read on the first pulse.
 local now, live, newest, current = nil, nil, nil, nil
+-- Whether v1 keys and the previous release's one-pulse ledger bits may still exist:
+-- until the second the index's field `l` names (absent: assume they may).
+local legacy_reads = true
 local function load_index()
   now = tonumber(redis.call('TIME')[1])
   live = {}
   local raw = redis.call('HGETALL', index_key)
   local by_start = {}
   for i = 1, #raw, 2 do
-    local kind, start = string.sub(raw[i], 1, 1), string.sub(raw[i], 2)
-    local bucket = by_start[start]
-    if not bucket then
-      bucket = {start = start, filled = 0, total = 0}
-      by_start[start] = bucket
-    end
-    local value = raw[i + 1]
-    if kind == 'b' then
-      local sep = string.find(value, '|', 1, true)
-      bucket.stop = tonumber(string.sub(value, 1, sep - 1))
-      bucket.segments = {}
-      for p in string.gmatch(string.sub(value, sep + 1), '%d+') do
-        bucket.segments[#bucket.segments + 1] = tonumber(p)
+    local name, value = raw[i], raw[i + 1]
+    if name == 'l' then
+      legacy_reads = now < tonumber(value)
+    else
+      local kind, start = string.sub(name, 1, 1), string.sub(name, 2)
+      local bucket = by_start[start]
+      if not bucket then
+        bucket = {start = start, filled = 0, total = 0}
+        by_start[start] = bucket
       end
-    elseif kind == 'c' then bucket.filled = tonumber(value)
-    elseif kind == 't' then bucket.total = tonumber(value) end
+      if kind == 'b' then
+        local sep = string.find(value, '|', 1, true)
+        bucket.stop = tonumber(string.sub(value, 1, sep - 1))
+        bucket.segments = {}
+        for p in string.gmatch(string.sub(value, sep + 1), '%d+') do
+          bucket.segments[#bucket.segments + 1] = tonumber(p)
+        end
+      elseif kind == 'c' then bucket.filled = tonumber(value)
+      elseif kind == 't' then bucket.total = tonumber(value) end
+    end
   end
   for start, bucket in pairs(by_start) do
     if bucket.stop and bucket.stop + horizon > now then
@@ -165,15 +172,18 @@ end
 -- Whether a pulse is new, marking it seen: in the id index, or by its bit in a ledger.
 local set_ledgers = {}
 local function first_time(key, ledger, bit, selector, field)
+  if not live then load_index() end
   if selector >= 0 then
-    if not live then load_index() end
-    if redis.call('EXISTS', key) == 1 then return false end
-    if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+    if legacy_reads then
+      if redis.call('EXISTS', key) == 1 then return false end
+      if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+    end
     if in_index(selector, field) then return false end
     remember(selector, field)
     return true
   end
-  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 or redis.call('EXISTS', key) == 1 then return false end
+  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+  if legacy_reads and redis.call('EXISTS', key) == 1 then return false end
   redis.call('SETBIT', ledger_key(ledger), bit, 1)
   set_ledgers[ledger] = true
   return true
@@ -277,6 +287,7 @@ class PulseCounter:
         self._bucket_seconds = keys.id_bucket_seconds(dedupe_horizon_seconds)
         self._chunk_size = chunk_size
         self._listpack_entries = listpack_entries
+        self._legacy_marked: set[str] = set()
 
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
@@ -293,6 +304,9 @@ class PulseCounter:
             self._listpack_entries = hash_listpack_entries(self._redis)
         counted = 0
         for tag, of_tag in _per_tag(pulses):
+            if tag not in self._legacy_marked:
+                mark_legacy_horizon(self._redis, tag, self._horizon)
+                self._legacy_marked.add(tag)
             for start in range(0, len(of_tag), self._chunk_size):
                 counted += self._count_chunk(tag, of_tag[start : start + self._chunk_size])
         return counted
@@ -353,6 +367,43 @@ class PulseCounter:
             self._listpack_entries or DEFAULT_LISTPACK_ENTRIES,
         ]
         return script_keys, [*counts, *cell_args, *pulse_args, *live_fields]
+
+
+def mark_legacy_horizon(redis: Redis, tag: str, horizon_seconds: int) -> int:
+    """Record in the tag's id index until when v1 keys may exist, once; return it.
+
+    The first count of this release on a Redis decides: one that holds what a previous
+    release wrote (its registry, id index, v1 layout sets, any v1 `d` key or message
+    ledger) may hold
+    v1 keys for one more horizon, so the second a horizon from now; an empty one (a
+    fresh install) none, 0. The ingest script reads v1 keys, and the one-pulse ledger
+    bits of the release before, only before that second (always while the field is
+    absent). HSETNX: the first process to decide wins, and the moment never moves.
+    """
+    index = keys.id_index_key(tag)
+    marked = redis.hget(index, keys.ID_INDEX_LEGACY_FIELD)
+    if marked is not None:
+        return int(marked)
+    now = int(redis.time()[0])
+    until = now + horizon_seconds if _holds_previous_release(redis, tag) else 0
+    redis.hsetnx(index, keys.ID_INDEX_LEGACY_FIELD, until)
+    return int(redis.hget(index, keys.ID_INDEX_LEGACY_FIELD) or until)
+
+
+def _holds_previous_release(redis: Redis, tag: str) -> bool:
+    if redis.exists(
+        keys.registry_key(tag),
+        keys.id_index_key(tag),
+        keys.LEGACY_PENDING_WINDOWS,
+        keys.LEGACY_PENDING_SNAPSHOTS,
+    ):
+        return True
+    # Once per Redis: a database of the previous release is nearly all `d` keys and
+    # message ledgers, so this stops in its first batch; an empty one is scanned in no time.
+    ledgers = keys.message_ledger_key(tag, b"")
+    return any(
+        key.startswith(keys.DEDUPE_PREFIX) or key.startswith(ledgers) for key in redis.scan_iter(count=1000)
+    )
 
 
 def _per_tag(pulses: Sequence[CountablePulse]) -> list[tuple[str, Sequence[CountablePulse]]]:

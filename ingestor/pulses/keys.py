@@ -334,6 +334,11 @@ ID_SELECTOR_BYTES = 4
 ID_BUCKETS_PER_HORIZON = 4
 
 
+# The id index's field naming the second until which v1 `d` keys (and the previous
+# release's one-pulse ledger bits) may exist: the ingest script reads them only before.
+ID_INDEX_LEGACY_FIELD = "l"
+
+
 def id_index_key(tag: str) -> str:
     """The id index of a tag, the hash naming its live buckets: `ingestor:{0.0}:i`."""
     return f"{PREFIX}{{{tag}}}:i"

@@ -133,3 +133,29 @@ def test_a_message_of_one_pulse_counted_by_the_previous_release_is_not_counted_a
     redis_client.setbit(pulse.ledger, 0, 1)  # its bit in its message's ledger
 
     assert counter.count([pulse]) == 0
+
+
+def test_v1_keys_are_read_for_one_horizon_after_the_upgrade_only(redis_client):
+    # What the previous release left: its registry, and v1 keys of two ids.
+    redis_client.hset(keys.registry_key(TAG), "v", 1)
+    early, late, fresh = with_ids(["counted-by-v1", "counted-by-v1-too", "new"])
+    redis_client.set(early.dedupe_key, 1)
+    redis_client.set(late.dedupe_key, 1)
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=2, chunk_size=100)
+
+    assert counter.count([early, fresh]) == 1  # the first count of this release
+    until = int(redis_client.hget(keys.id_index_key(TAG), keys.ID_INDEX_LEGACY_FIELD))
+    assert until - 2 <= int(redis_client.time()[0]) <= until
+    time.sleep(max(0.0, until - float(redis_client.time()[0]) + 0.1))
+    # A horizon on, v1 keys are not read (as in production, where they have expired).
+    assert counter.count([late]) == 1
+
+
+def test_a_fresh_install_never_reads_v1_keys(redis_client):
+    first, planted = with_ids(["first", "planted"])
+    assert PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100).count([first]) == 1
+    assert redis_client.hget(keys.id_index_key(TAG), keys.ID_INDEX_LEGACY_FIELD) == b"0"
+    redis_client.set(planted.dedupe_key, 1)  # a v1 key, as no fresh install has
+
+    # Another process of this release: the moment decided on the first count stands.
+    assert PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100).count([planted]) == 1

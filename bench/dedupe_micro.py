@@ -1,0 +1,177 @@
+"""Redis time per pulse with an id, in the id index's steady state, on a private Redis.
+
+    .venv/bin/python -m bench.dedupe_micro [--port 7201] [--horizon 4] [--rate 5000] [--rounds 2]
+
+Starts its own redis-server (port 7201 by default, `hash-max-listpack-entries 512` as
+the shared one), so the shared server's load is not in the figure. Each variant counts
+new ids at a steady rate for three horizons (short: buckets of a quarter horizon, so
+every live bucket is sized from a predecessor after two), resets `INFO commandstats`
+after two, and reports over the last one: the script's (EVALSHA) usec per pulse, and
+`MEMORY USAGE` of the index over the ids it holds (bytes per id held). Variants run
+side by side, interleaved over `--rounds`; "v1 key per id" is the release before the id
+index (one `SET NX EX` key per id), for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis import Redis
+
+from ingestor.pulses import keys
+from ingestor.pulses.aggregation import CountablePulse, PulseCounter, pulse_with_id
+
+TAG = keys.SHARD_TAGS[0]
+GROUP = keys.group_field("tenant", "vm.small", "vCPU-hour")
+
+# The release before the id index, reduced to its dedupe: one key per id, SET NX EX.
+V1_SCRIPT = """
+local counted = 0
+for k = 3, #KEYS do
+  if redis.call('SET', KEYS[k], 1, 'NX', 'EX', ARGV[1]) then counted = counted + 1 end
+end
+redis.call('HINCRBY', KEYS[2], 'n|' .. ARGV[2], counted)
+return counted
+"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of counting: a name, and how to build its counter on a Redis."""
+
+    name: str
+    make: Callable[[Redis, int], Callable[[list[CountablePulse]], int]]
+
+
+def _current(
+    legacy_reads: bool, listpack_entries: int | None = None
+) -> Callable[[Redis, int], Callable[[list[CountablePulse]], int]]:
+    def make(redis: Redis, horizon: int) -> Callable[[list[CountablePulse]], int]:
+        counter = PulseCounter(redis, horizon, chunk_size=1000, listpack_entries=listpack_entries)
+        if legacy_reads:  # as just after an upgrade: v1 keys may exist for a horizon
+            redis.hset(keys.id_index_key(TAG), keys.ID_INDEX_LEGACY_FIELD, int(redis.time()[0]) + 3600)
+        return counter.count
+
+    return make
+
+
+def _v1(redis: Redis, horizon: int) -> Callable[[list[CountablePulse]], int]:
+    script = redis.register_script(V1_SCRIPT)
+
+    def count(pulses: list[CountablePulse]) -> int:
+        return int(
+            script(
+                keys=[keys.registry_key(TAG), pulses[0].window_key, *(p.dedupe_key for p in pulses)],
+                args=[horizon, GROUP],
+            )
+        )
+
+    return count
+
+
+VARIANTS = {
+    "v1": Variant("v1 key per id", _v1),
+    "legacy": Variant("id index, v1 keys read", _current(legacy_reads=True)),
+    "current": Variant("id index", _current(legacy_reads=False)),
+}
+
+
+def _pulses(n: int, window: str) -> list[CountablePulse]:
+    return [pulse_with_id("tenant", str(uuid.uuid4()), window, GROUP, 1) for _ in range(n)]
+
+
+def _index_bytes_per_id(redis: Redis) -> float:
+    index = keys.id_index_key(TAG)
+    held = sum(
+        redis.memory_usage(key, samples=0) or 0 for key in redis.scan_iter(match=index + "*", count=1000)
+    )
+    ids = sum(int(v) for name, v in redis.hgetall(index).items() if name.startswith(b"t"))
+    if not ids:  # v1: its d keys
+        d_keys = list(redis.scan_iter(match="d*", count=1000))
+        return sum(redis.memory_usage(key, samples=0) or 0 for key in d_keys) / max(1, len(d_keys))
+    return held / ids
+
+
+def run_variant(redis: Redis, variant: Variant, horizon: int, rate: int) -> tuple[float, float]:
+    """(Redis usec per pulse of the script, bytes per id held) over the third horizon."""
+    redis.flushdb()
+    window = keys.window_key(TAG, keys.hour_of(datetime.now(UTC)), "tenant")
+    count = variant.make(redis, horizon)
+    chunk = 1000
+    pulses = _pulses(3 * horizon * rate + chunk, window)
+    started = time.monotonic()
+    sent = 0
+    reset = False
+    while (elapsed := time.monotonic() - started) < 3 * horizon:
+        if not reset and elapsed >= 2 * horizon:
+            redis.config_resetstat()
+            reset = True
+        if int(elapsed * rate) - sent >= chunk:
+            assert count(pulses[sent : sent + chunk]) == chunk
+            sent += chunk
+        else:
+            time.sleep(0.002)
+    stats = redis.info("commandstats")
+    evalsha = stats["cmdstat_evalsha"]
+    pulses_timed = evalsha["calls"] * chunk
+    return evalsha["usec"] / pulses_timed, _index_bytes_per_id(redis)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--port", type=int, default=7201)
+    parser.add_argument("--horizon", type=int, default=4, help="dedupe horizon (s)")
+    parser.add_argument("--rate", type=int, default=5000, help="new ids per second")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as workdir:
+        server = subprocess.Popen(
+            ["redis-server", "--port", str(args.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", workdir, "--hash-max-listpack-entries", "512", "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            redis = Redis(port=args.port)
+            for _ in range(100):
+                try:
+                    redis.ping()
+                    break
+                except Exception:
+                    time.sleep(0.05)
+            results: dict[str, list[tuple[float, float]]] = {name: [] for name in args.only}
+            for round_ in range(args.rounds):
+                for name in args.only:
+                    usec, per_id = run_variant(redis, VARIANTS[name], args.horizon, args.rate)
+                    results[name].append((usec, per_id))
+                    print(
+                        f"round {round_ + 1} {VARIANTS[name].name}: {usec:.2f} µs/pulse, {per_id:.1f} B/id",
+                        flush=True,
+                    )
+            print(
+                f"\nhorizon {args.horizon} s, {args.rate:,} new ids/s, chunks of 1000; medians of {args.rounds} rounds"
+            )
+            v1 = statistics.median(u for u, _ in results["v1"]) if "v1" in results else None
+            for name in args.only:
+                usec = statistics.median(u for u, _ in results[name])
+                per_id = statistics.median(b for _, b in results[name])
+                ratio = f", {usec / v1:.2f}x v1's time" if v1 else ""
+                print(f"  {VARIANTS[name].name:40s} {usec:6.2f} µs/pulse  {per_id:6.1f} B/id held{ratio}")
+        finally:
+            server.terminate()
+            server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
