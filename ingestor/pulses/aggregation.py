@@ -140,25 +140,43 @@ local function current_bucket()
 end
 
 local function partition_key(bucket, partitions, selector)
-  local partition = math.floor(selector / (SELECTORS / partitions))
-  return index_key .. ':' .. bucket.start .. ':' .. partitions .. ':' .. partition
+  -- Each segment's key prefix built once a call: number formatting is the dear part.
+  local prefixes = bucket.prefixes
+  if not prefixes then
+    prefixes = {}
+    bucket.prefixes = prefixes
+  end
+  local prefix = prefixes[partitions]
+  if not prefix then
+    prefix = index_key .. ':' .. bucket.start .. ':' .. partitions .. ':'
+    prefixes[partitions] = prefix
+  end
+  return prefix .. math.floor(selector / (SELECTORS / partitions))
 end
 
+-- Whether a field is in a segment of a live bucket, the current bucket's last
+-- segment excepted (its HSETNX answers for it).
 local function in_index(selector, field)
   for _, bucket in ipairs(live) do
-    for _, partitions in ipairs(bucket.segments) do
-      if redis.call('HEXISTS', partition_key(bucket, partitions, selector), field) == 1 then return true end
+    local segments = bucket.segments
+    local n = #segments
+    if bucket == current then n = n - 1 end
+    for s = 1, n do
+      if redis.call('HEXISTS', partition_key(bucket, segments[s], selector), field) == 1 then return true end
     end
   end
   return false
 end
 
 local expiring = {}
-local function remember(selector, field)
+-- Looks a fingerprint up and, if it is new, remembers it in the current bucket's last
+-- segment: an HEXISTS per other segment of the live buckets, then one HSETNX.
+local function new_in_index(selector, field)
   local bucket = current_bucket()
+  if in_index(selector, field) then return false end
   local partitions = bucket.segments[#bucket.segments]
   local key = partition_key(bucket, partitions, selector)
-  redis.call('HSETNX', key, field, 1)
+  if redis.call('HSETNX', key, field, 1) == 0 then return false end
   expiring[key] = bucket.stop + horizon
   bucket.filled = bucket.filled + 1
   bucket.total = bucket.total + 1
@@ -167,6 +185,7 @@ local function remember(selector, field)
     bucket.segments[#bucket.segments + 1] = partitions * 4
     bucket.filled = 0
   end
+  return true
 end
 
 -- Whether a pulse is new, marking it seen: in the id index, or by its bit in a ledger.
@@ -178,9 +197,7 @@ local function first_time(key, ledger, bit, selector, field)
       if redis.call('EXISTS', key) == 1 then return false end
       if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
     end
-    if in_index(selector, field) then return false end
-    remember(selector, field)
-    return true
+    return new_in_index(selector, field)
   end
   if redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
   if legacy_reads and redis.call('EXISTS', key) == 1 then return false end
