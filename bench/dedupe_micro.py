@@ -5,9 +5,10 @@
 Starts its own redis-server (port 7201 by default, `hash-max-listpack-entries 512` as
 the shared one), so the shared server's load is not in the figure. Each variant counts
 new ids at a steady rate for three horizons (short: buckets of a quarter horizon, so
-every live bucket is sized from a predecessor after two), resets `INFO commandstats`
-after two, and reports over the last one: the script's (EVALSHA) usec per pulse, and
-`MEMORY USAGE` of the index over the ids it holds (bytes per id held). Variants run
+every live bucket is sized from a predecessor after two), and reports over the last one
+the script's Redis time per pulse (`INFO commandstats` around each call of 1000: the
+lower quartile of the calls, as other processes on the cores only add time) and `MEMORY
+USAGE` of the index over the ids it holds (bytes per id held). Variants run
 side by side, interleaved over `--rounds`; "v1 key per id" is the release before the id
 index (one `SET NX EX` key per id), for comparison.
 """
@@ -51,11 +52,27 @@ class Variant:
     make: Callable[[Redis, int], Callable[[list[CountablePulse]], int]]
 
 
+def _script_at(commit: str) -> str:
+    """INGEST_SCRIPT as a commit had it (the same KEYS and ARGV), for a side-by-side run."""
+    source = subprocess.run(
+        ["git", "show", f"{commit}:ingestor/pulses/aggregation.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return source.split('INGEST_SCRIPT = """', 1)[1].split('"""', 1)[0]
+
+
 def _current(
-    legacy_reads: bool, listpack_entries: int | None = None, buckets_per_horizon: int | None = None
+    legacy_reads: bool,
+    listpack_entries: int | None = None,
+    buckets_per_horizon: int | None = None,
+    commit: str | None = None,
 ) -> Callable[[Redis, int], Callable[[list[CountablePulse]], int]]:
     def make(redis: Redis, horizon: int) -> Callable[[list[CountablePulse]], int]:
         counter = PulseCounter(redis, horizon, chunk_size=1000, listpack_entries=listpack_entries)
+        if commit:
+            counter._script = redis.register_script(_script_at(commit))
         if buckets_per_horizon:
             counter._bucket_seconds = max(1, -(-horizon // buckets_per_horizon))
         if legacy_reads:  # as just after an upgrade: v1 keys may exist for a horizon
@@ -83,7 +100,12 @@ VARIANTS = {
     "v1": Variant("v1 key per id", _v1),
     "legacy": Variant("id index, v1 keys read", _current(legacy_reads=True)),
     "current": Variant("id index", _current(legacy_reads=False)),
+    "517bdce": Variant("id index as of 517bdce (v1 keys read)", _current(False, commit="517bdce")),
+    "517bdce-b2": Variant(
+        "517bdce, buckets of H/2", _current(False, buckets_per_horizon=2, commit="517bdce")
+    ),
     "b4": Variant("id index, buckets of H/4", _current(legacy_reads=False, buckets_per_horizon=4)),
+    "b3": Variant("id index, buckets of H/3", _current(legacy_reads=False, buckets_per_horizon=3)),
     "b2": Variant("id index, buckets of H/2", _current(legacy_reads=False, buckets_per_horizon=2)),
     "b2f38": Variant(
         "buckets of H/2, fill 3/8", _current(False, listpack_entries=384, buckets_per_horizon=2)
@@ -132,17 +154,27 @@ def run_variant(redis: Redis, variant: Variant, horizon: int, rate: int) -> tupl
     reset = False
     while (elapsed := time.monotonic() - started) < 3 * horizon:
         if not reset and elapsed >= 2 * horizon:
-            redis.config_resetstat()
+            durations: list[int] = []
             reset = True
         if int(elapsed * rate) - sent >= chunk:
+            if reset:
+                before = _script_usec(redis)
             assert count(pulses[sent : sent + chunk]) == chunk
+            if reset:
+                durations.append(_script_usec(redis) - before)
             sent += chunk
         else:
             time.sleep(0.002)
+    # Per call: the lower quartile leaves out the calls other processes took the core
+    # from (they only add time), and keeps the spread of the index's states.
+    return statistics.quantiles(durations, n=4)[0] / chunk, _index_bytes_per_id(redis, horizon)
+
+
+def _script_usec(redis: Redis) -> int:
     stats = redis.info("commandstats")
-    evalsha = stats["cmdstat_evalsha"]
-    pulses_timed = evalsha["calls"] * chunk
-    return evalsha["usec"] / pulses_timed, _index_bytes_per_id(redis, horizon)
+    return int(stats.get("cmdstat_evalsha", {}).get("usec", 0)) + int(
+        stats.get("cmdstat_eval", {}).get("usec", 0)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             print(
-                f"\nhorizon {args.horizon} s, {args.rate:,} new ids/s, chunks of 1000: the least µs of {args.rounds} "
-                "rounds (a shared machine only adds time), the median B/id"
+                f"\nhorizon {args.horizon} s, {args.rate:,} new ids/s, chunks of 1000: the least of {args.rounds} rounds' "
+                "lower quartiles of µs per pulse, the median B/id"
             )
             v1 = min(u for u, _ in results["v1"]) if "v1" in results else None
             for name in args.only:

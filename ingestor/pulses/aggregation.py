@@ -139,8 +139,15 @@ local function current_bucket()
   return current
 end
 
+-- A pulse's partition number as text, per partition count: the same for each bucket
+-- whose segment has as many partitions, and formatting a number is the dear part.
+local named_selector, named_partitions, named_partition = nil, nil, nil
 local function partition_key(bucket, partitions, selector)
-  -- Each segment's key prefix built once a call: number formatting is the dear part.
+  if selector ~= named_selector or partitions ~= named_partitions then
+    named_selector, named_partitions = selector, partitions
+    named_partition = tostring(math.floor(selector / (SELECTORS / partitions)))
+  end
+  -- Each segment's key prefix built once a call.
   local prefixes = bucket.prefixes
   if not prefixes then
     prefixes = {}
@@ -151,7 +158,7 @@ local function partition_key(bucket, partitions, selector)
     prefix = index_key .. ':' .. bucket.start .. ':' .. partitions .. ':'
     prefixes[partitions] = prefix
   end
-  return prefix .. math.floor(selector / (SELECTORS / partitions))
+  return prefix .. named_partition
 end
 
 -- Whether a field is in a segment of a live bucket, the current bucket's last
