@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             print(
-                f"\nhorizon {args.horizon} s, {args.rate:,} new ids/s, chunks of 1000: the least of {args.rounds} rounds' "
-                "lower quartiles of µs per pulse, the median B/id"
+                f"\nhorizon {args.horizon} s, {args.rate:,} new ids/s, chunks of 1000: the least of "
+                f"{args.rounds} rounds' lower quartiles of µs per pulse, the median B/id"
             )
             v1 = min(u for u, _ in results["v1"]) if "v1" in results else None
             for name in args.only:
