@@ -4,7 +4,7 @@
 
 Starts its own redis-server (port 7201 by default, `hash-max-listpack-entries 512` as
 the shared one), so the shared server's load is not in the figure. Each variant counts
-new ids at a steady rate for three horizons (short: buckets of a quarter horizon, so
+new ids at a steady rate for three horizons (short: buckets of half a horizon, so
 every live bucket is sized from a predecessor after two), and reports over the last one
 the script's Redis time per pulse (`INFO commandstats` around each call of 1000: the
 lower quartile of the calls, as other processes on the cores only add time) and `MEMORY

@@ -38,17 +38,20 @@ from ingestor.redis_store import DEFAULT_LISTPACK_ENTRIES, hash_listpack_entries
 #
 # A pulse with a fingerprint (an id, or alone in its message) is looked up in the id
 # index: HEXISTS of its field in its partition of each segment of each bucket that
-# ended less than a horizon ago (5 in the steady state), and remembered with HSETNX in
-# the current bucket's last segment. Time is Redis's (TIME; effects replication, Redis
-# ≥ 5), so workers with skewed clocks agree. A bucket takes ids for `bucket seconds`
-# from its first; its partitions expire a horizon after its end, so an id is remembered
-# at least H and at most H + bucket seconds + 1 s. A bucket's first segment has the
-# partitions its predecessor's ids would fill to half the listpack limit; a segment
-# filled to 5/8 of it on average gets a successor with 4 times the partitions, so each
-# hash stays a listpack (about 13 bytes an id) whatever the rate does.
+# ended less than a horizon ago (2 in the steady state), then HSETNX in the current
+# bucket's last segment, which answers for that segment too (0: a duplicate). Time is
+# Redis's (TIME; effects replication, Redis ≥ 5), so workers with skewed clocks agree.
+# A bucket takes ids for `bucket seconds` (half a horizon) from its first; its
+# partitions expire a horizon after its end, so an id is remembered at least H and at
+# most H + bucket seconds + 1 s. A bucket's first segment has the partitions its
+# predecessor's ids would fill to half the listpack limit; a segment filled to 5/8 of
+# it on average gets a successor with 4 times the partitions, so each hash stays a
+# listpack (about 13 bytes an id) whatever the rate does.
 # A pulse without fingerprint: its bit in its message's ledger must be clear.
-# The EXISTS of v1 keys and the GETBIT of a one-pulse message's ledger (how the
-# previous release deduplicated them) can go one horizon after the upgrade. Counts and
+# v1 keys (EXISTS) and a one-pulse message's ledger bit (GETBIT), how the previous
+# releases deduplicated them, are read only until the second the index's field `l`
+# names (`mark_legacy_horizon`: the first count of this release + a horizon; 0 on a
+# fresh install), and always while it is absent: 4 µs a pulse spared after. Counts and
 # amounts are summed per cell in Lua and written with one HINCRBY each at the end: Lua
 # numbers are doubles, exact for integers below 2^53, so a cell's running sum stays in
 # Lua only while it is below 2^52; a pulse that would take it further is added by
