@@ -29,20 +29,24 @@ node; a pulse's tag comes from the digest of its dedupe record, `tag_of_record`)
 - `ingestor:{t}:i`: the id index, a small hash naming its live time buckets: per
   bucket starting at second `<s>`, `b<s>` = `<stop>|<P1>,<P2>...` (its end and the
   partition count of each of its segments), `c<s>` (ids in its last segment) and `t<s>`
-  (ids in the bucket).
+  (ids in the bucket); and `l`, the second until which v1 `d` keys may exist (the
+  first count of this release + a horizon; 0 on a fresh install).
 - `ingestor:{t}:i:<s>:<P>:<p>`: partition p of the segment with P partitions of the
   bucket starting at `<s>`, a hash (listpack) of 9-byte id fingerprints -> 1, expiring
   a horizon after the bucket's end. A pulse with an id is remembered here, as is the
   one pulse of a message of one pulse without id (see `id_fingerprint`).
 - `d<11-byte digest>`: v1's dedupe key per counted pulse with an id (and without one
-  before the message ledgers), expiring after the horizon; only read now, for one
-  horizon after the upgrade.
+  before the message ledgers), expiring after the horizon; only read now, until the
+  index's `l`.
 
-The id index holds about 14.5 bytes an id (v1's `d` key about 96). Two ids collide
-only when their 72 field bits match within one partition, and a lookup compares at
-most a few thousand fields, so a billion ids held collide with a probability of about
-3 in 10 billion (v1's 88-bit keys: about 2 in a billion); a collision is a pulse not
-counted. The ingestor owns its Redis database.
+The id index holds about 14.5 bytes an id (v1's `d` key about 96), an id from its
+count to a horizon after its bucket's end (buckets of half a horizon: H to H + H/2).
+Two ids collide only when their 72 field bits match within one partition, and a
+lookup compares at most 1,536 fields (3 live buckets × the listpack limit of 512;
+about half that at the fill the partitions are sized for), so a billion ids held
+collide with a probability of at most 1e9 × 1,536 / 2^72, about 3 in 10 billion (v1's
+88-bit keys: about 2 in a billion); a collision is a pulse not counted. The ingestor
+owns its Redis database.
 
 The previous layout (v1) is kept here only as what a flush drains while migrating
 (pulses/legacy_flush.py): `ingestor:window:<h>` (one hash per hour),
