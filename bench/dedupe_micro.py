@@ -8,9 +8,12 @@ new ids at a steady rate for three horizons (short: buckets of half a horizon, s
 every live bucket is sized from a predecessor after two), and reports over the last one
 the script's Redis time per pulse (`INFO commandstats` around each call of 1000: the
 lower quartile of the calls, as other processes on the cores only add time) and `MEMORY
-USAGE` of the index over the ids it holds (bytes per id held). Variants run
-side by side, interleaved over `--rounds`; "v1 key per id" is the release before the id
-index (one `SET NX EX` key per id), for comparison.
+USAGE` of the index over the ids it holds (bytes per id held). Variants run side by
+side, interleaved over `--rounds` (`--only` picks them; the default is v1, 517bdce, b4
+and current): "v1 key per id" is the release before the id index (one `SET NX EX` key
+per id), "517bdce" the ingest script before this round's changes (read from git; it
+always reads v1 keys), "legacy" this script during an upgrade's first horizon, the
+others this script with other bucket lengths or partition fills.
 """
 
 from __future__ import annotations
@@ -98,24 +101,14 @@ def _v1(redis: Redis, horizon: int) -> Callable[[list[CountablePulse]], int]:
 
 VARIANTS = {
     "v1": Variant("v1 key per id", _v1),
-    "legacy": Variant("id index, v1 keys read", _current(legacy_reads=True)),
-    "current": Variant("id index", _current(legacy_reads=False)),
-    "517bdce": Variant("id index as of 517bdce (v1 keys read)", _current(False, commit="517bdce")),
-    "517bdce-b2": Variant(
-        "517bdce, buckets of H/2", _current(False, buckets_per_horizon=2, commit="517bdce")
+    "517bdce": Variant(
+        "517bdce's script, buckets of H/4", _current(False, buckets_per_horizon=4, commit="517bdce")
     ),
-    "b4": Variant("id index, buckets of H/4", _current(legacy_reads=False, buckets_per_horizon=4)),
-    "b3": Variant("id index, buckets of H/3", _current(legacy_reads=False, buckets_per_horizon=3)),
-    "b2": Variant("id index, buckets of H/2", _current(legacy_reads=False, buckets_per_horizon=2)),
-    "b2f38": Variant(
-        "buckets of H/2, fill 3/8", _current(False, listpack_entries=384, buckets_per_horizon=2)
-    ),
-    "b2f14": Variant(
-        "buckets of H/2, fill 1/4", _current(False, listpack_entries=256, buckets_per_horizon=2)
-    ),
-    "b4f14": Variant(
-        "buckets of H/4, fill 1/4", _current(False, listpack_entries=256, buckets_per_horizon=4)
-    ),
+    "legacy": Variant("v1 keys read (an upgrade's first horizon)", _current(legacy_reads=True)),
+    "b4": Variant("buckets of H/4", _current(legacy_reads=False, buckets_per_horizon=4)),
+    "b3": Variant("buckets of H/3", _current(legacy_reads=False, buckets_per_horizon=3)),
+    "current": Variant("this release: buckets of H/2", _current(legacy_reads=False)),
+    "fill14": Variant("buckets of H/2, partitions filled to 1/4", _current(False, listpack_entries=256)),
 }
 
 
@@ -185,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=4, help="dedupe horizon (s)")
     parser.add_argument("--rate", type=int, default=5000, help="new ids per second")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument(
+        "--only", nargs="*", choices=list(VARIANTS), default=["v1", "517bdce", "b4", "current"]
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
         server = subprocess.Popen(
