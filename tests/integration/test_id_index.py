@@ -71,6 +71,8 @@ def test_an_id_is_remembered_a_horizon_and_forgotten_within_half_more(redis_clie
     counted_at = time.monotonic()
     assert counter.count(with_ids(["early"])) == 1
     (first_bucket,) = index_buckets(redis_client)
+    stop = int(redis_client.hget(keys.id_index_key(TAG), f"b{first_bucket}").split(b"|")[0])
+    assert stop - first_bucket == 2  # 3 live buckets a new id is looked up in, not 5
     # New ids keep arriving in later buckets, as in production.
     while time.monotonic() - counted_at < 3.8:
         assert counter.count(with_ids(["early"])) == 0
