@@ -51,7 +51,7 @@ from ingestor.redis_store import DEFAULT_LISTPACK_ENTRIES, hash_listpack_entries
 # v1 keys (EXISTS) and a one-pulse message's ledger bit (GETBIT), how the previous
 # releases deduplicated them, are read only until the second the index's field `l`
 # names (`mark_legacy_horizon`: the first count of this release + a horizon; 0 on a
-# fresh install), and always while it is absent: 4 µs a pulse spared after. Counts and
+# fresh install), and always while it is absent: an EXISTS a pulse spared after. Counts and
 # amounts are summed per cell in Lua and written with one HINCRBY each at the end: Lua
 # numbers are doubles, exact for integers below 2^53, so a cell's running sum stays in
 # Lua only while it is below 2^52; a pulse that would take it further is added by

@@ -336,8 +336,8 @@ ID_SELECTOR_BYTES = 4
 # Buckets per horizon: an id is remembered between H and H + H/2 (+ 1 s), and a new id
 # is looked up in the 3 buckets that may still hold it (HEXISTS in the 2 that ended,
 # HSETNX in the current one). Buckets of H/4 held ids 1/8 horizon less on average (11%
-# less memory per id/s) but cost 2 HEXISTS more: bench/dedupe_micro.py measured 14.7
-# against 7.8 µs of Redis a new id.
+# less memory per id/s) but cost 2 HEXISTS more: bench/dedupe_micro.py measured 11.0
+# against 8.9 µs of Redis a new id (517bdce's script: 16.7; v1's key: 2.2).
 ID_BUCKETS_PER_HORIZON = 2
 
 
