@@ -909,7 +909,7 @@ def _bytes_per_record_in_a_sized_bucket(
     sized from a predecessor of as many ids (a first bucket grows segment by segment).
     Returns it and the bucket's segments (partition counts)."""
     bench.reset()
-    horizon = 120  # buckets of 30 s: both fills fit in the first one's life
+    horizon = 60  # buckets of 30 s: both fills fit in the first one's life
     counter = PulseCounter(bench.redis, dedupe_horizon_seconds=horizon, chunk_size=1000)
     index = keys.id_index_key(keys.SHARD_TAGS[0])
 
@@ -926,8 +926,8 @@ def _bytes_per_record_in_a_sized_bucket(
     return held / len(pulses), "segments of " + newest.split(b"|")[1].decode() + " partitions"
 
 
-# An id is held from its count to its bucket's end plus a horizon: on average 1 + 1/8
-# horizons with buckets of a quarter horizon, which the steady state pays for.
+# An id is held from its count to its bucket's end plus a horizon: on average 1 + 1/4
+# horizons with buckets of half a horizon, which the steady state pays for.
 _HELD_PER_HORIZON = 1 + 1 / (2 * keys.ID_BUCKETS_PER_HORIZON)
 
 
@@ -941,7 +941,7 @@ def bench_memory_soak(bench: Bench, report: Report) -> None:
     window = keys.window_key(keys.SHARD_TAGS[0], keys.hour_of(bench.hour), "tenant")
     index = keys.id_index_key(keys.SHARD_TAGS[0])
     settled = 2 * horizon  # every live bucket sized from a predecessor
-    # (seconds in, bytes of the index, ids it holds): memory saws between H and H + H/4
+    # (seconds in, bytes of the index, ids it holds): memory saws between H and H + H/2
     # of ids as buckets expire, so whole horizons are averaged.
     samples: list[tuple[float, int, int]] = []
     started = time.monotonic()

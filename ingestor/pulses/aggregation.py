@@ -56,17 +56,20 @@ from ingestor.redis_store import (
 #
 # A pulse with a fingerprint (an id, or alone in its message) is looked up in the id
 # index: HEXISTS of its field in its partition of each segment of each bucket that
-# ended less than a horizon ago (5 in the steady state), and remembered with HSETNX in
-# the current bucket's last segment. Time is Redis's (TIME; effects replication, Redis
-# ≥ 5), so workers with skewed clocks agree. A bucket takes ids for `bucket seconds`
-# from its first; its partitions expire a horizon after its end, so an id is remembered
-# at least H and at most H + bucket seconds + 1 s. A bucket's first segment has the
-# partitions its predecessor's ids would fill to half the listpack limit; a segment
-# filled to 5/8 of it on average gets a successor with 4 times the partitions, so each
-# hash stays a listpack (about 13 bytes an id) whatever the rate does.
+# ended less than a horizon ago (2 in the steady state), then HSETNX in the current
+# bucket's last segment, which answers for that segment too (0: a duplicate). Time is
+# Redis's (TIME; effects replication, Redis ≥ 5), so workers with skewed clocks agree.
+# A bucket takes ids for `bucket seconds` (half a horizon) from its first; its
+# partitions expire a horizon after its end, so an id is remembered at least H and at
+# most H + bucket seconds + 1 s. A bucket's first segment has the partitions its
+# predecessor's ids would fill to half the listpack limit; a segment filled to 5/8 of
+# it on average gets a successor with 4 times the partitions, so each hash stays a
+# listpack (about 13 bytes an id) whatever the rate does.
 # A pulse without fingerprint: its bit in its message's ledger must be clear.
-# The EXISTS of v1 keys and the GETBIT of a one-pulse message's ledger (how the
-# previous release deduplicated them) can go one horizon after the upgrade. Counts and
+# v1 keys (EXISTS) and a one-pulse message's ledger bit (GETBIT), how the previous
+# releases deduplicated them, are read only until the second the index's field `l`
+# names (`mark_legacy_horizon`: the first count of this release + a horizon; 0 on a
+# fresh install), and always while it is absent: an EXISTS a pulse spared after. Counts and
 # amounts are summed per cell in Lua and written with one HINCRBY each at the end: Lua
 # numbers are doubles, exact for integers below 2^53, so a cell's running sum stays in
 # Lua only while it is below 2^52; a pulse that would take it further is added by
@@ -103,30 +106,37 @@ local function cell_window(cell) return KEYS[2 + tonumber(ARGV[5 + 2 * cell])] e
 local function cell_group(cell) return ARGV[6 + 2 * cell] end
 local function ledger_key(ledger) return KEYS[2 + n_windows + ledger] end
 
--- The id index, read on the first pulse that needs it.
+-- The id index, read on the first pulse.
 local now, live, newest, current = nil, nil, nil, nil
+-- Whether v1 keys and the previous release's one-pulse ledger bits may still exist:
+-- until the second the index's field `l` names (absent: assume they may).
+local legacy_reads = true
 local function load_index()
   now = tonumber(redis.call('TIME')[1])
   live = {}
   local raw = redis.call('HGETALL', index_key)
   local by_start = {}
   for i = 1, #raw, 2 do
-    local kind, start = string.sub(raw[i], 1, 1), string.sub(raw[i], 2)
-    local bucket = by_start[start]
-    if not bucket then
-      bucket = {start = start, filled = 0, total = 0}
-      by_start[start] = bucket
-    end
-    local value = raw[i + 1]
-    if kind == 'b' then
-      local sep = string.find(value, '|', 1, true)
-      bucket.stop = tonumber(string.sub(value, 1, sep - 1))
-      bucket.segments = {}
-      for p in string.gmatch(string.sub(value, sep + 1), '%d+') do
-        bucket.segments[#bucket.segments + 1] = tonumber(p)
+    local name, value = raw[i], raw[i + 1]
+    if name == 'l' then
+      legacy_reads = now < tonumber(value)
+    else
+      local kind, start = string.sub(name, 1, 1), string.sub(name, 2)
+      local bucket = by_start[start]
+      if not bucket then
+        bucket = {start = start, filled = 0, total = 0}
+        by_start[start] = bucket
       end
-    elseif kind == 'c' then bucket.filled = tonumber(value)
-    elseif kind == 't' then bucket.total = tonumber(value) end
+      if kind == 'b' then
+        local sep = string.find(value, '|', 1, true)
+        bucket.stop = tonumber(string.sub(value, 1, sep - 1))
+        bucket.segments = {}
+        for p in string.gmatch(string.sub(value, sep + 1), '%d+') do
+          bucket.segments[#bucket.segments + 1] = tonumber(p)
+        end
+      elseif kind == 'c' then bucket.filled = tonumber(value)
+      elseif kind == 't' then bucket.total = tonumber(value) end
+    end
   end
   for start, bucket in pairs(by_start) do
     if bucket.stop and bucket.stop + horizon > now then
@@ -151,26 +161,51 @@ local function current_bucket()
   return current
 end
 
+-- A pulse's partition number as text, per partition count: the same for each bucket
+-- whose segment has as many partitions, and formatting a number is the dear part.
+local named_selector, named_partitions, named_partition = nil, nil, nil
 local function partition_key(bucket, partitions, selector)
-  local partition = math.floor(selector / (SELECTORS / partitions))
-  return index_key .. ':' .. bucket.start .. ':' .. partitions .. ':' .. partition
+  if selector ~= named_selector or partitions ~= named_partitions then
+    named_selector, named_partitions = selector, partitions
+    named_partition = tostring(math.floor(selector / (SELECTORS / partitions)))
+  end
+  -- Each segment's key prefix built once a call.
+  local prefixes = bucket.prefixes
+  if not prefixes then
+    prefixes = {}
+    bucket.prefixes = prefixes
+  end
+  local prefix = prefixes[partitions]
+  if not prefix then
+    prefix = index_key .. ':' .. bucket.start .. ':' .. partitions .. ':'
+    prefixes[partitions] = prefix
+  end
+  return prefix .. named_partition
 end
 
+-- Whether a field is in a segment of a live bucket, the current bucket's last
+-- segment excepted (its HSETNX answers for it).
 local function in_index(selector, field)
   for _, bucket in ipairs(live) do
-    for _, partitions in ipairs(bucket.segments) do
-      if redis.call('HEXISTS', partition_key(bucket, partitions, selector), field) == 1 then return true end
+    local segments = bucket.segments
+    local n = #segments
+    if bucket == current then n = n - 1 end
+    for s = 1, n do
+      if redis.call('HEXISTS', partition_key(bucket, segments[s], selector), field) == 1 then return true end
     end
   end
   return false
 end
 
 local expiring = {}
-local function remember(selector, field)
+-- Looks a fingerprint up and, if it is new, remembers it in the current bucket's last
+-- segment: an HEXISTS per other segment of the live buckets, then one HSETNX.
+local function new_in_index(selector, field)
   local bucket = current_bucket()
+  if in_index(selector, field) then return false end
   local partitions = bucket.segments[#bucket.segments]
   local key = partition_key(bucket, partitions, selector)
-  redis.call('HSETNX', key, field, 1)
+  if redis.call('HSETNX', key, field, 1) == 0 then return false end
   expiring[key] = bucket.stop + horizon
   bucket.filled = bucket.filled + 1
   bucket.total = bucket.total + 1
@@ -179,22 +214,22 @@ local function remember(selector, field)
     bucket.segments[#bucket.segments + 1] = partitions * 4
     bucket.filled = 0
   end
+  return true
 end
 
 -- Whether a pulse is new, marking it seen: in the id index, or by its bit in a ledger.
 local set_ledgers = {}
 local function first_time(key, ledger, bit, selector, field)
+  if not live then load_index() end
   if selector >= 0 then
-    if not live then load_index() end
-    if key and redis.call('EXISTS', key) == 1 then return false end
-    if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
-    if in_index(selector, field) then return false end
-    remember(selector, field)
-    return true
+    if legacy_reads and key then
+      if redis.call('EXISTS', key) == 1 then return false end
+      if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+    end
+    return new_in_index(selector, field)
   end
-  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 or (key and redis.call('EXISTS', key) == 1) then
-    return false
-  end
+  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+  if legacy_reads and key and redis.call('EXISTS', key) == 1 then return false end
   redis.call('SETBIT', ledger_key(ledger), bit, 1)
   set_ledgers[ledger] = true
   return true
@@ -310,6 +345,7 @@ class PulseCounter:
         # Each node's calls in one pipeline to it: on a cluster, and wherever WAIT must
         # follow the writes on their connection.
         self._per_node = is_cluster(redis) or wait_replicas > 0
+        self._legacy_marked: set[str] = set()
 
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
@@ -325,9 +361,15 @@ class PulseCounter:
         """
         if self._listpack_entries is None:
             self._listpack_entries = hash_listpack_entries(self._redis)
+        per_tag = _per_tag(pulses)
+        if self._legacy_keys:
+            for tag, _ in per_tag:
+                if tag not in self._legacy_marked:
+                    mark_legacy_horizon(self._redis, tag, self._horizon)
+                    self._legacy_marked.add(tag)
         calls = (
             self._script_arguments(tag, of_tag[start : start + self._chunk_size])
-            for tag, of_tag in _per_tag(pulses)
+            for tag, of_tag in per_tag
             for start in range(0, len(of_tag), self._chunk_size)
         )
         try:
@@ -445,6 +487,43 @@ class PulseCounter:
             self._listpack_entries or DEFAULT_LISTPACK_ENTRIES,
         ]
         return script_keys, [*counts, *cell_args, *pulse_args, *live_fields]
+
+
+def mark_legacy_horizon(redis: Redis, tag: str, horizon_seconds: int) -> int:
+    """Record in the tag's id index until when v1 keys may exist, once; return it.
+
+    The first count of this release on a Redis decides: one that holds what a previous
+    release wrote (its registry, id index, v1 layout sets, any v1 `d` key or message
+    ledger) may hold
+    v1 keys for one more horizon, so the second a horizon from now; an empty one (a
+    fresh install) none, 0. The ingest script reads v1 keys, and the one-pulse ledger
+    bits of the release before, only before that second (always while the field is
+    absent). HSETNX: the first process to decide wins, and the moment never moves.
+    """
+    index = keys.id_index_key(tag)
+    marked = redis.hget(index, keys.ID_INDEX_LEGACY_FIELD)
+    if marked is not None:
+        return int(marked)
+    now = int(redis.time()[0])
+    until = now + horizon_seconds if _holds_previous_release(redis, tag) else 0
+    redis.hsetnx(index, keys.ID_INDEX_LEGACY_FIELD, until)
+    return int(redis.hget(index, keys.ID_INDEX_LEGACY_FIELD) or until)
+
+
+def _holds_previous_release(redis: Redis, tag: str) -> bool:
+    if redis.exists(
+        keys.registry_key(tag),
+        keys.id_index_key(tag),
+        keys.LEGACY_PENDING_WINDOWS,
+        keys.LEGACY_PENDING_SNAPSHOTS,
+    ):
+        return True
+    # Once per Redis: a database of the previous release is nearly all `d` keys and
+    # message ledgers, so this stops in its first batch; an empty one is scanned in no time.
+    ledgers = keys.message_ledger_key(tag, b"")
+    return any(
+        key.startswith(keys.DEDUPE_PREFIX) or key.startswith(ledgers) for key in redis.scan_iter(count=1000)
+    )
 
 
 def _per_tag(pulses: Sequence[CountablePulse]) -> list[tuple[str, Sequence[CountablePulse]]]:

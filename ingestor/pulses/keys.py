@@ -30,20 +30,24 @@ its dedupe record, `tag_of_record`).
 - `ingestor:{t}:i`: the id index, a small hash naming its live time buckets: per
   bucket starting at second `<s>`, `b<s>` = `<stop>|<P1>,<P2>...` (its end and the
   partition count of each of its segments), `c<s>` (ids in its last segment) and `t<s>`
-  (ids in the bucket).
+  (ids in the bucket); and `l`, the second until which v1 `d` keys may exist (the
+  first count of this release + a horizon; 0 on a fresh install).
 - `ingestor:{t}:i:<s>:<P>:<p>`: partition p of the segment with P partitions of the
   bucket starting at `<s>`, a hash (listpack) of 9-byte id fingerprints -> 1, expiring
   a horizon after the bucket's end. A pulse with an id is remembered here, as is the
   one pulse of a message of one pulse without id (see `id_fingerprint`).
 - `d<11-byte digest>`: v1's dedupe key per counted pulse with an id (and without one
-  before the message ledgers), expiring after the horizon; only read now, for one
-  horizon after the upgrade.
+  before the message ledgers), expiring after the horizon; only read now, until the
+  index's `l`.
 
-The id index holds about 14.5 bytes an id (v1's `d` key about 96). Two ids collide
-only when their 72 field bits match within one partition, and a lookup compares at
-most a few thousand fields, so a billion ids held collide with a probability of about
-3 in 10 billion (v1's 88-bit keys: about 2 in a billion); a collision is a pulse not
-counted. The ingestor owns its Redis database.
+The id index holds about 14.5 bytes an id (v1's `d` key about 96), an id from its
+count to a horizon after its bucket's end (buckets of half a horizon: H to H + H/2).
+Two ids collide only when their 72 field bits match within one partition, and a
+lookup compares at most 1,536 fields (3 live buckets × the listpack limit of 512;
+about half that at the fill the partitions are sized for), so a billion ids held
+collide with a probability of at most 1e9 × 1,536 / 2^72, about 3 in 10 billion (v1's
+88-bit keys: about 2 in a billion); a collision is a pulse not counted. The ingestor
+owns its Redis database.
 
 The previous layout (v1) is kept here only as what a flush drains while migrating
 (pulses/legacy_flush.py): `ingestor:window:<h>` (one hash per hour),
@@ -343,9 +347,17 @@ def _digest(kind: bytes, *parts: str) -> bytes:
 # partitions it reads.
 ID_FINGERPRINT_BYTES = 13
 ID_SELECTOR_BYTES = 4
-# Buckets per horizon: an id is remembered between H and H + H/4 (+ 1 s), and a lookup
-# reads the partitions of the 5 buckets that may still hold it.
-ID_BUCKETS_PER_HORIZON = 4
+# Buckets per horizon: an id is remembered between H and H + H/2 (+ 1 s), and a new id
+# is looked up in the 3 buckets that may still hold it (HEXISTS in the 2 that ended,
+# HSETNX in the current one). Buckets of H/4 held ids 1/8 horizon less on average (11%
+# less memory per id/s) but cost 2 HEXISTS more: bench/dedupe_micro.py measured 11.0
+# against 8.9 µs of Redis a new id (517bdce's script: 16.7; v1's key: 2.2).
+ID_BUCKETS_PER_HORIZON = 2
+
+
+# The id index's field naming the second until which v1 `d` keys (and the previous
+# release's one-pulse ledger bits) may exist: the ingest script reads them only before.
+ID_INDEX_LEGACY_FIELD = "l"
 
 
 def id_index_key(tag: str) -> str:
@@ -354,7 +366,7 @@ def id_index_key(tag: str) -> str:
 
 
 def id_bucket_seconds(horizon_seconds: int) -> int:
-    """How long one bucket of the id index takes ids: a quarter of the horizon, ≥ 1 s."""
+    """How long one bucket of the id index takes ids: half the horizon, ≥ 1 s."""
     return max(1, -(-horizon_seconds // ID_BUCKETS_PER_HORIZON))
 
 
