@@ -182,8 +182,8 @@ class Settings:
     # Reverse proxies in front of the web (a PaaS router, a load balancer) whose
     # X-Forwarded-For is trusted for the client address; 0: the peer address is the client.
     trusted_proxies: int = 0
-    # A token's user is looked up on every request; while PostgreSQL is unreachable, a
-    # user found active at most this long ago is still taken as active (0: never).
+    # A token's user is looked up at most every USER_CACHE_SECONDS; while PostgreSQL is
+    # unreachable, a user found active at most this long ago is still taken as active (0: never).
     user_lookup_grace_seconds: int = 300
     # A web process takes a token's user found active in PostgreSQL at most this long ago
     # as still active without asking again (0: asked on every request). The price: a user

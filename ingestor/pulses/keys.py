@@ -185,6 +185,18 @@ def hour_of_stamp(stamp: str) -> int:
     return hour_of(datetime.strptime(stamp, _HOUR_FORMAT).replace(tzinfo=UTC))
 
 
+# An hour stamp as it appears inside a window or snapshot key of either layout.
+_HOUR_STAMP_IN_KEY = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}")
+
+
+def hour_stamp_in_key(key: str) -> str:
+    """The hour stamp in a window or snapshot key (v2 or v1); ValueError for other keys."""
+    found = _HOUR_STAMP_IN_KEY.search(key)
+    if found is None:
+        raise ValueError(f"not a window or snapshot key: {key!r}")
+    return found.group()
+
+
 def registry_key(tag: str) -> str:
     """The registry hash of a tag: `ingestor:{0.0}:pending`."""
     return f"{PREFIX}{{{tag}}}:pending"

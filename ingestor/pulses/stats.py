@@ -8,7 +8,6 @@ scans the keyspace of millions of dedupe keys.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -147,22 +146,11 @@ def pending_groups(redis: Redis, hash_keys: list[str]) -> int:
     pattern = keys.COUNT_FIELD_PREFIX + b"*"
     # Distinct per hour: on a cluster a group's pulses spread over every tag's hashes.
     groups = {
-        (_hour_in(key), field)
+        (keys.hour_stamp_in_key(key), field)
         for key in existing
         for field, _ in redis.hscan_iter(key, match=pattern, count=1000)
     }
     return len(groups)
-
-
-# The hour stamp inside a window or snapshot key, either layout (keys.hour_stamp).
-_HOUR_IN_KEY = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}")
-
-
-def _hour_in(key: str) -> str:
-    found = _HOUR_IN_KEY.search(key)
-    if found is None:
-        raise ValueError(f"not a window or snapshot key: {key!r}")
-    return found.group()
 
 
 @dataclass(frozen=True)
