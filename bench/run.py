@@ -151,8 +151,7 @@ class Bench:
     def ids_counted(self) -> int:
         """Pulses with an id counted so far: the id totals of the index's buckets (one
         small hash, so polling it costs Redis next to nothing)."""
-        fields = self.redis.hgetall(keys.id_index_key(keys.SHARD_TAGS[0]))
-        return sum(int(value) for name, value in fields.items() if name.startswith(b"t"))
+        return keys.ids_in_index(self.redis.hgetall(keys.id_index_key(keys.SHARD_TAGS[0])))
 
     @property
     def bench_buckets(self) -> set[int]:
@@ -271,9 +270,7 @@ def bench_redis_cluster(bench: Bench, report: Report) -> None:
                 for key in index_keys:
                     pipe.hgetall(key)
                 indexes = pipe.execute()
-            return sum(
-                int(value) for fields in indexes for name, value in fields.items() if name.startswith(b"t")
-            )
+            return sum(keys.ids_in_index(fields) for fields in indexes)
 
         def rate(wait_replicas: int) -> float:
             n, size = bench.args.pulses, bench.args.batch_size
@@ -913,17 +910,14 @@ def _bytes_per_record_in_a_sized_bucket(
     counter = PulseCounter(bench.redis, dedupe_horizon_seconds=horizon, chunk_size=1000)
     index = keys.id_index_key(keys.SHARD_TAGS[0])
 
-    def buckets() -> dict[bytes, bytes]:
-        return {name: value for name, value in bench.redis.hgetall(index).items() if name.startswith(b"b")}
-
     counter.count(make_pulses())
-    stop = max(int(value.split(b"|")[0]) for value in buckets().values())
+    stop = keys.parse_id_index(bench.redis.hgetall(index))[-1].stop
     time.sleep(max(0.0, stop - float(bench.redis.time()[0]) + 0.2))
     pulses = make_pulses()
     counter.count(pulses)
-    start, newest = max(buckets().items(), key=lambda item: int(item[0][1:]))
-    held = _bytes_of_keys(bench, f"{index}:{start[1:].decode()}:*")
-    return held / len(pulses), "segments of " + newest.split(b"|")[1].decode() + " partitions"
+    newest = keys.parse_id_index(bench.redis.hgetall(index))[-1]
+    held = _bytes_of_keys(bench, f"{index}:{newest.start}:*")
+    return held / len(pulses), "segments of " + ",".join(map(str, newest.segments)) + " partitions"
 
 
 # An id is held from its count to its bucket's end plus a horizon: on average 1 + 1/4

@@ -36,13 +36,11 @@ class RedisSettingsError(RuntimeError):
     """The Redis the ingestor writes to is set up in a way that loses or double-counts."""
 
 
-# Redis's default `hash-max-listpack-entries`, assumed where CONFIG cannot be read.
-DEFAULT_LISTPACK_ENTRIES = 128
-# Below these, the dedupe id index (pulses/aggregation.py: hashes of 9-byte fields kept
-# under the entry limit) would spend more on keys than on ids, or every hash of it
-# would be a hashtable: several times the memory per id.
-MIN_LISTPACK_ENTRIES = 64
-MIN_LISTPACK_VALUE_BYTES = 16
+# Redis's default `set-max-intset-entries`, assumed where CONFIG cannot be read.
+DEFAULT_SET_ENTRIES = 512
+# Below this, the dedupe id index (pulses/aggregation.py: sets of integers kept under
+# the limit, so intsets) would spend more on keys than on ids.
+MIN_SET_ENTRIES = 64
 
 
 def _config_value(redis: Redis, name: str) -> str | None:
@@ -54,19 +52,19 @@ def _config_value(redis: Redis, name: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def hash_listpack_entries(redis: Redis) -> int:
-    """Redis's `hash-max-listpack-entries`, or its default when CONFIG is unavailable."""
-    value = _config_value(redis, "hash-max-listpack-entries")
-    return int(value) if value else DEFAULT_LISTPACK_ENTRIES
+def set_intset_entries(redis: Redis) -> int:
+    """Redis's `set-max-intset-entries`, or its default when CONFIG is unavailable."""
+    value = _config_value(redis, "set-max-intset-entries")
+    return int(value) if value else DEFAULT_SET_ENTRIES
 
 
 def check_redis_settings(redis: Redis) -> None:
     """Refuse to start on a Redis set up against the dedupe design.
 
     Redis 7.0 or later. `maxmemory-policy` must be `noeviction`: an evicted dedupe record or message ledger
-    is a pulse counted twice, an evicted window revenue lost. `hash-max-listpack-entries`
-    ≥ 64 and `hash-max-listpack-value` ≥ 16: the id index keeps its ids in small hashes
-    of that encoding (about 13 bytes an id; a hashtable costs several times more). A
+    is a pulse counted twice, an evicted window revenue lost. `set-max-intset-entries`
+    ≥ 64: the id index keeps its ids in sets of integers below that size, intsets
+    (12 bytes an id; a hashtable costs several times more). A
     Redis whose CONFIG command is renamed away (some managed services) cannot be
     checked: that is the operator's to ensure, as the README says. On a cluster, every
     node, replicas too: a replica is a master after a failover.
@@ -110,7 +108,7 @@ def _check_node_settings(redis: Redis) -> None:
     if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (7, 0):
         raise RedisSettingsError(
             f"Redis is version {version}: the ingestor needs 7.0 or later (its ingest script reads "
-            "TIME before writing, and its id index relies on listpack hashes)"
+            "TIME before writing, and its id index asks SMISMEMBER)"
         )
     policy = _config_value(redis, "maxmemory-policy")
     if policy not in (None, "noeviction"):
@@ -119,17 +117,14 @@ def _check_node_settings(redis: Redis) -> None:
             "dedupe key is a pulse counted twice); run CONFIG SET maxmemory-policy noeviction "
             "and set it in redis.conf"
         )
-    for name, least in (
-        ("hash-max-listpack-entries", MIN_LISTPACK_ENTRIES),
-        ("hash-max-listpack-value", MIN_LISTPACK_VALUE_BYTES),
-    ):
-        value = _config_value(redis, name)
-        if value is not None and int(value) < least:
-            raise RedisSettingsError(
-                f"Redis {name} is {value}: the ingestor needs at least {least} (its dedupe "
-                "index of ids keeps small hashes listpack-encoded, about 13 bytes an id); "
-                f"run CONFIG SET {name} {least} or more and set it in redis.conf"
-            )
+    name = "set-max-intset-entries"
+    value = _config_value(redis, name)
+    if value is not None and int(value) < MIN_SET_ENTRIES:
+        raise RedisSettingsError(
+            f"Redis {name} is {value}: the ingestor needs at least {MIN_SET_ENTRIES} (its dedupe "
+            "index of ids keeps small sets of integers intset-encoded, 12 bytes an id); "
+            f"run CONFIG SET {name} {MIN_SET_ENTRIES} or more and set it in redis.conf"
+        )
 
 
 def init_app(app: Flask) -> None:

@@ -1,9 +1,9 @@
 """Counting valid pulses into Redis hour windows, each at most once (guarantees 2, 3).
 
 A batch is applied by one Lua script per tag, atomically. A pulse with an id is looked
-up by its fingerprint in the tag's id index (time-bucketed, partitioned listpack
-hashes, `keys.id_index_key`; about 13 bytes an id) and counts only if it is not
-there, which the script then records; so is the one pulse of a message of one pulse
+up by its fingerprint in the tag's id index (time-bucketed, partitioned pairs of
+intsets, `keys.id_index_key`; 12 bytes an id) and counts only if it is not there,
+which the script then records; so is the one pulse of a message of one pulse
 without id. Any other pulse without id counts only if its bit in its message's ledger
 (a bitmap, `keys.message_ledger_key`) is clear, and the script sets the bit; each
 ledger then expires a horizon after its last count. Either way a pulse whose v1 dedupe
@@ -33,38 +33,50 @@ from redis.exceptions import (
 
 from ingestor.pulses import keys
 from ingestor.redis_store import (
-    DEFAULT_LISTPACK_ENTRIES,
+    DEFAULT_SET_ENTRIES,
     ReplicaWaitTimeout,
-    hash_listpack_entries,
     is_cluster,
     is_out_of_memory,
     node_for_key,
     refresh_topology,
+    set_intset_entries,
 )
 
 # The batch is sent compactly: each distinct (window, group) "cell" once, then per
-# pulse only its dedupe key, its cell number and its micro-units.
+# pulse only what its dedupe needs, its cell number and its micro-units.
 # KEYS: the tag's registry, its id index, the W distinct window bucket keys, the L
-#       distinct message ledgers, then one dedupe key per pulse (its v1 key, only read;
-#       none on a Redis Cluster: untagged, each in a slot of its own, and a cluster
-#       install never had v1).
-# ARGV: horizon, W, C, L, bucket seconds, hash-max-listpack-entries, then C cells as
-#       (window number, group), then per pulse (cell number, micro-units, ledger number
-#       or 0, its bit, its fingerprint's selector or -1, its fingerprint's field), then
-#       per window its registry field `w:<hour>`.
-# Returns how many pulses were counted (the others were duplicates).
+#       distinct message ledgers, then, when sent ('v' below), one v1 dedupe key per
+#       pulse in the order of the pulses below (only read; never on a Redis Cluster:
+#       untagged, each in a slot of its own, and a cluster install never had v1).
+# ARGV: horizon, W, C, L, bucket seconds, set-max-intset-entries, what is sent of the
+#       previous releases' records ('v': v1 keys, and each fingerprinted pulse's ledger
+#       number or 0 and bit; 'h': each one's 9-byte field of the previous release's hash
+#       index; 'c': a cluster, which never held v1 records), F; then C cells as (window
+#       number, group); then the F pulses with a fingerprint as (cell number,
+#       micro-units, path, wide member, narrow member, [field], [ledger number, bit]),
+#       then those without as (cell number, micro-units, ledger number, bit); then per
+#       window its registry field `w:<hour>`.
+# Returns {pulses counted (the others were duplicates), what the script needs of the
+# previous releases' records}; {-1, needs} when it was not sent what it needs, having
+# counted nothing: the caller sends the chunk again with it (PulseCounter._needs).
 #
 # A pulse with a fingerprint (an id, or alone in its message) is looked up in the id
-# index: HEXISTS of its field in its partition of each segment of each bucket that
-# ended less than a horizon ago (2 in the steady state), then HSETNX in the current
-# bucket's last segment, which answers for that segment too (0: a duplicate). Time is
-# Redis's (TIME; effects replication, Redis ≥ 5), so workers with skewed clocks agree.
-# A bucket takes ids for `bucket seconds` (half a horizon) from its first; its
-# partitions expire a horizon after its end, so an id is remembered at least H and at
-# most H + bucket seconds + 1 s. A bucket's first segment has the partitions its
-# predecessor's ids would fill to half the listpack limit; a segment filled to 5/8 of
-# it on average gets a successor with 4 times the partitions, so each hash stays a
-# listpack (about 13 bytes an id) whatever the rate does.
+# index, in each segment of each bucket that ended less than a horizon ago (2 in the
+# steady state): its wide member in its partition's wide set, and only if there its
+# narrow member in the narrow set (SISMEMBER); then SADD of both into the current
+# bucket's last segment, whose answer stands for that segment (wide already there and
+# narrow too: a duplicate). The segments closed before the call that have at most half
+# as many partitions as the call has fingerprints (a fresh index's first bucket grows
+# 1, 4, 16... partitions) are looked up for all the call's pulses first, one SMISMEMBER
+# per partition. Time is Redis's (TIME; effects replication, Redis ≥ 5), so workers
+# with skewed clocks agree. A bucket takes ids for `bucket seconds` (half a horizon)
+# from its first; its sets expire a horizon after its end (EXPIREAT by the SADD that
+# created the set, which adds its sentinel too), so an id is remembered at least H and
+# at most H + bucket seconds + 1 s. A bucket's first segment has the partitions its
+# predecessor's ids would fill to half the intset limit; a segment filled to 5/8 of it
+# on average gets a successor with 4 times the partitions, so each set stays an intset
+# (12 bytes an id) whatever the rate does. A bucket of hashes the release before wrote
+# is looked up (HEXISTS of the field) until it expires, never written.
 # A pulse without fingerprint: its bit in its message's ledger must be clear.
 # v1 keys (EXISTS) and a one-pulse message's ledger bit (GETBIT), how the previous
 # releases deduplicated them, are read only until the second the index's field `l`
@@ -89,173 +101,311 @@ local function add_amount(window, group, micro_units)
 end
 
 local EXACT_IN_LUA = 4503599627370496  -- 2^52
-local SELECTORS = 4294967296  -- 2^32: a fingerprint's selector is its first 4 bytes
-local MAX_PARTITIONS = 1048576
+local MAX_PARTITIONS = 1048576  -- 2^20: a fingerprint's path has 20 bits
+-- Every set of the index holds its sentinel from its creation: an SADD that adds 2
+-- members is the one that created the key, and only it sets the key's expiry. Wide
+-- members are never the int64 minimum (keys.id_index_members), narrow ones never < 0.
+local WIDE_SENTINEL, NARROW_SENTINEL = '-9223372036854775808', '-1'
 local horizon = tonumber(ARGV[1])
 local n_windows = tonumber(ARGV[2])
 local n_cells = tonumber(ARGV[3])
 local n_ledgers = tonumber(ARGV[4])
 local bucket_seconds = tonumber(ARGV[5])
-local listpack_entries = tonumber(ARGV[6])
+local set_entries = tonumber(ARGV[6])
+-- What the caller sent for the previous releases' records: 'v' v1 keys and ledger bits,
+-- 'h' hash fields (either or both, or ''); 'c': a Redis Cluster, which never held v1
+-- records (the releases before the id index ran on one node).
+local with_v1 = string.find(ARGV[7], 'v', 1, true) ~= nil
+local with_fields = string.find(ARGV[7], 'h', 1, true) ~= nil
+local never_v1 = string.find(ARGV[7], 'c', 1, true) ~= nil
+local n_fingerprinted = tonumber(ARGV[8])
 local index_key = KEYS[2]
 local first_key = 3 + n_windows + n_ledgers
-local first_arg = 7 + 2 * n_cells
-local n_pulses = (#ARGV - n_windows - first_arg + 1) / 6
+local first_arg = 9 + 2 * n_cells
+-- A pulse with a fingerprint: cell, micro-units, path, wide, narrow, [field], [ledger, bit].
+local fingerprint_stride = 5 + (with_fields and 1 or 0) + (with_v1 and 2 or 0)
+local ledger_field = with_fields and 6 or 5
+-- A pulse without: cell, micro-units, ledger, bit; after all those with one.
+local first_ledger_arg = first_arg + fingerprint_stride * n_fingerprinted
+local n_pulses = n_fingerprinted + (#ARGV - n_windows - first_ledger_arg + 1) / 4
+local function arg_of(p)
+  if p < n_fingerprinted then return first_arg + fingerprint_stride * p end
+  return first_ledger_arg + 4 * (p - n_fingerprinted)
+end
 
-local function cell_window(cell) return KEYS[2 + tonumber(ARGV[5 + 2 * cell])] end
-local function cell_group(cell) return ARGV[6 + 2 * cell] end
+local function cell_window(cell) return KEYS[2 + tonumber(ARGV[7 + 2 * cell])] end
+local function cell_group(cell) return ARGV[8 + 2 * cell] end
 local function ledger_key(ledger) return KEYS[2 + n_windows + ledger] end
 
--- The id index, read on the first pulse.
-local now, live, newest, current = nil, nil, nil, nil
+-- The index's fields per bucket, by kind: its end and segments, the ids in its last
+-- segment, the ids in all; of a bucket of sets (this release) or of hashes (the
+-- release before: only read, until it expires).
+local SET_FIELDS = {s = 'stop', f = 'filled', n = 'total'}
+local HASH_FIELDS = {b = 'stop', c = 'filled', t = 'total'}
+
+-- The id index, read before the first pulse.
+local now, live, newest, current = nil, {}, nil, nil
+-- Whether a bucket of hashes (the release before) may still hold ids.
+local hashes_live = false
 -- Whether v1 keys and the previous release's one-pulse ledger bits may still exist:
 -- until the second the index's field `l` names (absent: assume they may).
 local legacy_reads = true
 local function load_index()
   now = tonumber(redis.call('TIME')[1])
-  live = {}
   local raw = redis.call('HGETALL', index_key)
-  local by_start = {}
+  local buckets = {}
   for i = 1, #raw, 2 do
     local name, value = raw[i], raw[i + 1]
     if name == 'l' then
       legacy_reads = now < tonumber(value)
     else
       local kind, start = string.sub(name, 1, 1), string.sub(name, 2)
-      local bucket = by_start[start]
+      local of_sets = SET_FIELDS[kind] ~= nil
+      local what = SET_FIELDS[kind] or HASH_FIELDS[kind]
+      local id = (of_sets and 's' or 'b') .. start
+      local bucket = buckets[id]
       if not bucket then
-        bucket = {start = start, filled = 0, total = 0}
-        by_start[start] = bucket
+        bucket = {start = start, sets = of_sets, filled = 0, total = 0}
+        buckets[id] = bucket
       end
-      if kind == 'b' then
+      if what == 'stop' then
         local sep = string.find(value, '|', 1, true)
         bucket.stop = tonumber(string.sub(value, 1, sep - 1))
         bucket.segments = {}
         for p in string.gmatch(string.sub(value, sep + 1), '%d+') do
           bucket.segments[#bucket.segments + 1] = tonumber(p)
         end
-      elseif kind == 'c' then bucket.filled = tonumber(value)
-      elseif kind == 't' then bucket.total = tonumber(value) end
+      elseif what then
+        bucket[what] = tonumber(value)
+      end
     end
   end
-  for start, bucket in pairs(by_start) do
+  for _, bucket in pairs(buckets) do
     if bucket.stop and bucket.stop + horizon > now then
       live[#live + 1] = bucket
-    else  -- ended a horizon ago: its partitions have expired
-      redis.call('HDEL', index_key, 'b' .. start, 'c' .. start, 't' .. start)
+      if not bucket.sets then hashes_live = true end
+    elseif bucket.sets then  -- ended a horizon ago: its partitions have expired
+      redis.call('HDEL', index_key, 's' .. bucket.start, 'f' .. bucket.start, 'n' .. bucket.start)
+    else
+      redis.call('HDEL', index_key, 'b' .. bucket.start, 'c' .. bucket.start, 't' .. bucket.start)
     end
-    if bucket.stop and (newest == nil or tonumber(start) > tonumber(newest.start)) then newest = bucket end
+    if bucket.stop and (newest == nil or tonumber(bucket.start) > tonumber(newest.start)) then newest = bucket end
   end
 end
 
 local function current_bucket()
   if current then return current end
-  if newest and now < newest.stop then
+  if newest and newest.sets and now < newest.stop then
     current = newest
     return current
   end
-  local partitions, wanted = 1, (newest and newest.total or 0) / (listpack_entries / 2)
+  local partitions, wanted = 1, (newest and newest.total or 0) / (set_entries / 2)
   while partitions < wanted and partitions < MAX_PARTITIONS do partitions = partitions * 2 end
-  current = {start = tostring(now), stop = now + bucket_seconds, segments = {partitions}, filled = 0, total = 0}
+  current = {start = tostring(now), stop = now + bucket_seconds, sets = true, segments = {partitions},
+    filled = 0, total = 0}
   live[#live + 1] = current
   return current
 end
 
--- A pulse's partition number as text, per partition count: the same for each bucket
--- whose segment has as many partitions, and formatting a number is the dear part.
-local named_selector, named_partitions, named_partition = nil, nil, nil
-local function partition_key(bucket, partitions, selector)
-  if selector ~= named_selector or partitions ~= named_partitions then
-    named_selector, named_partitions = selector, partitions
-    named_partition = tostring(math.floor(selector / (SELECTORS / partitions)))
+-- A segment's key prefixes, built once a call: of its wide and narrow sets (their
+-- partition named by the first log2(P) bits of the fingerprint's path), or of its
+-- hashes (a bucket of the release before: partition named by its number), and the
+-- partition's depth in bits.
+local function segment_of(bucket, partitions)
+  local of_bucket = bucket.prefixes
+  if not of_bucket then
+    of_bucket = {}
+    bucket.prefixes = of_bucket
   end
-  -- Each segment's key prefix built once a call.
-  local prefixes = bucket.prefixes
-  if not prefixes then
-    prefixes = {}
-    bucket.prefixes = prefixes
+  local segment = of_bucket[partitions]
+  if not segment then
+    local base = index_key .. ':' .. bucket.start .. ':' .. partitions .. ':'
+    local depth = 0
+    while 2 ^ depth < partitions do depth = depth + 1 end
+    if bucket.sets then segment = {base .. '64:', base .. '20:', depth} else segment = {base, nil, depth} end
+    of_bucket[partitions] = segment
   end
-  local prefix = prefixes[partitions]
-  if not prefix then
-    prefix = index_key .. ':' .. bucket.start .. ':' .. partitions .. ':'
-    prefixes[partitions] = prefix
-  end
-  return prefix .. named_partition
+  return segment
 end
 
--- Whether a field is in a segment of a live bucket, the current bucket's last
--- segment excepted (its HSETNX answers for it).
-local function in_index(selector, field)
+-- The partition of a fingerprint in a segment: a prefix of its path, or (a bucket of
+-- hashes) the number that prefix spells.
+local function partition_of(segment, path, sets)
+  local name = string.sub(path, 1, segment[3])
+  if sets then return name end
+  return segment[3] == 0 and '0' or tostring(tonumber(name, 2))
+end
+
+-- Whether a fingerprint is in a segment of a live bucket: each segment not looked up
+-- for the whole call already, the current bucket's last segment excepted (its SADD
+-- answers for it). Found: both its wide and its narrow member in their sets (a bucket
+-- of hashes: its field).
+local function in_index(path, wide, narrow, field)
   for _, bucket in ipairs(live) do
-    local segments = bucket.segments
+    local segments, batched = bucket.segments, bucket.batched
     local n = #segments
     if bucket == current then n = n - 1 end
     for s = 1, n do
-      if redis.call('HEXISTS', partition_key(bucket, segments[s], selector), field) == 1 then return true end
+      if not batched[s] then
+        local segment = segment_of(bucket, segments[s])
+        local p = partition_of(segment, path, bucket.sets)
+        if bucket.sets then
+          if redis.call('SISMEMBER', segment[1] .. p, wide) == 1
+            and redis.call('SISMEMBER', segment[2] .. p, narrow) == 1 then return true end
+        elseif redis.call('HEXISTS', segment[1] .. p, field) == 1 then
+          return true
+        end
+      end
     end
   end
   return false
 end
 
-local expiring = {}
+-- The pulses with a fingerprint found in a segment looked up for the whole call, and
+-- their paths and wide members (read once for every segment looked up so).
+local found, paths, wides = {}, {}, {}
+local LOOKUP_SLICE = 500
+
+-- Looks the call's fingerprints up in a segment of few partitions at once: per
+-- partition one SMISMEMBER of their wide members, then SISMEMBER of the narrow member
+-- of each one there. Only a segment closed before the call: nothing enters it meanwhile.
+local function look_up_segment(bucket, partitions)
+  local segment = segment_of(bucket, partitions)
+  local depth = segment[3]
+  local groups = {}
+  for p = 0, n_fingerprinted - 1 do
+    if not found[p] then
+      local name = string.sub(paths[p], 1, depth)
+      local group = groups[name]
+      if not group then
+        group = {n = 0}
+        groups[name] = group
+      end
+      group.n = group.n + 1
+      group[group.n] = p
+    end
+  end
+  for name, group in pairs(groups) do
+    for first = 1, group.n, LOOKUP_SLICE do
+      local members = {}
+      for k = first, math.min(group.n, first + LOOKUP_SLICE - 1) do
+        members[k - first + 1] = wides[group[k]]
+      end
+      local hits = redis.call('SMISMEMBER', segment[1] .. name, unpack(members))
+      for k, hit in ipairs(hits) do
+        local p = group[first + k - 1]
+        if hit == 1 and redis.call('SISMEMBER', segment[2] .. name, ARGV[arg_of(p) + 4]) == 1 then
+          found[p] = true
+        end
+      end
+    end
+  end
+end
+
+-- Before the first pulse: the segments closed before this call with at most half as
+-- many partitions as the call has fingerprints are looked up for all of them at once
+-- (a fresh index's first bucket grows 1, 4, 16... partitions, and an SISMEMBER per
+-- pulse and segment would cost more than the insert); the others per pulse.
+local function look_up_small_segments()
+  load_index()
+  if n_fingerprinted == 0 then return end
+  current_bucket()
+  for _, bucket in ipairs(live) do
+    bucket.batched = {}
+    local n = #bucket.segments
+    if bucket == current then n = n - 1 end
+    for s = 1, n do
+      if bucket.sets and bucket.segments[s] * 2 <= n_fingerprinted then
+        if not paths[0] then
+          for p = 0, n_fingerprinted - 1 do
+            local i = first_arg + fingerprint_stride * p
+            paths[p], wides[p] = ARGV[i + 2], ARGV[i + 3]
+          end
+        end
+        bucket.batched[s] = true
+        look_up_segment(bucket, bucket.segments[s])
+      end
+    end
+  end
+end
+
 -- Looks a fingerprint up and, if it is new, remembers it in the current bucket's last
--- segment: an HEXISTS per other segment of the live buckets, then one HSETNX.
-local function new_in_index(selector, field)
-  local bucket = current_bucket()
-  if in_index(selector, field) then return false end
+-- segment: a lookup per other segment of the live buckets, then SADD of its wide
+-- member (none added: already there, so a duplicate if its narrow one is there too)
+-- and of its narrow one.
+local function new_in_index(path, wide, narrow, field)
+  local bucket = current
+  if in_index(path, wide, narrow, field) then return false end
   local partitions = bucket.segments[#bucket.segments]
-  local key = partition_key(bucket, partitions, selector)
-  if redis.call('HSETNX', key, field, 1) == 0 then return false end
-  expiring[key] = bucket.stop + horizon
+  local segment = segment_of(bucket, partitions)
+  local p = partition_of(segment, path, true)
+  local wide_key, narrow_key = segment[1] .. p, segment[2] .. p
+  local added = redis.call('SADD', wide_key, wide, WIDE_SENTINEL)
+  if added == 0 and redis.call('SISMEMBER', narrow_key, narrow) == 1 then return false end
+  if added == 2 then redis.call('EXPIREAT', wide_key, bucket.stop + horizon) end
+  if redis.call('SADD', narrow_key, narrow, NARROW_SENTINEL) == 2 then
+    redis.call('EXPIREAT', narrow_key, bucket.stop + horizon)
+  end
   bucket.filled = bucket.filled + 1
   bucket.total = bucket.total + 1
   bucket.changed = true
-  if bucket.filled >= partitions * listpack_entries * 5 / 8 and partitions < MAX_PARTITIONS then
+  if bucket.filled >= partitions * set_entries * 5 / 8 and partitions < MAX_PARTITIONS then
     bucket.segments[#bucket.segments + 1] = partitions * 4
     bucket.filled = 0
   end
   return true
 end
 
--- Whether a pulse is new, marking it seen: in the id index, or by its bit in a ledger.
+-- Whether pulse p (its arguments from i) is new, marking it seen: in the id index, or
+-- by its bit in a ledger.
 local set_ledgers = {}
-local function first_time(key, ledger, bit, selector, field)
-  if not live then load_index() end
-  if selector >= 0 then
+local function first_time(p, i, key)
+  if p < n_fingerprinted then
+    if found[p] then return false end
     if legacy_reads and key then
       if redis.call('EXISTS', key) == 1 then return false end
-      if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+      local ledger = tonumber(ARGV[i + ledger_field])
+      if ledger > 0 and redis.call('GETBIT', ledger_key(ledger), ARGV[i + ledger_field + 1]) == 1 then
+        return false
+      end
     end
-    return new_in_index(selector, field)
+    return new_in_index(ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
   end
-  if redis.call('GETBIT', ledger_key(ledger), bit) == 1 then return false end
+  local ledger = tonumber(ARGV[i + 2])
+  if redis.call('GETBIT', ledger_key(ledger), ARGV[i + 3]) == 1 then return false end
   if legacy_reads and key and redis.call('EXISTS', key) == 1 then return false end
-  redis.call('SETBIT', ledger_key(ledger), bit, 1)
+  redis.call('SETBIT', ledger_key(ledger), ARGV[i + 3], 1)
   set_ledgers[ledger] = true
   return true
 end
 
+look_up_small_segments()
+if never_v1 then legacy_reads = false end
+-- What this call needs of the previous releases' records and did not get: nothing is
+-- counted, and the caller sends them (the reply says which it should send from now on).
+local needs = (legacy_reads and 'v' or '') .. (hashes_live and 'h' or '')
+if (legacy_reads and not with_v1) or (hashes_live and not with_fields) then return {-1, needs} end
+-- Per cell (its number as text): the pulses counted and the sum of their micro-units.
 local counts, sums = {}, {}
 local counted = 0
 for p = 0, n_pulses - 1 do
-  local i = first_arg + 6 * p
-  local key = KEYS[first_key + p]
-  if first_time(key, tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), ARGV[i + 5]) then
-    local cell = tonumber(ARGV[i])
+  local i = arg_of(p)
+  if first_time(p, i, with_v1 and KEYS[first_key + p]) then
+    local cell = ARGV[i]
     local micro_units = ARGV[i + 1]
     local value = tonumber(micro_units)
     local sum = sums[cell] or 0
     if value < EXACT_IN_LUA and sum + value < EXACT_IN_LUA then
       sums[cell] = sum + value
     else
-      add_amount(cell_window(cell), cell_group(cell), micro_units)
+      add_amount(cell_window(tonumber(cell)), cell_group(tonumber(cell)), micro_units)
     end
     counts[cell] = (counts[cell] or 0) + 1
     counted = counted + 1
   end
 end
 for cell, count in pairs(counts) do
-  local window, group = cell_window(cell), cell_group(cell)
+  local window, group = cell_window(tonumber(cell)), cell_group(tonumber(cell))
   if (sums[cell] or 0) > 0 then
     add_amount(window, group, string.format('%d', sums[cell]))
   end
@@ -264,21 +414,20 @@ end
 -- A ledger lives a horizon after its message's last count.
 for ledger, _ in pairs(set_ledgers) do redis.call('EXPIRE', ledger_key(ledger), horizon) end
 if current and current.changed then
-  redis.call('HSET', index_key, 'b' .. current.start, current.stop .. '|' .. table.concat(current.segments, ','),
-    'c' .. current.start, current.filled, 't' .. current.start, current.total)
+  redis.call('HSET', index_key, 's' .. current.start, current.stop .. '|' .. table.concat(current.segments, ','),
+    'f' .. current.start, current.filled, 'n' .. current.start, current.total)
 end
-for key, at in pairs(expiring) do redis.call('EXPIREAT', key, at) end
 -- Each hour that received counts is registered; a new hour is a change readers must see.
 local first_live_field = #ARGV - n_windows
 local registered = {}
 for cell, _ in pairs(counts) do
-  local field = ARGV[first_live_field + tonumber(ARGV[5 + 2 * cell])]
+  local field = ARGV[first_live_field + tonumber(ARGV[7 + 2 * tonumber(cell)])]
   if not registered[field] then
     registered[field] = true
     if redis.call('HSETNX', KEYS[1], field, 1) == 1 then redis.call('HINCRBY', KEYS[1], 'v', 1) end
   end
 end
-return counted
+return {counted, needs}
 """
 
 
@@ -324,28 +473,31 @@ class PulseCounter:
         redis: Redis,
         dedupe_horizon_seconds: int,
         chunk_size: int,
-        listpack_entries: int | None = None,
+        set_entries: int | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
     ) -> None:
-        """`listpack_entries`: the Redis `hash-max-listpack-entries` the id index sizes
-        its partitions for; read from Redis on first use when not given.
+        """`set_entries`: the Redis `set-max-intset-entries` the id index sizes its
+        partitions for; read from Redis on first use when not given.
         `wait_replicas`: after each call, WAIT until that many replicas of the master
         have it, at most `wait_timeout_ms` (0: no WAIT, one round trip a chunk)."""
         self._redis = redis
         self._script = redis.register_script(INGEST_SCRIPT)
-        # v1 dedupe keys are read only on a single node (see INGEST_SCRIPT's KEYS).
-        self._legacy_keys = not is_cluster(redis)
         self._horizon = dedupe_horizon_seconds
         self._bucket_seconds = keys.id_bucket_seconds(dedupe_horizon_seconds)
         self._chunk_size = chunk_size
-        self._listpack_entries = listpack_entries
+        self._set_entries = set_entries
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         # Each node's calls in one pipeline to it: on a cluster, and wherever WAIT must
         # follow the writes on their connection.
         self._per_node = is_cluster(redis) or wait_replicas > 0
+        # v1 records exist only on a single node (a cluster install never had v1).
+        self._single_node = not is_cluster(redis)
         self._legacy_marked: set[str] = set()
+        # Per tag, what the script last said it needs of the previous releases' records
+        # (see INGEST_SCRIPT's ARGV); until it has said, all of them.
+        self._needs: dict[str, str] = {}
 
     def count(self, pulses: Sequence[CountablePulse]) -> int:
         """Count `pulses` once each; return how many were new (not duplicates).
@@ -359,26 +511,21 @@ class PulseCounter:
         refusal took (Redis 7 passes the OOM reply on; earlier versions wrap it in a
         script error), so that callers hold the batch instead of dead-lettering it.
         """
-        if self._listpack_entries is None:
-            self._listpack_entries = hash_listpack_entries(self._redis)
+        if self._set_entries is None:
+            self._set_entries = set_intset_entries(self._redis)
         per_tag = _per_tag(pulses)
-        if self._legacy_keys:
+        if self._single_node:
             for tag, _ in per_tag:
                 if tag not in self._legacy_marked:
                     mark_legacy_horizon(self._redis, tag, self._horizon)
                     self._legacy_marked.add(tag)
-        calls = (
-            self._script_arguments(tag, of_tag[start : start + self._chunk_size])
+        chunks = [
+            (tag, of_tag[start : start + self._chunk_size])
             for tag, of_tag in per_tag
             for start in range(0, len(of_tag), self._chunk_size)
-        )
+        ]
         try:
-            if self._per_node:
-                return self._count_per_node(list(calls))
-            # A single node, no WAIT: one round trip a chunk, nothing more.
-            return sum(
-                int(self._script(keys=script_keys, args=script_args)) for script_keys, script_args in calls
-            )
+            return self._count_chunks(chunks)
         except OutOfMemoryError:
             raise
         except ResponseError as exc:
@@ -386,8 +533,33 @@ class PulseCounter:
                 raise OutOfMemoryError(str(exc)) from exc
             raise
 
-    def _count_per_node(self, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]) -> int:
-        """The calls of each master in one pipeline to it, then WAIT when asked.
+    def _count_chunks(self, chunks: list[tuple[str, Sequence[CountablePulse]]]) -> int:
+        """Count each chunk; a chunk the script refused for lack of the previous
+        releases' records (it counted nothing) is sent again with them."""
+        counted = 0
+        for _ in range(3):
+            calls = [self._script_arguments(tag, chunk) for tag, chunk in chunks]
+            if self._per_node:
+                replies = self._count_per_node(calls)
+            else:  # a single node, no WAIT: one round trip a chunk, nothing more
+                replies = [
+                    self._script(keys=script_keys, args=script_args) for script_keys, script_args in calls
+                ]
+            refused = []
+            for (tag, chunk), (new, needs) in zip(chunks, replies, strict=True):
+                self._needs[tag] = needs.decode() if isinstance(needs, bytes) else str(needs)
+                if int(new) < 0:
+                    refused.append((tag, chunk))
+                else:
+                    counted += int(new)
+            if not refused:
+                return counted
+            chunks = refused
+        raise RuntimeError("the ingest script kept asking for records of the previous releases")
+
+    def _count_per_node(self, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]) -> list:
+        """The calls of each master in one pipeline to it, then WAIT when asked; the
+        replies in the calls' order.
 
         On a cluster a batch is a call per tag (16): one round trip per master, not per
         tag. WAIT waits for the writes of its own connection, hence the pipeline: it
@@ -396,25 +568,26 @@ class PulseCounter:
         the batch is retried rather than acked; the retry finds its pulses counted
         (nothing twice) and waits again.
         """
-        by_node: dict[Redis, list[tuple[list[bytes | str], list[bytes | int | str]]]] = {}
-        for call in calls:
-            by_node.setdefault(node_for_key(self._redis, call[0][0]), []).append(call)
-        counted = 0
-        for node, node_calls in by_node.items():
+        by_node: dict[Redis, list[int]] = {}
+        for number, call in enumerate(calls):
+            by_node.setdefault(node_for_key(self._redis, call[0][0]), []).append(number)
+        replies: list = [None] * len(calls)
+        for node, numbers in by_node.items():
             try:
-                replies = self._node_pipeline(node, node_calls)
+                node_replies = self._node_pipeline(node, [calls[number] for number in numbers])
             except (ConnectionError, AskError, ClusterDownError, TryAgainError):
                 # The master died or its slots moved (a failover, a resharding): the retry
                 # asks the node holding them then.
                 refresh_topology(self._redis)
                 raise
-            if self._wait_replicas and replies.pop() < self._wait_replicas:
+            if self._wait_replicas and node_replies.pop() < self._wait_replicas:
                 raise ReplicaWaitTimeout(
                     f"fewer than {self._wait_replicas} replica(s) confirmed a batch's write within "
                     f"{self._wait_timeout_ms} ms (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS): retried, not acked"
                 )
-            counted += sum(int(reply) for reply in replies)
-        return counted
+            for number, reply in zip(numbers, node_replies, strict=True):
+                replies[number] = reply
+        return replies
 
     def _node_pipeline(
         self, node: Redis, calls: list[tuple[list[bytes | str], list[bytes | int | str]]]
@@ -443,50 +616,57 @@ class PulseCounter:
     def _script_arguments(
         self, tag: str, chunk: Sequence[CountablePulse]
     ) -> tuple[list[bytes | str], list[bytes | int | str]]:
-        """KEYS and ARGV of one script call (layout described above INGEST_SCRIPT)."""
+        """KEYS and ARGV of one script call (layout described above INGEST_SCRIPT): the
+        previous releases' records only as the script last said it needs them."""
+        needs = self._needs.get(tag, "vh")
+        with_v1 = self._single_node and "v" in needs
+        with_fields = "h" in needs
         windows: dict[str, int] = {}
         ledgers: dict[bytes, int] = {}
         cells: dict[tuple[str, bytes], int] = {}
         cell_args: list[bytes | int] = []
-        dedupe_keys: list[bytes | str] = []
-        pulse_args: list[bytes | int] = []
-        selector_bytes = keys.ID_SELECTOR_BYTES
+        fingerprinted_keys: list[bytes] = []
+        fingerprinted_args: list[bytes | int | str] = []
+        ledger_keys: list[bytes] = []
+        ledger_args: list[bytes | int] = []
+        field_start = keys.ID_SELECTOR_BYTES
         for pulse in chunk:
             cell = cells.get((pulse.window_key, pulse.group))
             if cell is None:
                 window = windows.setdefault(pulse.window_key, len(windows) + 1)
                 cell = cells[(pulse.window_key, pulse.group)] = len(cells) + 1
                 cell_args += (window, pulse.group)
-            ledger = ledgers.setdefault(pulse.ledger, len(ledgers) + 1) if pulse.ledger else 0
-            dedupe_keys.append(pulse.dedupe_key)
             fingerprint = pulse.fingerprint
             if fingerprint:
-                selector = int.from_bytes(fingerprint[:selector_bytes], "big")
-                pulse_args += (
-                    cell,
-                    pulse.micro_units,
-                    ledger,
-                    pulse.bit,
-                    selector,
-                    fingerprint[selector_bytes:],
-                )
-            elif ledger:
-                pulse_args += (cell, pulse.micro_units, ledger, pulse.bit, -1, b"")
+                path, wide, narrow = keys.id_index_members(fingerprint)
+                fingerprinted_args += (cell, pulse.micro_units, path, wide, narrow)
+                if with_fields:
+                    fingerprinted_args.append(fingerprint[field_start:])
+                if with_v1:
+                    ledger = ledgers.setdefault(pulse.ledger, len(ledgers) + 1) if pulse.ledger else 0
+                    fingerprinted_args += (ledger, pulse.bit)
+                    fingerprinted_keys.append(pulse.dedupe_key)
+            elif pulse.ledger:
+                ledger = ledgers.setdefault(pulse.ledger, len(ledgers) + 1)
+                ledger_args += (cell, pulse.micro_units, ledger, pulse.bit)
+                ledger_keys.append(pulse.dedupe_key)
             else:
                 raise ValueError(f"a pulse with neither fingerprint nor ledger: {pulse!r}")
         script_keys: list[bytes | str] = [keys.registry_key(tag), keys.id_index_key(tag), *windows, *ledgers]
-        if self._legacy_keys:
-            script_keys += dedupe_keys
+        if with_v1:
+            script_keys += fingerprinted_keys + ledger_keys
         live_fields = [keys.live_field_of_window(window) for window in windows]
-        counts = [
+        header: list[bytes | int | str] = [
             self._horizon,
             len(windows),
             len(cells),
             len(ledgers),
             self._bucket_seconds,
-            self._listpack_entries or DEFAULT_LISTPACK_ENTRIES,
+            self._set_entries or DEFAULT_SET_ENTRIES,
+            ("v" if with_v1 else "") + ("h" if with_fields else "") + ("" if self._single_node else "c"),
+            len(fingerprinted_args) // (5 + with_fields + 2 * with_v1),
         ]
-        return script_keys, [*counts, *cell_args, *pulse_args, *live_fields]
+        return script_keys, [*header, *cell_args, *fingerprinted_args, *ledger_args, *live_fields]
 
 
 def mark_legacy_horizon(redis: Redis, tag: str, horizon_seconds: int) -> int:

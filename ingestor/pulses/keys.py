@@ -28,26 +28,35 @@ its dedupe record, `tag_of_record`).
   of the message is counted, expiring a horizon after the message's last count. About
   N/8 bytes and one key per message, where v1 held one `d` key (~100 B) per pulse.
 - `ingestor:{t}:i`: the id index, a small hash naming its live time buckets: per
-  bucket starting at second `<s>`, `b<s>` = `<stop>|<P1>,<P2>...` (its end and the
-  partition count of each of its segments), `c<s>` (ids in its last segment) and `t<s>`
+  bucket starting at second `<s>`, `s<s>` = `<stop>|<P1>,<P2>...` (its end and the
+  partition count of each of its segments), `f<s>` (ids in its last segment) and `n<s>`
   (ids in the bucket); and `l`, the second until which v1 `d` keys may exist (the
   first count of this release + a horizon; 0 on a fresh install).
-- `ingestor:{t}:i:<s>:<P>:<p>`: partition p of the segment with P partitions of the
-  bucket starting at `<s>`, a hash (listpack) of 9-byte id fingerprints -> 1, expiring
-  a horizon after the bucket's end. A pulse with an id is remembered here, as is the
-  one pulse of a message of one pulse without id (see `id_fingerprint`).
+- `ingestor:{t}:i:<s>:<P>:64:<path>` and `...:20:<path>`: partition `<path>` (the
+  first log2(P) bits of a fingerprint's path, as '0'/'1' text) of the segment with P
+  partitions of the bucket starting at `<s>`: two intsets, of the ids' 64-bit wide
+  members and of their 20-bit narrow ones (`id_index_members`), each with its
+  sentinel, expiring a horizon after the bucket's end. A pulse with an id is
+  remembered here, as is the one pulse of a message of one pulse without id (see
+  `id_fingerprint`).
+- `ingestor:{t}:i:<s>:<P>:<p>`: the release before's partitions, hashes of 9-byte
+  fields (bucket fields `b`, `c`, `t`); only read, until they expire.
 - `d<11-byte digest>`: v1's dedupe key per counted pulse with an id (and without one
   before the message ledgers), expiring after the horizon; only read now, until the
   index's `l`.
 
-The id index holds about 14.5 bytes an id (v1's `d` key about 96), an id from its
-count to a horizon after its bucket's end (buckets of half a horizon: H to H + H/2).
-Two ids collide only when their 72 field bits match within one partition, and a
-lookup compares at most 1,536 fields (3 live buckets × the listpack limit of 512;
-about half that at the fill the partitions are sized for), so a billion ids held
-collide with a probability of at most 1e9 × 1,536 / 2^72, about 3 in 10 billion (v1's
-88-bit keys: about 2 in a billion); a collision is a pulse not counted. The ingestor
-owns its Redis database.
+The id index holds 12 bytes of members an id, about 14.5 all told (v1's `d` key about
+96), an id from its count to a horizon after its bucket's end (buckets of half a
+horizon: H to H + H/2). A new id is taken for one already held only if, in one
+partition of a segment it is looked up in, its wide member is among the set's wide
+members and its narrow member among the narrow ones. Within a partition those bits
+are independent and a set holds at most `set-max-intset-entries` (512) members, so a
+segment errs with a probability of at most (512 / 2^64) × (512 / 2^20) = 512² / 2^84,
+1.4e-20; a lookup reads 3 segments in the steady state (more only while the rate
+ramps up, at most 11 a bucket), so a billion ids held err with a probability of about
+1e9 × 3 × 1.4e-20, 4 in 100 billion (v1's 88-bit keys: about 2 in a billion; the
+release before's 72-bit hash fields: 3 in 10 billion); an error is a pulse not
+counted. The ingestor owns its Redis database.
 
 The previous layout (v1) is kept here only as what a flush drains while migrating
 (pulses/legacy_flush.py): `ingestor:window:<h>` (one hash per hour),
@@ -353,10 +362,9 @@ def _digest(kind: bytes, *parts: str) -> bytes:
 
 
 # The id index (see the module docstring and aggregation.INGEST_SCRIPT): a fingerprint
-# of 13 bytes, the first 4 choosing the partition, the other 9 the hash field. Fields
-# of one partition share no bits with its choice, so two ids collide only if their 72
-# field bits match, and each lookup compares with at most the few hundred fields of the
-# partitions it reads.
+# of 13 bytes, the first 4 its selector (the first 20 bits of which choose the
+# partition), the other 9 the previous release's hash field; `id_index_members` cuts
+# it into this release's members.
 ID_FINGERPRINT_BYTES = 13
 ID_SELECTOR_BYTES = 4
 # Buckets per horizon: an id is remembered between H and H + H/2 (+ 1 s), and a new id
@@ -372,9 +380,72 @@ ID_BUCKETS_PER_HORIZON = 2
 ID_INDEX_LEGACY_FIELD = "l"
 
 
+# A fingerprint's members in a segment of the id index (aggregation.INGEST_SCRIPT):
+# its path, the first 20 bits of its selector as '0'/'1' text, chooses the partition
+# (a segment of 2^k partitions reads the first k, a string.sub in Lua where formatting
+# a number costs 3 times more: at most 2^20 partitions); its "wide" member is bytes
+# 4-11 as a signed 64-bit integer, its "narrow" one byte 12 and the selector's last 12
+# bits (20 bits). Both are integers, so each partition's two sets are intsets: 8 and 4
+# bytes a member, found by binary search (a listpack hash compares field by field:
+# 3.3 µs an HEXISTS at 320 fields, 0.4 an SISMEMBER). The int64 minimum is the wide
+# sets' sentinel, so a wide member never takes it.
+ID_PATH_BITS = 20
+_FIELD_BITS = 8 * (ID_FINGERPRINT_BYTES - ID_SELECTOR_BYTES)  # the previous release's hash field
+_WIDE_MASK = (1 << 64) - 1
+
+
+def id_index_members(fingerprint: bytes) -> tuple[str, int, int]:
+    """(path, wide member, narrow member) of a 13-byte id index fingerprint.
+
+    From one integer of its 104 bits (this runs once per pulse: bit arithmetic is
+    half the time of slicing bytes)."""
+    x = int.from_bytes(fingerprint, "big")
+    wide = (x >> 8) & _WIDE_MASK
+    if wide >= 1 << 63:  # as a signed 64-bit integer, never the sentinel (the minimum)
+        wide = max(wide - (1 << 64), -(1 << 63) + 1)
+    narrow = (x & 0xFF) << 12 | (x >> _FIELD_BITS) & 0xFFF
+    return f"{x >> (_FIELD_BITS + 12):020b}", wide, narrow
+
+
 def id_index_key(tag: str) -> str:
     """The id index of a tag, the hash naming its live buckets: `ingestor:{0.0}:i`."""
     return f"{PREFIX}{{{tag}}}:i"
+
+
+# The id index's fields per bucket starting at second <s>: `s<s>` = `<stop>|<P1>,<P2>...`
+# (its end, and the partition count of each of its segments), `f<s>` (ids in its last
+# segment) and `n<s>` (ids in the bucket). The release before kept buckets of hashes
+# under `b`, `c` and `t`: read until they expire, never written.
+ID_BUCKET_FIELD = "s"
+ID_BUCKET_FILLED_FIELD = "f"
+ID_BUCKET_TOTAL_FIELD = "n"
+
+
+class IdBucket(NamedTuple):
+    """A bucket of the id index, as its fields in the index hash describe it."""
+
+    start: int
+    stop: int
+    segments: list[int]
+    total: int
+
+
+def parse_id_index(fields: Mapping[bytes, bytes]) -> list[IdBucket]:
+    """The buckets of sets an id index hash names (HGETALL), oldest first."""
+    buckets = []
+    for name, value in fields.items():
+        if name[:1] == ID_BUCKET_FIELD.encode():
+            stop, segments = value.split(b"|")
+            total = fields.get(ID_BUCKET_TOTAL_FIELD.encode() + name[1:], b"0")
+            buckets.append(
+                IdBucket(int(name[1:]), int(stop), [int(p) for p in segments.split(b",")], int(total))
+            )
+    return sorted(buckets)
+
+
+def ids_in_index(fields: Mapping[bytes, bytes]) -> int:
+    """How many ids the buckets of an id index hash (HGETALL) have taken."""
+    return sum(bucket.total for bucket in parse_id_index(fields))
 
 
 def id_bucket_seconds(horizon_seconds: int) -> int:

@@ -1,8 +1,9 @@
 """Pulses with an id (and pulses alone in their message) deduplicated by the id index
 in the real Redis: at most 16 bytes an id held (v1 held a key of about 96 bytes), the
-horizon honoured between H and H + H/2 + 1 s, every partition kept under the listpack
-limit as the rate grows, and what v1 and the previous release recorded still honoured
-(for one horizon after the upgrade, never on a fresh install)."""
+horizon honoured between H and H + H/2 + 1 s, every partition kept under the intset
+limit as the rate grows, an id found only when both its members are there, and what
+v1 and the previous releases recorded still honoured (for one horizon after the
+upgrade, never on a fresh install)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def index_buckets(redis_client) -> dict[int, list[int]]:
     return {
         int(name[1:]): [int(p) for p in value.split(b"|")[1].split(b",")]
         for name, value in fields.items()
-        if name.startswith(b"b")
+        if name.startswith(b"s")
     }
 
 
@@ -53,7 +54,7 @@ def test_an_id_held_costs_at_most_16_bytes(redis_client):
     ]
     held = sum(redis_client.memory_usage(key, samples=0) for key in dedupe)
     assert held / n <= 16, f"{held / n:.1f} bytes an id"
-    assert all(redis_client.object("encoding", key) == b"listpack" for key in partitions(redis_client))
+    assert all(redis_client.object("encoding", key) == b"intset" for key in partitions(redis_client))
 
 
 def test_a_redelivered_batch_counts_once(redis_client):
@@ -71,7 +72,7 @@ def test_an_id_is_remembered_a_horizon_and_forgotten_within_half_more(redis_clie
     counted_at = time.monotonic()
     assert counter.count(with_ids(["early"])) == 1
     (first_bucket,) = index_buckets(redis_client)
-    stop = int(redis_client.hget(keys.id_index_key(TAG), f"b{first_bucket}").split(b"|")[0])
+    stop = int(redis_client.hget(keys.id_index_key(TAG), f"s{first_bucket}").split(b"|")[0])
     assert stop - first_bucket == 2  # 3 live buckets a new id is looked up in, not 5
     # New ids keep arriving in later buckets, as in production.
     while time.monotonic() - counted_at < 3.8:
@@ -85,9 +86,9 @@ def test_an_id_is_remembered_a_horizon_and_forgotten_within_half_more(redis_clie
     assert first_bucket not in index_buckets(redis_client)
 
 
-def test_partitions_stay_under_the_listpack_limit_as_the_rate_grows(redis_client):
-    # A limit of 64 entries (this Redis converts at 512, so a breach is seen by HLEN).
-    counter = PulseCounter(redis_client, dedupe_horizon_seconds=4, chunk_size=1000, listpack_entries=64)
+def test_partitions_stay_under_the_intset_limit_as_the_rate_grows(redis_client):
+    # A limit of 64 entries (this Redis converts at 512, so a breach is seen by SCARD).
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=4, chunk_size=1000, set_entries=64)
     # The first bucket has no predecessor to size from: its segments grow 1, 4, 16, 64.
     assert counter.count(with_ids(f"a{i}" for i in range(3000))) == 3000
     (first,) = index_buckets(redis_client).values()
@@ -99,7 +100,7 @@ def test_partitions_stay_under_the_listpack_limit_as_the_rate_grows(redis_client
     buckets = index_buckets(redis_client)
     assert len(buckets) == 2
     assert buckets[max(buckets)] == [128]
-    assert max(redis_client.hlen(key) for key in partitions(redis_client)) <= 64
+    assert max(redis_client.scard(key) for key in partitions(redis_client)) <= 64 + 1  # its sentinel
 
 
 def test_an_id_counted_by_v1_is_not_counted_again(redis_client):
@@ -162,3 +163,78 @@ def test_a_fresh_install_never_reads_v1_keys(redis_client):
 
     # Another process of this release: the moment decided on the first count stands.
     assert PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100).count([planted]) == 1
+
+
+def with_fingerprints(*fingerprints: bytes) -> list[CountablePulse]:
+    return [
+        CountablePulse(b"d" + fingerprint[:11], WINDOW, GROUP, 1, fingerprint=fingerprint)
+        for fingerprint in fingerprints
+    ]
+
+
+def test_an_id_is_found_only_when_both_its_members_are_there(redis_client):
+    # Same partition and wide member (bytes 0-11), another narrow member (byte 12): a
+    # different id, which a lookup by the wide member alone would call a duplicate.
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
+    counter._bucket_seconds = 1  # buckets of a second: the next call's is another
+    first, second = with_fingerprints(bytes(range(13)), bytes(range(12)) + b"\xff")
+
+    assert counter.count([first]) == 1
+    assert counter.count([second, first]) == 1  # in the bucket's last segment (SADD)
+    time.sleep(1.1)
+    # In a closed bucket: looked up one by one, then for the whole call at once.
+    (third,) = with_fingerprints(bytes(range(12)) + b"\xfe")
+    assert counter.count([third]) == 1
+    (fourth,) = with_fingerprints(bytes(range(12)) + b"\xfd")
+    assert counter.count([first, second, fourth, *with_ids(["a", "b"])]) == 3
+    assert len(keys.parse_id_index(redis_client.hgetall(keys.id_index_key(TAG)))) >= 2
+
+
+def test_ids_of_a_segment_closed_during_the_call_are_still_found(redis_client):
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=5000, set_entries=64)
+    assert counter.count(with_ids(f"before-{i}" for i in range(20))) == 20
+    # One call fills the first segment (1 partition) and goes on into new ones: the ids
+    # in it, counted before this call or earlier in it, must still be found.
+    fresh = with_ids(f"a{i}" for i in range(3000))
+    assert counter.count(fresh + with_ids(f"before-{i}" for i in range(20)) + fresh) == 3000
+    (bucket,) = keys.parse_id_index(redis_client.hgetall(keys.id_index_key(TAG)))
+    assert len(bucket.segments) > 2
+    # And a later call looks the small segments up for all its pulses at once.
+    assert counter.count(fresh + with_ids(f"b{i}" for i in range(500))) == 500
+    assert redis_client.hget(WINDOW, b"n|" + GROUP) == b"3520"
+
+
+def plant_previous_release_bucket(redis_client, pulse: CountablePulse, horizon: int) -> None:
+    """Record `pulse` as the release before did: a bucket of hashes of 9-byte fields."""
+    now = int(redis_client.time()[0])
+    start, partitions = now - 10, 4
+    index = keys.id_index_key(TAG)
+    redis_client.hset(
+        index, mapping={f"b{start}": f"{now + horizon // 2}|{partitions}", f"c{start}": 1, f"t{start}": 1}
+    )
+    partition = int.from_bytes(pulse.fingerprint[:4], "big") // (2**32 // partitions)
+    redis_client.hset(f"{index}:{start}:{partitions}:{partition}", pulse.fingerprint[4:], 1)
+
+
+def test_an_id_the_previous_release_recorded_in_its_hashes_is_not_counted_again(redis_client):
+    old, new = with_ids(["counted-by-the-hash-index", "new"])
+    plant_previous_release_bucket(redis_client, old, horizon=3600)
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
+    counter._needs[TAG] = ""  # as a process that last saw no such bucket: refused, then sent again
+
+    assert counter.count([old, new]) == 1
+    assert "h" in counter._needs[TAG]  # (and "v": the Redis held a previous release's keys)
+    assert counter.count([old, new]) == 0
+
+
+def test_v1_keys_a_counter_stopped_sending_are_asked_for_again(redis_client):
+    # A process that last heard no v1 key could exist, on a Redis that says one may.
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
+    assert counter.count(with_ids(["first"])) == 1
+    assert counter._needs[TAG] == ""
+    (old,) = with_ids(["counted-by-v1"])
+    redis_client.set(old.dedupe_key, 1)
+    redis_client.hset(keys.id_index_key(TAG), keys.ID_INDEX_LEGACY_FIELD, int(redis_client.time()[0]) + 60)
+
+    assert counter.count([old]) == 0
+    assert counter._needs[TAG] == "v"

@@ -7,12 +7,11 @@ from unittest import mock
 import pytest
 from redis.exceptions import ResponseError
 
-from ingestor.redis_store import RedisSettingsError, check_redis_settings, hash_listpack_entries
+from ingestor.redis_store import RedisSettingsError, check_redis_settings, set_intset_entries
 
 SOUND = {
     "maxmemory-policy": "noeviction",
-    "hash-max-listpack-entries": "512",
-    "hash-max-listpack-value": "64",
+    "set-max-intset-entries": "512",
 }
 
 
@@ -38,18 +37,15 @@ def test_noeviction_or_an_unreadable_config_passes() -> None:
     check_redis_settings(redis_with(error=ResponseError("unknown command 'CONFIG'")))
 
 
-@pytest.mark.parametrize(
-    ("setting", "value"), [("hash_max_listpack_entries", "16"), ("hash_max_listpack_value", "8")]
-)
-def test_listpack_limits_too_small_for_the_id_index_refuse_the_start(setting, value) -> None:
-    name = setting.replace("_", "-")
-    with pytest.raises(RedisSettingsError, match=rf"{name} is {value}: .*at least"):
-        check_redis_settings(redis_with(**{setting: value}))
+def test_an_intset_limit_too_small_for_the_id_index_refuses_the_start() -> None:
+    with pytest.raises(RedisSettingsError, match=r"set-max-intset-entries is 16: .*at least 64"):
+        check_redis_settings(redis_with(set_max_intset_entries="16"))
+    check_redis_settings(redis_with(set_max_intset_entries="64"))
 
 
-def test_the_listpack_limit_is_read_or_defaults_when_config_is_refused() -> None:
-    assert hash_listpack_entries(redis_with()) == 512
-    assert hash_listpack_entries(redis_with(error=ResponseError("unknown command 'CONFIG'"))) == 128
+def test_the_intset_limit_is_read_or_defaults_when_config_is_refused() -> None:
+    assert set_intset_entries(redis_with(set_max_intset_entries="1024")) == 1024
+    assert set_intset_entries(redis_with(error=ResponseError("unknown command 'CONFIG'"))) == 512
 
 
 def test_a_redis_before_7_refuses_the_start() -> None:
