@@ -77,7 +77,7 @@ def _v1(redis: Redis, horizon: int) -> Callable[[list[CountablePulse]], int]:
     def count(pulses: list[CountablePulse]) -> int:
         return int(
             script(
-                keys=[keys.registry_key(TAG), pulses[0].window_key, *(p.dedupe_key for p in pulses)],
+                keys=[keys.registry_key(TAG), pulses[0].window_key, *(p.v1_key() for p in pulses)],
                 args=[horizon, GROUP],
             )
         )

@@ -65,17 +65,17 @@ from ingestor.redis_store import (
 # steady state): its wide member in its partition's wide set, and only if there its
 # narrow member in the narrow set (SISMEMBER); then SADD of both into the current
 # bucket's last segment, whose answer stands for that segment (wide already there and
-# narrow too: a duplicate). The segments closed before the call that have at most half
-# as many partitions as the call has fingerprints (a fresh index's first bucket grows
-# 1, 4, 16... partitions) are looked up for all the call's pulses first, one SMISMEMBER
-# per partition. Time is Redis's (TIME; effects replication, Redis ≥ 5), so workers
+# narrow too: a duplicate). The fingerprints come sorted by path; the segments that
+# have at most half as many partitions as the call has fingerprints (a bucket growing
+# fast) are looked up for all of them first, one SMISMEMBER per partition. Time is Redis's (TIME; effects replication, Redis ≥ 5), so workers
 # with skewed clocks agree. A bucket takes ids for `bucket seconds` (half a horizon)
 # from its first; its sets expire a horizon after its end (EXPIREAT by the SADD that
 # created the set, which adds its sentinel too), so an id is remembered at least H and
 # at most H + bucket seconds + 1 s. A bucket's first segment has the partitions its
-# predecessor's ids would fill to half the intset limit; a segment filled to 5/8 of it
-# on average gets a successor with 4 times the partitions, so each set stays an intset
-# (12 bytes an id) whatever the rate does. A bucket of hashes the release before wrote
+# predecessor's ids would fill to half the intset limit; a call that would fill the last
+# segment past 5/8 of it on average first gets a successor with 4 times the partitions
+# (or more), so each set stays an intset (12 bytes an id) whatever the rate does, and no
+# segment closes during a call. A bucket of hashes the release before wrote
 # is looked up (HEXISTS of the field) until it expires, never written.
 # A pulse without fingerprint: its bit in its message's ledger must be clear.
 # v1 keys (EXISTS) and a one-pulse message's ledger bit (GETBIT), how the previous
@@ -207,6 +207,27 @@ local function current_bucket()
   return current
 end
 
+-- Before the call's first id: its last segment gets room for all n fingerprints of the
+-- call, or a successor with 4 times the partitions (more if n needs it) takes them, so a
+-- segment never fills past 5/8 of the intset limit on average whatever the order of the
+-- call's ids (sorted by path: the first partitions take theirs first). An empty last
+-- segment (no key yet) is resized instead. No segment is closed during a call.
+local function make_room(bucket, n)
+  local segments = bucket.segments
+  local partitions = segments[#segments]
+  local room = set_entries * 5 / 8
+  if bucket.filled + n <= partitions * room or partitions >= MAX_PARTITIONS then return end
+  repeat partitions = partitions * 4 until n <= partitions * room or partitions >= MAX_PARTITIONS
+  partitions = math.min(partitions, MAX_PARTITIONS)
+  if bucket.filled == 0 then
+    segments[#segments] = partitions
+  else
+    segments[#segments + 1] = partitions
+    bucket.filled = 0
+  end
+  bucket.changed = true
+end
+
 -- A segment's key prefixes, built once a call: of its wide and narrow sets (their
 -- partition named by the first log2(P) bits of the fingerprint's path), or of its
 -- hashes (a bucket of the release before: partition named by its number), and the
@@ -269,47 +290,46 @@ local LOOKUP_SLICE = 500
 -- Looks the call's fingerprints up in a segment of few partitions at once: per
 -- partition one SMISMEMBER of their wide members, then SISMEMBER of the narrow member
 -- of each one there. Only a segment closed before the call: nothing enters it meanwhile.
-local function look_up_segment(bucket, partitions)
-  local segment = segment_of(bucket, partitions)
-  local depth = segment[3]
-  local groups = {}
-  for p = 0, n_fingerprinted - 1 do
-    if not found[p] then
-      local name = string.sub(paths[p], 1, depth)
-      local group = groups[name]
-      if not group then
-        group = {n = 0}
-        groups[name] = group
-      end
-      group.n = group.n + 1
-      group[group.n] = p
-    end
-  end
-  for name, group in pairs(groups) do
-    for first = 1, group.n, LOOKUP_SLICE do
-      local members = {}
-      for k = first, math.min(group.n, first + LOOKUP_SLICE - 1) do
-        members[k - first + 1] = wides[group[k]]
-      end
-      local hits = redis.call('SMISMEMBER', segment[1] .. name, unpack(members))
-      for k, hit in ipairs(hits) do
-        local p = group[first + k - 1]
-        if hit == 1 and redis.call('SISMEMBER', segment[2] .. name, ARGV[arg_of(p) + 4]) == 1 then
-          found[p] = true
-        end
+-- The caller sends the fingerprints sorted by path, so those of one partition follow
+-- each other at every depth: a partition's are a range of `wides`, found by comparing
+-- each path's prefix with the one before (grouping them in tables cost 8 times more:
+-- 4 µs a pulse in a fresh index's first bucket). Sent in any other order, a partition
+-- is just looked up in more ranges.
+local function look_up_range(segment, name, first, last)
+  for from = first, last, LOOKUP_SLICE do
+    local to = math.min(last, from + LOOKUP_SLICE - 1)
+    local hits = redis.call('SMISMEMBER', segment[1] .. name, unpack(wides, from, to))
+    for k, hit in ipairs(hits) do
+      local p = from + k - 1
+      if hit == 1 and not found[p] and redis.call('SISMEMBER', segment[2] .. name, ARGV[arg_of(p) + 4]) == 1 then
+        found[p] = true
       end
     end
   end
 end
 
--- Before the first pulse: the segments closed before this call with at most half as
--- many partitions as the call has fingerprints are looked up for all of them at once
--- (a fresh index's first bucket grows 1, 4, 16... partitions, and an SISMEMBER per
--- pulse and segment would cost more than the insert); the others per pulse.
+local function look_up_segment(bucket, partitions)
+  local segment = segment_of(bucket, partitions)
+  local depth = segment[3]
+  local first, name = 0, string.sub(paths[0], 1, depth)
+  for p = 1, n_fingerprinted - 1 do
+    local of_p = string.sub(paths[p], 1, depth)
+    if of_p ~= name then
+      look_up_range(segment, name, first, p - 1)
+      first, name = p, of_p
+    end
+  end
+  look_up_range(segment, name, first, n_fingerprinted - 1)
+end
+
+-- Before the first pulse: room made for the call's ids, then the closed segments with
+-- at most half as many partitions as the call has fingerprints are looked up for all of
+-- them at once (a bucket growing fast has several, and an SISMEMBER per pulse and
+-- segment would cost more than the insert); the others per pulse.
 local function look_up_small_segments()
   load_index()
   if n_fingerprinted == 0 then return end
-  current_bucket()
+  make_room(current_bucket(), n_fingerprinted)
   for _, bucket in ipairs(live) do
     bucket.batched = {}
     local n = #bucket.segments
@@ -349,10 +369,6 @@ local function new_in_index(path, wide, narrow, field)
   bucket.filled = bucket.filled + 1
   bucket.total = bucket.total + 1
   bucket.changed = true
-  if bucket.filled >= partitions * set_entries * 5 / 8 and partitions < MAX_PARTITIONS then
-    bucket.segments[#bucket.segments + 1] = partitions * 4
-    bucket.filled = 0
-  end
   return true
 end
 
@@ -436,11 +452,13 @@ class CountablePulse(NamedTuple):
 
     `window_key` is its live window bucket, `keys.window_key(tag, hour, tenant)` with
     the tag of its dedupe record (`keys.tag_of_dedupe_key`); `dedupe_key` is its v1
-    key, only read. A pulse with an id, or alone in its message, has a `fingerprint`
-    (`keys.id_fingerprint`, `keys.place_fingerprint`) looked up in the id index; any
-    other pulse without id has a `ledger` (`keys.message_ledger_key`, same tag) and its
-    `bit` there (its index). A pulse with both has its ledger only read: how the
-    previous release recorded a message of one pulse.
+    key, only read (`v1_key`). A pulse with an id, or alone in its message, has a
+    `fingerprint` (`keys.id_fingerprint`, `keys.place_fingerprint`) looked up in the id
+    index; any other pulse without id has a `ledger` (`keys.message_ledger_key`, same
+    tag) and its `bit` there (its index). A pulse with both has its ledger only read:
+    how the previous release recorded a message of one pulse. A pulse with an id
+    carries its `tenant_and_id`, and on a single node no `dedupe_key`: made only when
+    sent, while the script still reads v1 keys (1 µs a pulse otherwise spent).
     """
 
     dedupe_key: bytes
@@ -450,18 +468,27 @@ class CountablePulse(NamedTuple):
     ledger: bytes = b""
     bit: int = 0
     fingerprint: bytes = b""
+    tenant_and_id: tuple[str, str] | None = None
+
+    def v1_key(self) -> bytes:
+        """Its v1 dedupe key."""
+        if self.dedupe_key or self.tenant_and_id is None:
+            return self.dedupe_key
+        return keys.dedupe_key_for_id(*self.tenant_and_id)
 
 
 def pulse_with_id(
     tenant: str, pulse_id: str, window_key: str, group: bytes, micro_units: int
 ) -> CountablePulse:
-    """The countable pulse of `tenant` with id `pulse_id` (its v1 key and fingerprint)."""
+    """The countable pulse of `tenant` with id `pulse_id` (its fingerprint; its v1 key
+    only where its tag comes from it, a cluster)."""
     return CountablePulse(
-        keys.dedupe_key_for_id(tenant, pulse_id),
+        b"" if keys.one_tag() else keys.dedupe_key_for_id(tenant, pulse_id),
         window_key,
         group,
         micro_units,
         fingerprint=keys.id_fingerprint(tenant, pulse_id),
+        tenant_and_id=(tenant, pulse_id),
     )
 
 
@@ -630,22 +657,29 @@ class PulseCounter:
         ledger_keys: list[bytes] = []
         ledger_args: list[bytes | int] = []
         field_start = keys.ID_SELECTOR_BYTES
-        for pulse in chunk:
+        # Those with a fingerprint first, sorted by path (stable: of two pulses with one
+        # id, the first still counts), so the script finds a partition's consecutive.
+        ordered: list[tuple[tuple[str, int, int] | None, CountablePulse]] = sorted(
+            ((keys.id_index_members(pulse.fingerprint), pulse) for pulse in chunk if pulse.fingerprint),
+            key=_path_of,
+        )
+        ordered += [(None, pulse) for pulse in chunk if not pulse.fingerprint]
+        for members, pulse in ordered:
             cell = cells.get((pulse.window_key, pulse.group))
             if cell is None:
                 window = windows.setdefault(pulse.window_key, len(windows) + 1)
                 cell = cells[(pulse.window_key, pulse.group)] = len(cells) + 1
                 cell_args += (window, pulse.group)
             fingerprint = pulse.fingerprint
-            if fingerprint:
-                path, wide, narrow = keys.id_index_members(fingerprint)
+            if members is not None:
+                path, wide, narrow = members
                 fingerprinted_args += (cell, pulse.micro_units, path, wide, narrow)
                 if with_fields:
                     fingerprinted_args.append(fingerprint[field_start:])
                 if with_v1:
                     ledger = ledgers.setdefault(pulse.ledger, len(ledgers) + 1) if pulse.ledger else 0
                     fingerprinted_args += (ledger, pulse.bit)
-                    fingerprinted_keys.append(pulse.dedupe_key)
+                    fingerprinted_keys.append(pulse.v1_key())
             elif pulse.ledger:
                 ledger = ledgers.setdefault(pulse.ledger, len(ledgers) + 1)
                 ledger_args += (cell, pulse.micro_units, ledger, pulse.bit)
@@ -667,6 +701,10 @@ class PulseCounter:
             len(fingerprinted_args) // (5 + with_fields + 2 * with_v1),
         ]
         return script_keys, [*header, *cell_args, *fingerprinted_args, *ledger_args, *live_fields]
+
+
+def _path_of(item: tuple[tuple[str, int, int] | None, CountablePulse]) -> str:
+    return item[0][0] if item[0] else ""
 
 
 def mark_legacy_horizon(redis: Redis, tag: str, horizon_seconds: int) -> int:

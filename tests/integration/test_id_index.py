@@ -57,6 +57,19 @@ def test_an_id_held_costs_at_most_16_bytes(redis_client):
     assert all(redis_client.object("encoding", key) == b"intset" for key in partitions(redis_client))
 
 
+def test_of_two_pulses_with_one_id_in_a_batch_the_first_counts(redis_client):
+    # The script gets a call's ids sorted by path: the sort must keep their order.
+    counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=5000)
+    other = keys.group_field("acme", "other-sku", "h")
+    for twin in (f"twin-{i}" for i in range(50)):
+        batch = with_ids(f"{twin}-filler-{i}" for i in range(40))
+        batch.insert(7, pulse_with_id("acme", twin, WINDOW, GROUP, 5))
+        batch.insert(31, pulse_with_id("acme", twin, WINDOW, other, 1_000_000))
+        assert counter.count(batch) == 41
+    assert redis_client.hget(WINDOW, b"a|" + GROUP) == str(50 * (40 + 5)).encode()
+    assert redis_client.hget(WINDOW, b"a|" + other) is None
+
+
 def test_a_redelivered_batch_counts_once(redis_client):
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=7)
     batch = with_ids(f"id-{i}" for i in range(40))
@@ -89,10 +102,11 @@ def test_an_id_is_remembered_a_horizon_and_forgotten_within_half_more(redis_clie
 def test_partitions_stay_under_the_intset_limit_as_the_rate_grows(redis_client):
     # A limit of 64 entries (this Redis converts at 512, so a breach is seen by SCARD).
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=4, chunk_size=1000, set_entries=64)
-    # The first bucket has no predecessor to size from: its segments grow 1, 4, 16, 64.
+    # The first bucket has no predecessor to size from: its first segment is sized for
+    # the first call (1000 ids, 40 a partition: 64), a successor takes the third.
     assert counter.count(with_ids(f"a{i}" for i in range(3000))) == 3000
     (first,) = index_buckets(redis_client).values()
-    assert first[0] == 1 and len(first) > 1
+    assert first == [64, 256]
     time.sleep(2.1)  # the next bucket, sized from this one: 3000 / 32 -> 128 partitions
     assert counter.count(with_ids(f"b{i}" for i in range(3000))) == 3000
     assert counter.count(with_ids(f"a{i}" for i in range(3000))) == 0
@@ -106,7 +120,7 @@ def test_partitions_stay_under_the_intset_limit_as_the_rate_grows(redis_client):
 def test_an_id_counted_by_v1_is_not_counted_again(redis_client):
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
     (old, new) = with_ids(["counted-by-v1", "new"])
-    redis_client.set(old.dedupe_key, 1, ex=3600)  # what a v1 worker left
+    redis_client.set(old.v1_key(), 1, ex=3600)  # what a v1 worker left
 
     assert counter.count([old, new]) == 1
     assert counter.count([old, new]) == 0
@@ -143,8 +157,8 @@ def test_v1_keys_are_read_for_one_horizon_after_the_upgrade_only(redis_client):
     # What the previous release left: its registry, and v1 keys of two ids.
     redis_client.hset(keys.registry_key(TAG), "v", 1)
     early, late, fresh = with_ids(["counted-by-v1", "counted-by-v1-too", "new"])
-    redis_client.set(early.dedupe_key, 1)
-    redis_client.set(late.dedupe_key, 1)
+    redis_client.set(early.v1_key(), 1)
+    redis_client.set(late.v1_key(), 1)
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=2, chunk_size=100)
 
     assert counter.count([early, fresh]) == 1  # the first count of this release
@@ -159,7 +173,7 @@ def test_a_fresh_install_never_reads_v1_keys(redis_client):
     first, planted = with_ids(["first", "planted"])
     assert PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100).count([first]) == 1
     assert redis_client.hget(keys.id_index_key(TAG), keys.ID_INDEX_LEGACY_FIELD) == b"0"
-    redis_client.set(planted.dedupe_key, 1)  # a v1 key, as no fresh install has
+    redis_client.set(planted.v1_key(), 1)  # a v1 key, as no fresh install has
 
     # Another process of this release: the moment decided on the first count stands.
     assert PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100).count([planted]) == 1
@@ -190,16 +204,19 @@ def test_an_id_is_found_only_when_both_its_members_are_there(redis_client):
     assert len(keys.parse_id_index(redis_client.hgetall(keys.id_index_key(TAG)))) >= 2
 
 
-def test_ids_of_a_segment_closed_during_the_call_are_still_found(redis_client):
+def test_a_call_too_large_for_its_segment_opens_the_next_first(redis_client):
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=5000, set_entries=64)
     assert counter.count(with_ids(f"before-{i}" for i in range(20))) == 20
-    # One call fills the first segment (1 partition) and goes on into new ones: the ids
-    # in it, counted before this call or earlier in it, must still be found.
+    # 6,020 ids where the segment (1 partition) has room for 40: a successor takes them
+    # all, sized for them before the first (they come sorted by path: the first
+    # partitions take theirs first). The ids of the segment before, and those counted
+    # earlier in the same call, are still found.
     fresh = with_ids(f"a{i}" for i in range(3000))
     assert counter.count(fresh + with_ids(f"before-{i}" for i in range(20)) + fresh) == 3000
     (bucket,) = keys.parse_id_index(redis_client.hgetall(keys.id_index_key(TAG)))
-    assert len(bucket.segments) > 2
-    # And a later call looks the small segments up for all its pulses at once.
+    assert bucket.segments == [1, 256]
+    assert all(redis_client.object("encoding", key) == b"intset" for key in partitions(redis_client))
+    # And a later call looks the small segment up for all its pulses at once.
     assert counter.count(fresh + with_ids(f"b{i}" for i in range(500))) == 500
     assert redis_client.hget(WINDOW, b"n|" + GROUP) == b"3520"
 
@@ -233,7 +250,7 @@ def test_v1_keys_a_counter_stopped_sending_are_asked_for_again(redis_client):
     assert counter.count(with_ids(["first"])) == 1
     assert counter._needs[TAG] == ""
     (old,) = with_ids(["counted-by-v1"])
-    redis_client.set(old.dedupe_key, 1)
+    redis_client.set(old.v1_key(), 1)
     redis_client.hset(keys.id_index_key(TAG), keys.ID_INDEX_LEGACY_FIELD, int(redis_client.time()[0]) + 60)
 
     assert counter.count([old]) == 0

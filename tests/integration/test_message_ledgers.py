@@ -70,7 +70,7 @@ def test_two_messages_never_share_bits(settings, redis_client):
 def test_a_pulse_counted_before_the_upgrade_is_not_counted_again(settings, redis_client):
     counter = PulseCounter(redis_client, dedupe_horizon_seconds=3600, chunk_size=100)
     pulses = message(settings, "task-v1", 3)
-    redis_client.set(pulses[1].dedupe_key, 1, ex=3600)  # what a v1 worker left
+    redis_client.set(pulses[1].v1_key(), 1, ex=3600)  # what a v1 worker left
 
     assert counter.count(pulses) == 2
     assert counter.count(pulses) == 0

@@ -92,6 +92,25 @@ def test_group_field_is_deterministic() -> None:
 # --- dedupe keys ------------------------------------------------------------------
 
 
+def test_records_are_the_ones_the_previous_releases_wrote() -> None:
+    # What Redis already holds was made by these functions in earlier releases: a v1
+    # key, a fingerprint or a ledger scope that came out otherwise would miss it (a
+    # pulse counted twice). Values from the release that wrote them.
+    assert dedupe_key_for_id("acme", "pulse-1").hex() == "64aec5a90a90949b3f93cba6"
+    assert dedupe_key_for_id("Ünïcødé", "a\ud800😀").hex() == "647da0e18cd6ca66dc58aa2b"
+    assert keys.id_fingerprint("acme", "pulse-1").hex() == "596880685c03cbb992606c357b"
+    assert keys.id_fingerprint("Ünïcødé", "a\ud800😀").hex() == "226b2a99992c00433afc0d847f"
+    assert keys.place_fingerprint(b"\x01\x02scope", 7).hex() == "45cb61d6762ca59b5208bd5faa"
+    assert dedupe_key_for_position("msg-1", 3).hex() == "64d65b6d685d65c24e431380"
+    assert keys.dedupe_key_for_amqp_message("msg-1", 0).hex() == "644e6acfc1049e3ef5af42ff"
+    assert keys.position_in_message("msg-1", 3).scope.hex() == "32e3b2a171b2a4b849a5b1"
+    assert keys.id_index_members(keys.id_fingerprint("acme", "pulse-1")) == (
+        "01011001011010001000",
+        6630367074304683061,
+        503912,
+    )
+
+
 def test_id_key_is_stable_and_12_bytes() -> None:
     key = dedupe_key_for_id("acme", "pulse-1")
     assert key == dedupe_key_for_id("acme", "pulse-1")

@@ -122,18 +122,18 @@ def test_a_pulse_id_wins_over_the_message_id() -> None:
     prepared = prepare(
         b'{"id": "p-1", "tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}', "m"
     )
-    assert [p.dedupe_key for p in prepared.countable] == [keys.dedupe_key_for_id("t", "p-1")]
+    assert [p.v1_key() for p in prepared.countable] == [keys.dedupe_key_for_id("t", "p-1")]
 
 
 def test_without_ids_the_message_id_and_index_dedupe_across_deliveries() -> None:
     pulse = b'{"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}'
     body = b"[%s, %s]" % (pulse, pulse)
     first, again, other = prepare(body, "m-1"), prepare(body, "m-1"), prepare(body, "m-2")
-    first_keys = [p.dedupe_key for p in first.countable]
+    first_keys = [p.v1_key() for p in first.countable]
     assert first_keys == [keys.dedupe_key_for_amqp_message("m-1", i) for i in range(2)]
     assert len(set(first_keys)) == 2
-    assert [p.dedupe_key for p in again.countable] == first_keys
-    assert not set(first_keys) & {p.dedupe_key for p in other.countable}
+    assert [p.v1_key() for p in again.countable] == first_keys
+    assert not set(first_keys) & {p.v1_key() for p in other.countable}
 
 
 def test_message_ids_and_task_ids_never_share_dedupe_keys() -> None:
@@ -144,7 +144,7 @@ def test_message_ids_and_task_ids_never_share_dedupe_keys() -> None:
 def test_without_any_id_every_delivery_gets_fresh_keys(message_id: str | None) -> None:
     body = b'{"tenant": "t", "product_sku": "s", "use_unity": "u", "used_amount": 1}'
     first, second = prepare(body, message_id), prepare(body, message_id)
-    assert first.countable[0].dedupe_key != second.countable[0].dedupe_key
+    assert first.countable[0].v1_key() != second.countable[0].v1_key()
 
 
 def test_invalid_pulses_become_rejections_at_their_position() -> None:
