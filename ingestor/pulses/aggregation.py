@@ -67,11 +67,12 @@ from ingestor.redis_store import (
 # bucket's last segment, whose answer stands for that segment (wide already there and
 # narrow too: a duplicate). The fingerprints come sorted by path; the segments that
 # have at most half as many partitions as the call has fingerprints (a bucket growing
-# fast) are looked up for all of them first, one SMISMEMBER per partition. Time is Redis's (TIME; effects replication, Redis ≥ 5), so workers
-# with skewed clocks agree. A bucket takes ids for `bucket seconds` (half a horizon)
-# from its first; its sets expire a horizon after its end (EXPIREAT by the SADD that
-# created the set, which adds its sentinel too), so an id is remembered at least H and
-# at most H + bucket seconds + 1 s. A bucket's first segment has the partitions its
+# fast) are looked up for all of them first, one SMISMEMBER per partition. Time is
+# Redis's (TIME; effects replication, Redis ≥ 5), so workers with skewed clocks agree.
+# A bucket takes ids for `bucket seconds` (half a horizon) from its first; its sets
+# expire a horizon after its end (EXPIREAT by the SADD that created the set, which adds
+# its sentinel too), so an id is remembered at least H and at most H + bucket seconds
+# + 1 s. A bucket's first segment has the partitions its
 # predecessor's ids would fill to half the intset limit; a call that would fill the last
 # segment past 5/8 of it on average first gets a successor with 4 times the partitions
 # (or more), so each set stays an intset (12 bytes an id) whatever the rate does, and no
