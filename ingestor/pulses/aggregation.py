@@ -72,12 +72,12 @@ from ingestor.redis_store import (
 # A bucket takes ids for `bucket seconds` (half a horizon) from its first; its sets
 # expire a horizon after its end (EXPIREAT by the SADD that created the set, which adds
 # its sentinel too), so an id is remembered at least H and at most H + bucket seconds
-# + 1 s. A bucket's first segment has the partitions its
-# predecessor's ids would fill to half the intset limit; a call that would fill the last
-# segment past 5/8 of it on average first gets a successor with 4 times the partitions
-# (or more), so each set stays an intset (12 bytes an id) whatever the rate does, and no
-# segment closes during a call. A bucket of hashes the release before wrote
-# is looked up (HEXISTS of the field) until it expires, never written.
+# + 1 s. A bucket's first segment has the partitions its predecessor's ids would fill
+# to half the intset limit; a call that would fill the last segment past 5/8 of it on
+# average first gets a successor with 4 times the partitions (or more), so each set
+# stays an intset (12 bytes an id) whatever the rate does, and no segment closes during
+# a call. A bucket of hashes the release before wrote is looked up (HEXISTS of the
+# field) until it expires, never written.
 # A pulse without fingerprint: its bit in its message's ledger must be clear.
 # v1 keys (EXISTS) and a one-pulse message's ledger bit (GETBIT), how the previous
 # releases deduplicated them, are read only until the second the index's field `l`
@@ -659,12 +659,15 @@ class PulseCounter:
         ledger_args: list[bytes | int] = []
         field_start = keys.ID_SELECTOR_BYTES
         # Those with a fingerprint first, sorted by path (stable: of two pulses with one
-        # id, the first still counts), so the script finds a partition's consecutive.
-        ordered: list[tuple[tuple[str, int, int] | None, CountablePulse]] = sorted(
+        # id, the first still counts), so the script finds a partition's ids side by side.
+        with_members = sorted(
             ((keys.id_index_members(pulse.fingerprint), pulse) for pulse in chunk if pulse.fingerprint),
             key=_path_of,
         )
-        ordered += [(None, pulse) for pulse in chunk if not pulse.fingerprint]
+        ordered: list[tuple[tuple[str, int, int] | None, CountablePulse]] = [
+            *with_members,
+            *((None, pulse) for pulse in chunk if not pulse.fingerprint),
+        ]
         for members, pulse in ordered:
             cell = cells.get((pulse.window_key, pulse.group))
             if cell is None:
@@ -704,8 +707,8 @@ class PulseCounter:
         return script_keys, [*header, *cell_args, *fingerprinted_args, *ledger_args, *live_fields]
 
 
-def _path_of(item: tuple[tuple[str, int, int] | None, CountablePulse]) -> str:
-    return item[0][0] if item[0] else ""
+def _path_of(item: tuple[tuple[str, int, int], CountablePulse]) -> str:
+    return item[0][0]
 
 
 def mark_legacy_horizon(redis: Redis, tag: str, horizon_seconds: int) -> int:
